@@ -1,0 +1,1 @@
+"""Data: the PRISM prompts, dataset schemas and converters between the toolkits' formats."""

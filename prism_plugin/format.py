@@ -1,0 +1,295 @@
+"""The PRISM response layout: validation and token-level segment boundaries.
+
+A response is ``<caption>…</caption> <think>…</think> <answer>…</answer>`` with only
+whitespace outside the tags. The *caption* (perception) segment is every token up to and
+including the first token whose decoded prefix contains the full caption match; the
+*reasoning* segment is the rest (think + answer + end-of-turn token).
+
+The boundary is found in O(L): each token's decoded bytes come from a per-tokenizer table,
+the caption match is located once in the response's bytes, and a cumulative byte count
+gives the boundary token. Tokenizers without a byte-level decoder fall back to an exact
+O(L log L) bisection over ``tokenizer.decode``.
+"""
+
+from __future__ import annotations
+
+import bisect
+import re
+import weakref
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+LAYOUT_PATTERN = r"^\s*<caption>.*?</caption>\s*<think>.*?</think>\s*<answer>.*?</answer>\s*$"
+CAPTION_PATTERN = r"<caption>.*?</caption>"
+
+_LAYOUT_RE = re.compile(LAYOUT_PATTERN, re.DOTALL)
+_CAPTION_RE = re.compile(CAPTION_PATTERN, re.DOTALL)
+_CAPTION_BYTES_RE = re.compile(CAPTION_PATTERN.encode(), re.DOTALL)
+
+SEGMENT_NAMES = ("caption", "reasoning")
+
+
+def is_valid(text: str) -> bool:
+    """True iff ``text`` (special tokens already removed) follows the PRISM layout."""
+    return _LAYOUT_RE.match(text) is not None
+
+
+def caption_match(text: str) -> re.Match[str] | None:
+    """The first ``<caption>…</caption>`` match in ``text`` (tags included), or None."""
+    return _CAPTION_RE.search(text)
+
+
+@dataclass(frozen=True)
+class SegmentSplit:
+    """Segments of one response, as half-open token index ranges into its ids.
+
+    ``length`` counts the response tokens up to and including the first end-of-turn token
+    (tokens after it belong to no segment). When no caption match exists, ``caption`` is
+    empty and ``reasoning`` covers the whole response; ``valid`` is False then anyway.
+    """
+
+    valid: bool
+    truncated: bool
+    caption: tuple[int, int]
+    reasoning: tuple[int, int]
+    length: int
+    text: str
+
+    def span(self, segment: str) -> tuple[int, int]:
+        """Token range of ``caption``, ``reasoning`` or the whole ``response``."""
+        if segment == "response":
+            return (0, self.length)
+        if segment in SEGMENT_NAMES:
+            return getattr(self, segment)
+        raise KeyError(f"unknown segment {segment!r}; expected one of caption, reasoning, response")
+
+
+@dataclass(frozen=True)
+class SegmentBatch:
+    """Segments of a padded batch of responses; masks are aligned with the input ids."""
+
+    valid: torch.Tensor  # (B,) bool
+    truncated: torch.Tensor  # (B,) bool
+    boundary: torch.Tensor  # (B,) long: number of response tokens in the caption segment
+    lengths: torch.Tensor  # (B,) long: response tokens up to and including the end-of-turn token
+    caption_mask: torch.Tensor  # (B, L) bool
+    reasoning_mask: torch.Tensor  # (B, L) bool
+    texts: list[str]
+
+    @property
+    def response_mask(self) -> torch.Tensor:
+        return self.caption_mask | self.reasoning_mask
+
+    def mask(self, segment: str) -> torch.Tensor:
+        """Token mask of ``caption``, ``reasoning`` or the whole ``response``."""
+        if segment == "response":
+            return self.response_mask
+        if segment in SEGMENT_NAMES:
+            return getattr(self, f"{segment}_mask")
+        raise KeyError(f"unknown segment {segment!r}; expected one of caption, reasoning, response")
+
+
+class _ByteTable:
+    """Decoded bytes of every token id, for tokenizers whose decoder is byte-level BPE."""
+
+    def __init__(self, tokenizer: Any) -> None:
+        byte_decoder = {ch: b for b, ch in _bytes_to_unicode().items()}
+        vocab_size = len(tokenizer)
+        special_ids = set(getattr(tokenizer, "all_special_ids", []) or [])
+        added = _added_tokens(tokenizer)
+        table: list[bytes] = [b""] * vocab_size
+        for token, idx in tokenizer.get_vocab().items():
+            if idx >= vocab_size:
+                continue
+            if idx in added:
+                content, special = added[idx]
+                table[idx] = b"" if special else content.encode("utf-8")
+            else:
+                table[idx] = bytes(byte_decoder[ch] for ch in token if ch in byte_decoder)
+        self.table = table
+        self.skippable = {idx for idx, (_, special) in added.items() if special} | special_ids
+
+    def token_bytes(self, ids: Sequence[int]) -> list[bytes]:
+        table = self.table
+        return [table[i] if 0 <= i < len(table) else b"" for i in ids]
+
+
+_TABLES: weakref.WeakKeyDictionary[Any, _ByteTable | None] = weakref.WeakKeyDictionary()
+
+
+def _bytes_to_unicode() -> dict[int, str]:
+    """The GPT-2 byte <-> printable-character map used by byte-level BPE tokenizers."""
+    bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1))
+    bs += list(range(ord("®"), ord("ÿ") + 1))
+    cs = bs[:]
+    n = 0
+    for b in range(256):
+        if b not in bs:
+            bs.append(b)
+            cs.append(256 + n)
+            n += 1
+    return {b: chr(c) for b, c in zip(bs, cs)}
+
+
+def _added_tokens(tokenizer: Any) -> dict[int, tuple[str, bool]]:
+    decoder = getattr(tokenizer, "added_tokens_decoder", None) or {}
+    return {idx: (str(tok), bool(getattr(tok, "special", False))) for idx, tok in decoder.items()}
+
+
+def _is_byte_level(tokenizer: Any) -> bool:
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is None or backend.decoder is None:
+        return False
+    return type(backend.decoder).__name__ == "ByteLevel"
+
+
+def _byte_table(tokenizer: Any) -> _ByteTable | None:
+    try:
+        return _TABLES[tokenizer]
+    except (KeyError, TypeError):
+        pass
+    table = _ByteTable(tokenizer) if _is_byte_level(tokenizer) else None
+    try:
+        _TABLES[tokenizer] = table
+    except TypeError:
+        pass
+    return table
+
+
+def _resolve_eos(tokenizer: Any, eos_token_ids: int | Iterable[int] | None) -> frozenset[int]:
+    if eos_token_ids is None:
+        eos = getattr(tokenizer, "eos_token_id", None)
+        return frozenset() if eos is None else frozenset([eos] if isinstance(eos, int) else eos)
+    if isinstance(eos_token_ids, int):
+        return frozenset([eos_token_ids])
+    return frozenset(eos_token_ids)
+
+
+def _split_one(ids: list[int], tokenizer: Any, eos: frozenset[int]) -> SegmentSplit:
+    length = len(ids)
+    truncated = bool(eos)
+    for pos, tok in enumerate(ids):
+        if tok in eos:
+            length, truncated = pos + 1, False
+            break
+    ids = ids[:length]
+    table = _byte_table(tokenizer)
+    if table is not None:
+        pieces = table.token_bytes(ids)
+        raw = b"".join(pieces)
+        text = raw.decode("utf-8", errors="replace")
+        match = _CAPTION_BYTES_RE.search(raw)
+        if match is None:
+            boundary = 0
+        else:
+            ends = list(_accumulate_lengths(pieces))
+            boundary = bisect.bisect_left(ends, match.end()) + 1
+    else:
+        text = tokenizer.decode(ids, skip_special_tokens=True)
+        match = caption_match(text)
+        boundary = 0 if match is None else _bisect_boundary(ids, tokenizer, match.group(0))
+    valid = not truncated and is_valid(text)
+    return SegmentSplit(
+        valid=valid,
+        truncated=truncated,
+        caption=(0, boundary),
+        reasoning=(boundary, length),
+        length=length,
+        text=text,
+    )
+
+
+def _accumulate_lengths(pieces: list[bytes]) -> Iterable[int]:
+    total = 0
+    for piece in pieces:
+        total += len(piece)
+        yield total
+
+
+def _bisect_boundary(ids: list[int], tokenizer: Any, caption: str) -> int:
+    """Smallest k such that decode(ids[:k]) contains ``caption`` (monotone in k)."""
+    lo, hi = 1, len(ids)
+    while lo < hi:
+        mid = (lo + hi) // 2
+        if caption in tokenizer.decode(ids[:mid], skip_special_tokens=True):
+            hi = mid
+        else:
+            lo = mid + 1
+    return lo
+
+
+def split_segments(
+    token_ids: Sequence[int] | torch.Tensor,
+    tokenizer: Any,
+    attention_mask: torch.Tensor | None = None,
+    *,
+    eos_token_ids: int | Iterable[int] | None = None,
+) -> SegmentSplit | SegmentBatch:
+    """Split response token ids into caption and reasoning segments and check the layout.
+
+    ``token_ids`` is one response (a list or 1-D tensor) -> :class:`SegmentSplit`, or a
+    padded batch (2-D tensor, with ``attention_mask`` marking response tokens; left or
+    right padding) -> :class:`SegmentBatch`. A response without an end-of-turn token
+    (``eos_token_ids``, default the tokenizer's ``eos_token_id``; pass ``()`` to disable)
+    is truncated and therefore invalid.
+    """
+    eos = _resolve_eos(tokenizer, eos_token_ids)
+    if isinstance(token_ids, torch.Tensor) and token_ids.dim() == 2:
+        return _split_batch(token_ids, tokenizer, attention_mask, eos)
+    if isinstance(token_ids, torch.Tensor):
+        if attention_mask is not None:
+            token_ids = token_ids[attention_mask.bool()]
+        token_ids = token_ids.tolist()
+    return _split_one(list(token_ids), tokenizer, eos)
+
+
+def _split_batch(
+    token_ids: torch.Tensor, tokenizer: Any, attention_mask: torch.Tensor | None, eos: frozenset[int]
+) -> SegmentBatch:
+    batch, width = token_ids.shape
+    mask = torch.ones_like(token_ids, dtype=torch.bool) if attention_mask is None else attention_mask.bool()
+    ids_rows = token_ids.tolist()
+    mask_rows = mask.tolist()
+    caption_mask = torch.zeros(batch, width, dtype=torch.bool)
+    reasoning_mask = torch.zeros(batch, width, dtype=torch.bool)
+    valid, truncated, boundary, lengths, texts = [], [], [], [], []
+    for row, (ids, keep) in enumerate(zip(ids_rows, mask_rows)):
+        positions = [pos for pos, k in enumerate(keep) if k]
+        split = _split_one([ids[pos] for pos in positions], tokenizer, eos)
+        if split.length:
+            start = positions[0]
+            if positions[split.length - 1] - start == split.length - 1:
+                caption_mask[row, start : start + split.caption[1]] = True
+                reasoning_mask[row, start + split.caption[1] : start + split.length] = True
+            else:  # non-contiguous mask: mark position by position
+                for n, pos in enumerate(positions[: split.length]):
+                    (caption_mask if n < split.caption[1] else reasoning_mask)[row, pos] = True
+        valid.append(split.valid)
+        truncated.append(split.truncated)
+        boundary.append(split.caption[1])
+        lengths.append(split.length)
+        texts.append(split.text)
+    return SegmentBatch(
+        valid=torch.tensor(valid, dtype=torch.bool),
+        truncated=torch.tensor(truncated, dtype=torch.bool),
+        boundary=torch.tensor(boundary, dtype=torch.long),
+        lengths=torch.tensor(lengths, dtype=torch.long),
+        caption_mask=caption_mask,
+        reasoning_mask=reasoning_mask,
+        texts=texts,
+    )
+
+
+def reference_boundary(ids: Sequence[int], tokenizer: Any) -> int:
+    """The reference implementation's O(L^2) boundary: decode every prefix (tests, benchmarks)."""
+    text = tokenizer.decode(list(ids), skip_special_tokens=True)
+    match = caption_match(text)
+    if match is None:
+        return 0
+    for k in range(1, len(ids) + 1):
+        if match.group(0) in tokenizer.decode(list(ids[:k]), skip_special_tokens=True):
+            return k
+    return len(ids)
