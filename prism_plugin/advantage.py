@@ -1,0 +1,84 @@
+"""Group-normalised, multi-segment advantages with format gating (method.md §3).
+
+``A_i = Σ_s w_s · GN(s̃)_i − λ·F_i`` where ``s̃`` replaces the score of an invalid rollout
+by (min over the valid members of its group) − 1, GN normalises within each group of
+rollouts of one prompt, and ``F_i`` flags an invalid format. One segment named
+``response`` with weight 1 is GAD; ``caption`` + ``reasoning`` with 0.5 each is PRISM.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import torch
+
+
+def _group_ids(group_index: torch.Tensor | list) -> tuple[torch.Tensor, int]:
+    index = torch.as_tensor(group_index)
+    _, inverse = torch.unique(index, return_inverse=True)
+    return inverse, int(inverse.max().item()) + 1 if inverse.numel() else 0
+
+
+def group_normalize(
+    values: torch.Tensor, group_index: torch.Tensor | list, eps: float = 1e-6
+) -> torch.Tensor:
+    """``(z − mean_g z) / (std_g z + eps)`` per group, unbiased std; a group of one uses mean 0, std 1.
+
+    ``group_index`` holds any hashable-as-tensor group ids (one per sample), like verl's ``index``.
+    """
+    values = values.float()
+    groups, num_groups = _group_ids(group_index)
+    counts = torch.bincount(groups, minlength=num_groups).to(values.dtype)
+    sums = torch.zeros(num_groups, dtype=values.dtype).index_add_(0, groups, values)
+    means = sums / counts
+    squares = torch.zeros(num_groups, dtype=values.dtype).index_add_(0, groups, (values - means[groups]) ** 2)
+    stds = torch.sqrt(squares / (counts - 1).clamp(min=1))
+    singleton = counts == 1
+    means = torch.where(singleton, torch.zeros_like(means), means)
+    stds = torch.where(singleton, torch.ones_like(stds), stds)
+    return (values - means[groups]) / (stds[groups] + eps)
+
+
+def fill_invalid_scores(
+    scores: torch.Tensor, valid: torch.Tensor, group_index: torch.Tensor | list
+) -> torch.Tensor:
+    """Replace each invalid rollout's score by (min over its group's valid scores, 0 if none) − 1."""
+    scores = scores.float()
+    valid = valid.bool()
+    groups, num_groups = _group_ids(group_index)
+    masked = torch.where(valid, scores, torch.full_like(scores, float("inf")))
+    group_min = torch.full((num_groups,), float("inf"), dtype=scores.dtype)
+    group_min = group_min.scatter_reduce(0, groups, masked, reduce="amin", include_self=True)
+    group_min = torch.where(torch.isinf(group_min), torch.zeros_like(group_min), group_min)
+    return torch.where(valid, scores, group_min[groups] - 1.0)
+
+
+def segment_advantage(
+    scores: Mapping[str, torch.Tensor],
+    weights: Mapping[str, float],
+    valid: torch.Tensor,
+    group_index: torch.Tensor | list,
+    format_penalty: float = 1.5,
+    eps: float = 1e-6,
+) -> torch.Tensor:
+    """Per-rollout advantage ``Σ_s w_s·GN(s̃)_i − λ·F_i``; a group with no valid member gets ``−λ``.
+
+    ``scores`` and ``weights`` share their segment names; ``valid`` is a bool tensor (B,).
+    Scores of invalid rollouts are ignored (they may be anything, NaN included).
+    """
+    if set(scores) != set(weights):
+        raise ValueError(
+            f"scores and weights must name the same segments; got {sorted(scores)} and {sorted(weights)}"
+        )
+    if not scores:
+        raise ValueError("segment_advantage needs at least one segment")
+    valid = torch.as_tensor(valid).bool()
+    groups, num_groups = _group_ids(group_index)
+    advantage = torch.zeros(valid.shape[0], dtype=torch.float32)
+    for name, weight in weights.items():
+        filled = fill_invalid_scores(scores[name], valid, groups)
+        advantage = advantage + weight * group_normalize(filled, groups, eps=eps)
+    advantage = advantage - format_penalty * (~valid).float()
+    valid_per_group = torch.zeros(num_groups, dtype=torch.long).index_add_(0, groups, valid.long())
+    all_invalid = valid_per_group[groups] == 0
+    return torch.where(all_invalid, torch.full_like(advantage, -format_penalty), advantage)
