@@ -131,7 +131,7 @@ def _bytes_to_unicode() -> dict[int, str]:
             bs.append(b)
             cs.append(256 + n)
             n += 1
-    return {b: chr(c) for b, c in zip(bs, cs)}
+    return {b: chr(c) for b, c in zip(bs, cs, strict=True)}
 
 
 def _added_tokens(tokenizer: Any) -> dict[int, tuple[str, bool]]:
@@ -256,7 +256,7 @@ def _split_batch(
     caption_mask = torch.zeros(batch, width, dtype=torch.bool)
     reasoning_mask = torch.zeros(batch, width, dtype=torch.bool)
     valid, truncated, boundary, lengths, texts = [], [], [], [], []
-    for row, (ids, keep) in enumerate(zip(ids_rows, mask_rows)):
+    for row, (ids, keep) in enumerate(zip(ids_rows, mask_rows, strict=True)):
         positions = [pos for pos, k in enumerate(keep) if k]
         split = _split_one([ids[pos] for pos in positions], tokenizer, eos)
         if split.length:

@@ -1,0 +1,76 @@
+"""Access to peer implementations (trl's GRPO loss, EasyR1's core_algos) for parity tests."""
+
+from __future__ import annotations
+
+import importlib
+import os
+import sys
+from collections import defaultdict
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+
+def easyr1_core_algos():
+    """EasyR1's ``verl.trainer.core_algos`` from the checkout named by ``EASYR1_SRC``, else skip."""
+    src = os.environ.get("EASYR1_SRC")
+    if not src:
+        pytest.skip("EASYR1_SRC is not set (path to an EasyR1 checkout)")
+    root = Path(src).resolve()
+    if not (root / "verl" / "trainer" / "core_algos.py").is_file():
+        pytest.fail(f"EASYR1_SRC={src} has no verl/trainer/core_algos.py")
+    if str(root) not in sys.path:
+        sys.path.insert(0, str(root))
+    module = importlib.import_module("verl.trainer.core_algos")
+    if not Path(module.__file__).resolve().is_relative_to(root):
+        pytest.skip(f"another 'verl' is imported ({module.__file__}); run EasyR1 parity in a separate process")
+    return module
+
+
+def trl_grpo_loss(
+    per_token_logps: torch.Tensor,
+    old_per_token_logps: torch.Tensor,
+    advantages: torch.Tensor,
+    completion_mask: torch.Tensor,
+    *,
+    loss_type: str,
+    epsilon_low: float = 0.2,
+    epsilon_high: float = 0.2,
+    importance_sampling_level: str = "token",
+    max_completion_length: int | None = None,
+) -> torch.Tensor:
+    """trl 0.24 ``GRPOTrainer._compute_loss`` run on given log-probs through a minimal trainer stand-in."""
+    from prism_plugin.compat.trl_imports import fix_trl_import_flags
+
+    fix_trl_import_flags()
+    from trl.trainer.grpo_trainer import GRPOTrainer
+
+    batch, width = completion_mask.shape
+    trainer = SimpleNamespace(
+        _get_per_token_logps_and_entropies=lambda *a, **k: (per_token_logps, torch.zeros_like(per_token_logps)),
+        top_entropy_quantile=1.0,
+        beta=0.0,
+        importance_sampling_level=importance_sampling_level,
+        epsilon_low=epsilon_low,
+        epsilon_high=epsilon_high,
+        args=SimpleNamespace(delta=None),
+        use_vllm=False,
+        loss_type=loss_type,
+        current_gradient_accumulation_steps=1,
+        max_completion_length=max_completion_length or width,
+        accelerator=SimpleNamespace(gather=lambda x: x.reshape(-1), num_processes=1),
+        model=SimpleNamespace(training=True),
+        _metrics={"train": defaultdict(list)},
+    )
+    inputs = {
+        "prompt_ids": torch.zeros(batch, 1, dtype=torch.long),
+        "prompt_mask": torch.ones(batch, 1, dtype=torch.long),
+        "completion_ids": torch.zeros(batch, width, dtype=torch.long),
+        "completion_mask": completion_mask,
+        "advantages": advantages,
+        "old_per_token_logps": old_per_token_logps,
+        "num_items_in_batch": completion_mask.sum(),
+    }
+    return GRPOTrainer._compute_loss(trainer, None, inputs)

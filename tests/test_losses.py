@@ -1,0 +1,202 @@
+"""Discriminator and policy losses against hand-computed values."""
+
+import math
+
+import pytest
+import torch
+
+from prism_plugin.losses import (
+    aggregate_loss,
+    discriminator_loss,
+    dynamic_sampling_mask,
+    get_policy_loss,
+    overlong_penalty,
+    policy_loss_names,
+    register_policy_loss,
+)
+
+
+def nls(x: float) -> float:
+    """-log(sigmoid(x))."""
+    return math.log1p(math.exp(-x))
+
+
+# --------------------------------------------------------------------------- discriminator
+
+
+def test_discriminator_loss_hand_computed():
+    teacher = {"caption": torch.tensor([1.0, 2.0]), "reasoning": torch.tensor([0.0, 0.0])}
+    student = {"caption": torch.tensor([0.0, 3.0]), "reasoning": torch.tensor([1.0, -1.0])}
+    loss, m = discriminator_loss(teacher, student, torch.tensor([True, True]))
+    bt = (nls(1) + nls(-1)) / 2 * 2  # caption margins [1,-1], reasoning margins [-1,1]
+    reg = (1 + 4 + 0 + 9 + 0 + 0 + 1 + 1) / 8
+    assert loss.item() == pytest.approx(bt + 0.001 * reg, abs=1e-6)
+    assert m["caption/accuracy"] == 0.5 and m["reasoning/accuracy"] == 0.5 and m["accuracy"] == 0.5
+    assert m["caption/score_gap"] == pytest.approx(0.0)
+    assert m["reasoning/teacher_score"] == 0.0 and m["reasoning/student_score"] == 0.0
+    assert m["num_pairs"] == 2
+
+
+def test_discriminator_loss_ignores_invalid_pairs():
+    teacher = {"caption": torch.tensor([1.0, 50.0]), "reasoning": torch.tensor([0.0, 50.0])}
+    student = {"caption": torch.tensor([0.0, -50.0]), "reasoning": torch.tensor([1.0, -50.0])}
+    loss, m = discriminator_loss(teacher, student, torch.tensor([True, False]), score_reg_coef=0.01)
+    expected = nls(1) + nls(-1) + 0.01 * (1 + 0 + 0 + 1) / 4
+    assert loss.item() == pytest.approx(expected, abs=1e-6)
+    assert m["caption/accuracy"] == 1.0 and m["reasoning/accuracy"] == 0.0
+
+
+def test_discriminator_loss_gradient_pushes_teacher_up_student_down():
+    t = torch.tensor([0.0], requires_grad=True)
+    s = torch.tensor([0.0], requires_grad=True)
+    loss, _ = discriminator_loss({"response": t}, {"response": s}, torch.tensor([True]), score_reg_coef=0.0)
+    loss.backward()
+    assert t.grad.item() == pytest.approx(-0.5) and s.grad.item() == pytest.approx(0.5)
+
+
+def test_discriminator_loss_without_valid_pairs_is_connected_zero():
+    t = torch.tensor([3.0, 1.0], requires_grad=True)
+    s = torch.tensor([2.0, 1.0], requires_grad=True)
+    loss, m = discriminator_loss({"caption": t}, {"caption": s}, torch.tensor([False, False]))
+    assert loss.item() == 0.0 and m == {"num_pairs": 0.0}
+    loss.backward()
+    assert t.grad.tolist() == [0.0, 0.0]
+
+
+# --------------------------------------------------------------------------- aggregation
+
+
+@pytest.mark.parametrize(
+    "mode, expected",
+    [("token-mean", 10 / 4), ("seq-mean-token-mean", 3.0), ("seq-mean-token-sum", 5.0),
+     ("seq-mean-token-sum-norm", 5 / 3)],
+)
+def test_aggregate_loss_modes(mode, expected):
+    loss = torch.tensor([[1.0, 2.0, 3.0], [4.0, 100.0, 100.0]])
+    mask = torch.tensor([[1, 1, 1], [1, 0, 0]])
+    assert aggregate_loss(loss, mask, mode).item() == pytest.approx(expected)
+
+
+def test_aggregate_loss_unknown_mode():
+    with pytest.raises(ValueError, match="unknown loss aggregation"):
+        aggregate_loss(torch.zeros(1, 1), torch.ones(1, 1), "mean")
+
+
+# --------------------------------------------------------------------------- policy losses
+
+
+def one_token(ratio: float, advantage: float):
+    lp = torch.tensor([[math.log(ratio)]], requires_grad=True)
+    return lp, torch.zeros(1, 1), torch.tensor([advantage]), torch.ones(1, 1)
+
+
+@pytest.mark.parametrize(
+    "name, ratio, adv, expected, clipped",
+    [
+        ("grpo", 1.5, 1.0, -1.2, True),  # clipped at 1 + 0.2
+        ("grpo", 1.1, 1.0, -1.1, False),
+        ("grpo", 0.5, -1.0, 0.8, True),  # clipped at 1 - 0.2
+        ("grpo", 1.25, 1.0, -1.2, True),
+        ("dapo", 1.25, 1.0, -1.25, False),  # clip-higher 0.28 lets 1.25 through
+        ("dapo", 1.5, 1.0, -1.28, True),
+        ("dapo", 0.5, -1.0, 0.8, True),
+    ],
+)
+def test_clipped_surrogate_hand_computed(name, ratio, adv, expected, clipped):
+    loss, m = get_policy_loss(name)(*one_token(ratio, adv))
+    assert loss.item() == pytest.approx(expected, abs=1e-6)
+    assert m["clip_frac"] == (1.0 if clipped else 0.0)
+
+
+def test_clipped_tokens_carry_no_gradient():
+    lp, old, adv, mask = one_token(1.5, 1.0)
+    loss, _ = get_policy_loss("grpo")(lp, old, adv, mask)
+    loss.backward()
+    assert lp.grad.item() == 0.0
+
+
+def test_unclipped_gradient_is_minus_advantage_times_ratio():
+    lp, old, adv, mask = one_token(1.1, 2.0)
+    loss, _ = get_policy_loss("grpo")(lp, old, adv, mask)
+    loss.backward()
+    assert lp.grad.item() == pytest.approx(-2.0 * 1.1)
+
+
+def test_dual_clip_bounds_negative_advantage_loss():
+    loss, m = get_policy_loss("grpo")(*one_token(5.0, -1.0), dual_clip=3.0)
+    assert loss.item() == pytest.approx(3.0)
+    assert m["dual_clip_frac"] == 1.0
+    loss, _ = get_policy_loss("grpo")(*one_token(5.0, -1.0))
+    assert loss.item() == pytest.approx(5.0)
+
+
+def test_gspo_uses_sequence_mean_log_ratio_and_its_clip():
+    # log-ratios 0.001 and -0.0002 -> mean 0.0004 -> s = e^0.0004 > 1 + 4e-4 -> clipped to 1.0004
+    lp = torch.tensor([[0.001, -0.0002, 7.0]], dtype=torch.float64, requires_grad=True)
+    old = torch.zeros(1, 3, dtype=torch.float64)
+    mask = torch.tensor([[1, 1, 0]])
+    loss, m = get_policy_loss("gspo")(lp, old, torch.tensor([1.0], dtype=torch.float64), mask)
+    assert loss.item() == pytest.approx(-1.0004, abs=1e-9)
+    assert m["clip_frac"] == 1.0
+    # inside the clip range: loss = -A * s exactly
+    lp2 = torch.tensor([[0.0002, 0.0, 7.0]], dtype=torch.float64)
+    loss2, _ = get_policy_loss("gspo")(lp2, old, torch.tensor([-2.0], dtype=torch.float64), mask)
+    assert loss2.item() == pytest.approx(2.0 * math.exp(0.0001), abs=1e-9)
+
+
+def test_gspo_token_equals_gspo_value_and_gradient_for_sequence_advantages():
+    torch.manual_seed(0)
+    base = torch.randn(4, 6) * 1e-4
+    old = torch.randn(4, 6)
+    mask = torch.ones(4, 6)
+    mask[1, 4:] = 0
+    adv = torch.tensor([1.0, -0.5, 2.0, -1.0])
+    grads = []
+    losses = []
+    for name in ("gspo", "gspo_token"):
+        lp = (old + base).clone().requires_grad_(True)
+        loss, _ = get_policy_loss(name)(lp, old, adv, mask, clip_low=1.0, clip_high=1.0)
+        loss.backward()
+        losses.append(loss.item())
+        grads.append(lp.grad)
+    assert losses[0] == pytest.approx(losses[1], abs=1e-7)
+    torch.testing.assert_close(grads[0], grads[1])
+
+
+def test_registry_lists_and_rejects():
+    assert {"grpo", "dapo", "gspo", "gspo_token"} <= set(policy_loss_names())
+    with pytest.raises(KeyError, match="registered: "):
+        get_policy_loss("nope")
+
+
+def test_registering_a_variant_is_adding_a_function():
+    @register_policy_loss("test_reinforce")
+    def reinforce(log_probs, old_log_probs, advantages, mask, **_):
+        return aggregate_loss(-advantages.unsqueeze(-1) * log_probs, mask), {}
+
+    ones = torch.ones(1, 2)
+    loss, _ = get_policy_loss("test_reinforce")(ones, ones, torch.tensor([2.0]), ones)
+    assert loss.item() == -2.0
+    with pytest.raises(ValueError, match="already registered"):
+        register_policy_loss("test_reinforce")(lambda *a, **k: None)
+
+
+# --------------------------------------------------------------------------- DAPO helpers
+
+
+def test_dynamic_sampling_keeps_only_groups_with_varying_metric():
+    acc = torch.tensor([1.0, 1.0, 0.0, 0.0, 1.0, 0.0, 1.0])
+    keep = dynamic_sampling_mask(acc, [0, 0, 1, 1, 2, 2, 3])
+    assert keep.tolist() == [False, False, False, False, True, True, False]
+
+
+@pytest.mark.parametrize("length, expected", [(100, 0.0), (4096, 0.0), (5120, -0.25), (6144, -0.5),
+                                               (8192, -1.0), (9000, -1.0)])
+def test_overlong_penalty_hand_computed(length, expected):
+    assert overlong_penalty(length, max_length=8192, buffer=4096, factor=1.0).item() == pytest.approx(expected)
+
+
+def test_overlong_penalty_factor_and_bad_buffer():
+    assert overlong_penalty(torch.tensor([150]), max_length=200, buffer=100, factor=0.5).tolist() == [-0.25]
+    with pytest.raises(ValueError, match="overlong buffer"):
+        overlong_penalty(10, max_length=100, buffer=0)
