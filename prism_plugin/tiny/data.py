@@ -1,0 +1,206 @@
+"""The toy counting dataset, written in the formats every PRISM stage consumes.
+
+Files under ``data/`` (all image paths are RELATIVE TO ``data/``, e.g. ``images/0003.png``, so the
+files are byte-identical wherever they are built; LLaMA-Factory resolves them through
+``media_dir``, which defaults to ``dataset_dir`` = ``data/``; EasyR1 through ``data.image_dir``):
+
+- ``sft.json``      LLaMA-Factory sharegpt list: ``messages`` (system / user ``<image>question`` /
+                    assistant PRISM response) and ``images``.
+- ``align.jsonl``   ``prompt``, ``images``, ``teacher_caption``, ``teacher_cot``, ``ground_truth``.
+- ``pairs.jsonl``   discriminator warm-up: ``prompt``, ``image``, teacher and (plausible but wrong)
+                    student caption / cot.
+- ``rlvr.jsonl``    ``prompt``, ``images``, ``answer``.
+- ``dataset_info.json``  LLaMA-Factory entry ``prism_tiny_sft`` with an absolute ``file_name``.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from prism_plugin.data.prompts import SYSTEM_PROMPT, render_response
+from prism_plugin.tiny.corpus import COLORS
+from prism_plugin.tiny.images import Scene, draw_scene, random_scene, save_png
+
+SFT_DATASET_NAME = "prism_tiny_sft"
+IMAGE_DIR = "images"
+
+
+@dataclass(frozen=True)
+class Example:
+    """One toy example: image path (relative to data/), question, teacher layout parts, answer."""
+
+    image: str
+    question: str
+    caption: str
+    reasoning: str
+    answer: str
+    counts: dict[str, int]
+    asked: tuple[str, ...]  # colours the question sums over
+
+    @property
+    def prompt(self) -> str:
+        return f"<image>{self.question}"
+
+    @property
+    def response(self) -> str:
+        return render_response(self.caption, self.reasoning, self.answer)
+
+    @property
+    def teacher_caption(self) -> str:
+        return split_response(self.response)[0]
+
+    @property
+    def teacher_cot(self) -> str:
+        return split_response(self.response)[1]
+
+
+def split_response(response: str) -> tuple[str, str]:
+    """(``<caption>…</caption>``, ``<think>…</think>\\n<answer>…</answer>``) of a rendered response."""
+    end = response.index("</caption>") + len("</caption>")
+    return response[:end].strip(), response[end:].strip()
+
+
+def caption_text(counts: dict[str, int]) -> str:
+    """``red 3 green 0 blue 2 yellow 1``: every colour with its count, in a fixed order."""
+    return " ".join(f"{color} {counts[color]}" for color in COLORS)
+
+
+def sum_text(counts: dict[str, int], colors: tuple[str, ...], total: int | None = None) -> str:
+    """``red 3 + blue 2 = 5`` (``total`` overrides the right-hand side, for wrong arithmetic)."""
+    value = sum(counts[c] for c in colors) if total is None else total
+    return " + ".join(f"{c} {counts[c]}" for c in colors) + f" = {value}"
+
+
+def make_example(index: int, scene: Scene, rng: random.Random) -> Example:
+    """A question about ``scene``: the sum of two colours, or (one time in four) of all shapes."""
+    counts = scene.counts()
+    if rng.random() < 0.25:
+        asked = tuple(COLORS)
+        question = "How many shapes are there in total?"
+    else:
+        asked = tuple(sorted(rng.sample(COLORS, 2), key=COLORS.index))
+        question = f"How many {asked[0]} and {asked[1]} shapes are there?"
+    return Example(
+        image=f"{IMAGE_DIR}/{index:04d}.png",
+        question=question,
+        caption=caption_text(counts),
+        reasoning=sum_text(counts, asked),
+        answer=str(sum(counts[c] for c in asked)),
+        counts=counts,
+        asked=asked,
+    )
+
+
+def student_segments(example: Example, rng: random.Random) -> tuple[str, str]:
+    """A plausible but wrong (caption, cot): a miscounted colour carried into the sum, or bad arithmetic."""
+    counts = dict(example.counts)
+    if rng.random() < 0.5:
+        color = rng.choice(example.asked)
+        counts[color] = max(0, counts[color] + rng.choice((-1, 1))) if counts[color] else 1
+        reasoning, answer = sum_text(counts, example.asked), str(sum(counts[c] for c in example.asked))
+    else:
+        other = rng.choice([c for c in COLORS if c not in example.asked] or list(COLORS))
+        counts[other] += 1  # a miscount that does not change the answer…
+        wrong = int(example.answer) + rng.choice((-1, 1, 2)) if example.answer != "0" else 1
+        reasoning, answer = sum_text(counts, example.asked, wrong), str(wrong)  # …plus an arithmetic slip
+    return split_response(render_response(caption_text(counts), reasoning, answer))
+
+
+def build_examples(data_dir: Path, num_examples: int, seed: int) -> list[Example]:
+    """Draw and save ``num_examples`` scenes under ``data_dir/images`` and return their examples."""
+    rng = random.Random(seed)
+    examples = []
+    for index in range(num_examples):
+        scene = random_scene(rng)
+        example = make_example(index, scene, rng)
+        save_png(draw_scene(scene), data_dir / example.image)
+        examples.append(example)
+    return examples
+
+
+def _write_json(path: Path, obj: Any) -> Path:
+    path.write_text(json.dumps(obj, ensure_ascii=False, indent=2) + "\n", encoding="utf-8")
+    return path
+
+
+def _write_jsonl(path: Path, rows: list[dict[str, Any]]) -> Path:
+    path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
+    return path
+
+
+def write_dataset(data_dir: Path, num_examples: int, seed: int) -> dict[str, str]:
+    """Build images and every dataset file under ``data_dir``; returns {name: absolute path}."""
+    data_dir = Path(data_dir).resolve()
+    data_dir.mkdir(parents=True, exist_ok=True)
+    examples = build_examples(data_dir, num_examples, seed)
+    student_rng = random.Random(seed + 1)
+
+    sft = [
+        {
+            "messages": [
+                {"role": "system", "content": SYSTEM_PROMPT},
+                {"role": "user", "content": ex.prompt},
+                {"role": "assistant", "content": ex.response},
+            ],
+            "images": [ex.image],
+        }
+        for ex in examples
+    ]
+    align = [
+        {
+            "prompt": ex.prompt,
+            "images": [ex.image],
+            "teacher_caption": ex.teacher_caption,
+            "teacher_cot": ex.teacher_cot,
+            "ground_truth": ex.answer,
+        }
+        for ex in examples
+    ]
+    pairs = []
+    for ex in examples:
+        student_caption, student_cot = student_segments(ex, student_rng)
+        pairs.append(
+            {
+                "prompt": ex.prompt,
+                "image": ex.image,
+                "teacher_caption": ex.teacher_caption,
+                "teacher_cot": ex.teacher_cot,
+                "student_caption": student_caption,
+                "student_cot": student_cot,
+            }
+        )
+    rlvr = [{"prompt": ex.prompt, "images": [ex.image], "answer": ex.answer} for ex in examples]
+
+    paths = {
+        "sft": _write_json(data_dir / "sft.json", sft),
+        "align": _write_jsonl(data_dir / "align.jsonl", align),
+        "pairs": _write_jsonl(data_dir / "pairs.jsonl", pairs),
+        "rlvr": _write_jsonl(data_dir / "rlvr.jsonl", rlvr),
+    }
+    paths["dataset_info"] = _write_json(data_dir / "dataset_info.json", dataset_info(paths["sft"]))
+    out = {name: str(path) for name, path in paths.items()}
+    out["data_dir"] = str(data_dir)
+    out["images_dir"] = str(data_dir / IMAGE_DIR)
+    return out
+
+
+def dataset_info(sft_path: Path) -> dict[str, Any]:
+    """LLaMA-Factory ``dataset_info.json`` content registering ``sft_path`` as multimodal sharegpt."""
+    return {
+        SFT_DATASET_NAME: {
+            "file_name": str(Path(sft_path).resolve()),
+            "formatting": "sharegpt",
+            "columns": {"messages": "messages", "images": "images"},
+            "tags": {
+                "role_tag": "role",
+                "content_tag": "content",
+                "user_tag": "user",
+                "assistant_tag": "assistant",
+                "system_tag": "system",
+            },
+        }
+    }

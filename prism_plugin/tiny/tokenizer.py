@@ -1,0 +1,120 @@
+"""A Qwen-style byte-level BPE tokenizer trained from scratch on the embedded corpus.
+
+Same pipeline shape as Qwen's (split regex + ByteLevel pre-tokenizer, ByteLevel decoder, the
+Qwen special tokens after the BPE vocab, ChatML chat template) but no NFC normaliser, so every
+string round-trips exactly. The PRISM layout tags stay ordinary BPE text, as in Qwen.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
+
+from prism_plugin.tiny.corpus import corpus_lines
+
+BPE_VOCAB_SIZE = 1280
+MODEL_MAX_LENGTH = 4096
+
+# Qwen2.5 / Qwen3 / Qwen3-VL special tokens, in Qwen's order (ids follow the BPE vocab).
+SPECIAL_TOKENS = (
+    "<|endoftext|>",
+    "<|im_start|>",
+    "<|im_end|>",
+    "<|object_ref_start|>",
+    "<|object_ref_end|>",
+    "<|box_start|>",
+    "<|box_end|>",
+    "<|quad_start|>",
+    "<|quad_end|>",
+    "<|vision_start|>",
+    "<|vision_end|>",
+    "<|vision_pad|>",
+    "<|image_pad|>",
+    "<|video_pad|>",
+)
+EOS_TOKEN = "<|im_end|>"
+PAD_TOKEN = "<|endoftext|>"
+# Tokens a random-weight VL policy must never sample: they break the image-feature bookkeeping.
+VISION_SPECIAL_TOKENS = ("<|vision_start|>", "<|vision_end|>", "<|vision_pad|>", "<|image_pad|>", "<|video_pad|>")
+
+# Qwen2's pre-tokenisation regex: `>` may merge with the newlines after it (`>\n`).
+PRETOKENIZE_REGEX = (
+    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*"
+    r"|\s*[\r\n]+|\s+(?!\S)|\s+"
+)
+
+# ChatML, with Qwen-VL's rendering of image / video content items.
+CHAT_TEMPLATE = (
+    "{%- for message in messages -%}"
+    "{{- '<|im_start|>' + message['role'] + '\\n' -}}"
+    "{%- if message['content'] is string -%}"
+    "{{- message['content'] -}}"
+    "{%- else -%}"
+    "{%- for item in message['content'] -%}"
+    "{%- if item['type'] == 'image' or 'image' in item or 'image_url' in item -%}"
+    "{{- '<|vision_start|><|image_pad|><|vision_end|>' -}}"
+    "{%- elif item['type'] == 'video' or 'video' in item -%}"
+    "{{- '<|vision_start|><|video_pad|><|vision_end|>' -}}"
+    "{%- elif 'text' in item -%}"
+    "{{- item['text'] -}}"
+    "{%- endif -%}"
+    "{%- endfor -%}"
+    "{%- endif -%}"
+    "{{- '<|im_end|>\\n' -}}"
+    "{%- endfor -%}"
+    "{%- if add_generation_prompt -%}"
+    "{{- '<|im_start|>assistant\\n' -}}"
+    "{%- endif -%}"
+)
+
+
+def train_backend(vocab_size: int = BPE_VOCAB_SIZE) -> Tokenizer:
+    """Train the raw `tokenizers` BPE model (deterministic: no randomness in BPE training)."""
+    tok = Tokenizer(models.BPE(unk_token=None, fuse_unk=False, byte_fallback=False))
+    tok.pre_tokenizer = pre_tokenizers.Sequence(
+        [
+            pre_tokenizers.Split(Regex(PRETOKENIZE_REGEX), behavior="isolated", invert=False),
+            pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
+        ]
+    )
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        min_frequency=1,
+        show_progress=False,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        special_tokens=[],
+    )
+    tok.train_from_iterator(corpus_lines(), trainer=trainer)
+    tok.add_special_tokens(list(SPECIAL_TOKENS))
+    return tok
+
+
+def build_tokenizer(vocab_size: int = BPE_VOCAB_SIZE) -> Any:
+    """The trained tokenizer wrapped as a transformers fast tokenizer with the chat template.
+
+    ``tokenizer_class`` is the generic fast class on purpose: transformers 5 rebuilds the
+    pipeline of ``Qwen2Tokenizer`` from its own code (adding an NFC normaliser), whereas the
+    generic class loads ``tokenizer.json`` verbatim.
+    """
+    from transformers import PreTrainedTokenizerFast
+
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=train_backend(vocab_size),
+        eos_token=EOS_TOKEN,
+        pad_token=PAD_TOKEN,
+        unk_token=None,
+        bos_token=None,
+        model_max_length=MODEL_MAX_LENGTH,
+        padding_side="right",
+        clean_up_tokenization_spaces=False,
+        split_special_tokens=False,
+    )
+    tokenizer.chat_template = CHAT_TEMPLATE
+    return tokenizer
+
+
+def special_token_ids(tokenizer: Any) -> dict[str, int]:
+    """Id of every Qwen special token in ``tokenizer``."""
+    return {tok: tokenizer.convert_tokens_to_ids(tok) for tok in SPECIAL_TOKENS}
