@@ -13,13 +13,13 @@ O(L log L) bisection over ``tokenizer.decode``.
 
 from __future__ import annotations
 
-import bisect
 import re
 import weakref
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import torch
 
 LAYOUT_PATTERN = r"^\s*<caption>.*?</caption>\s*<think>.*?</think>\s*<answer>.*?</answer>\s*$"
@@ -32,8 +32,31 @@ _CAPTION_BYTES_RE = re.compile(CAPTION_PATTERN.encode(), re.DOTALL)
 SEGMENT_NAMES = ("caption", "reasoning")
 
 
+_OPEN_RE = re.compile(r"\s*<caption>")
+_CAPTION_THINK_RE = re.compile(r"</caption>\s*<think>")
+_THINK_ANSWER_RE = re.compile(r"</think>\s*<answer>")
+_END_RE = re.compile(r"</answer>\s*\Z")
+
+
 def is_valid(text: str) -> bool:
-    """True iff ``text`` (special tokens already removed) follows the PRISM layout."""
+    """True iff ``text`` (special tokens already removed) follows the PRISM layout.
+
+    Same answer as ``LAYOUT_PATTERN``, found in one left-to-right pass: taking the earliest
+    occurrence of each tag junction never rules out a match, and avoids the lazy pattern's
+    per-character stepping on long responses.
+    """
+    start = _OPEN_RE.match(text)
+    if start is None:
+        return False
+    junction = _CAPTION_THINK_RE.search(text, start.end())
+    if junction is None:
+        return False
+    junction = _THINK_ANSWER_RE.search(text, junction.end())
+    return junction is not None and _END_RE.search(text, junction.end()) is not None
+
+
+def is_valid_reference(text: str) -> bool:
+    """The reference's check, ``LAYOUT_PATTERN`` as one regex (tests compare ``is_valid`` with it)."""
     return _LAYOUT_RE.match(text) is not None
 
 
@@ -93,28 +116,39 @@ class SegmentBatch:
 
 
 class _ByteTable:
-    """Decoded bytes of every token id, for tokenizers whose decoder is byte-level BPE."""
+    """Decoded bytes of every token id, for tokenizers whose decoder is byte-level BPE.
+
+    Stored as one byte blob plus per-id offsets and lengths, so a response's bytes are one
+    vectorised gather. Special tokens (skipped when decoding) and unknown ids have no bytes.
+    """
 
     def __init__(self, tokenizer: Any) -> None:
         byte_decoder = {ch: b for b, ch in _bytes_to_unicode().items()}
         vocab_size = len(tokenizer)
         special_ids = set(getattr(tokenizer, "all_special_ids", []) or [])
         added = _added_tokens(tokenizer)
-        table: list[bytes] = [b""] * vocab_size
+        pieces: list[bytes] = [b""] * vocab_size
         for token, idx in tokenizer.get_vocab().items():
-            if idx >= vocab_size:
+            if idx >= vocab_size or idx in special_ids:
                 continue
             if idx in added:
                 content, special = added[idx]
-                table[idx] = b"" if special else content.encode("utf-8")
+                pieces[idx] = b"" if special else content.encode("utf-8")
             else:
-                table[idx] = bytes(byte_decoder[ch] for ch in token if ch in byte_decoder)
-        self.table = table
-        self.skippable = {idx for idx, (_, special) in added.items() if special} | special_ids
+                pieces[idx] = bytes(byte_decoder[ch] for ch in token if ch in byte_decoder)
+        self.lengths = np.fromiter(map(len, pieces), dtype=np.int64, count=vocab_size)
+        self.offsets = np.cumsum(self.lengths) - self.lengths
+        self.blob = np.frombuffer(b"".join(pieces), dtype=np.uint8)
 
-    def token_bytes(self, ids: Sequence[int]) -> list[bytes]:
-        table = self.table
-        return [table[i] if 0 <= i < len(table) else b"" for i in ids]
+    def gather(self, ids: np.ndarray) -> tuple[bytes, np.ndarray]:
+        """The bytes of ``ids`` joined, and the cumulative byte count after each token."""
+        known = (ids >= 0) & (ids < self.lengths.shape[0])
+        safe = np.where(known, ids, 0)
+        lens = np.where(known, self.lengths[safe], 0)
+        ends = np.cumsum(lens)
+        total = int(ends[-1]) if ends.size else 0
+        shift = np.repeat(self.offsets[safe] - (ends - lens), lens)
+        return self.blob[np.arange(total) + shift].tobytes(), ends
 
 
 _TABLES: weakref.WeakKeyDictionary[Any, _ByteTable | None] = weakref.WeakKeyDictionary()
@@ -168,29 +202,28 @@ def _resolve_eos(tokenizer: Any, eos_token_ids: int | Iterable[int] | None) -> f
     return frozenset(eos_token_ids)
 
 
-def _split_one(ids: list[int], tokenizer: Any, eos: frozenset[int]) -> SegmentSplit:
-    length = len(ids)
-    truncated = bool(eos)
-    for pos, tok in enumerate(ids):
-        if tok in eos:
-            length, truncated = pos + 1, False
-            break
+def _response_length(ids: np.ndarray, eos: frozenset[int]) -> tuple[int, bool]:
+    """Tokens up to and including the first end-of-turn token, and whether there was none."""
+    if not eos:
+        return len(ids), False
+    hits = np.flatnonzero(np.isin(ids, np.fromiter(eos, dtype=np.int64)))
+    return (int(hits[0]) + 1, False) if hits.size else (len(ids), True)
+
+
+def _split_one(ids: np.ndarray, tokenizer: Any, eos: frozenset[int]) -> SegmentSplit:
+    length, truncated = _response_length(ids, eos)
     ids = ids[:length]
     table = _byte_table(tokenizer)
     if table is not None:
-        pieces = table.token_bytes(ids)
-        raw = b"".join(pieces)
+        raw, ends = table.gather(ids)
         text = raw.decode("utf-8", errors="replace")
         match = _CAPTION_BYTES_RE.search(raw)
-        if match is None:
-            boundary = 0
-        else:
-            ends = list(_accumulate_lengths(pieces))
-            boundary = bisect.bisect_left(ends, match.end()) + 1
+        boundary = 0 if match is None else int(np.searchsorted(ends, match.end(), side="left")) + 1
     else:
-        text = tokenizer.decode(ids, skip_special_tokens=True)
+        id_list = ids.tolist()
+        text = tokenizer.decode(id_list, skip_special_tokens=True)
         match = caption_match(text)
-        boundary = 0 if match is None else _bisect_boundary(ids, tokenizer, match.group(0))
+        boundary = 0 if match is None else _bisect_boundary(id_list, tokenizer, match.group(0))
     valid = not truncated and is_valid(text)
     return SegmentSplit(
         valid=valid,
@@ -200,13 +233,6 @@ def _split_one(ids: list[int], tokenizer: Any, eos: frozenset[int]) -> SegmentSp
         length=length,
         text=text,
     )
-
-
-def _accumulate_lengths(pieces: list[bytes]) -> Iterable[int]:
-    total = 0
-    for piece in pieces:
-        total += len(piece)
-        yield total
 
 
 def _bisect_boundary(ids: list[int], tokenizer: Any, caption: str) -> int:
@@ -242,34 +268,28 @@ def split_segments(
     if isinstance(token_ids, torch.Tensor):
         if attention_mask is not None:
             token_ids = token_ids[attention_mask.bool()]
-        token_ids = token_ids.tolist()
-    return _split_one(list(token_ids), tokenizer, eos)
+        return _split_one(token_ids.cpu().numpy().astype(np.int64), tokenizer, eos)
+    return _split_one(np.asarray(token_ids, dtype=np.int64).reshape(-1), tokenizer, eos)
 
 
 def _split_batch(
     token_ids: torch.Tensor, tokenizer: Any, attention_mask: torch.Tensor | None, eos: frozenset[int]
 ) -> SegmentBatch:
     batch, width = token_ids.shape
-    mask = torch.ones_like(token_ids, dtype=torch.bool) if attention_mask is None else attention_mask.bool()
-    ids_rows = token_ids.tolist()
-    mask_rows = mask.tolist()
-    caption_mask = torch.zeros(batch, width, dtype=torch.bool)
-    reasoning_mask = torch.zeros(batch, width, dtype=torch.bool)
+    ids_np = token_ids.cpu().numpy().astype(np.int64, copy=False)
+    keep_np = np.ones((batch, width), dtype=bool) if attention_mask is None else attention_mask.cpu().numpy() != 0
+    caption_mask = np.zeros((batch, width), dtype=bool)
+    reasoning_mask = np.zeros((batch, width), dtype=bool)
     valid, truncated, boundary, lengths, texts = [], [], [], [], []
-    for row, (ids, keep) in enumerate(zip(ids_rows, mask_rows, strict=True)):
-        positions = [pos for pos, k in enumerate(keep) if k]
-        split = _split_one([ids[pos] for pos in positions], tokenizer, eos)
-        if split.length:
-            start = positions[0]
-            if positions[split.length - 1] - start == split.length - 1:
-                caption_mask[row, start : start + split.caption[1]] = True
-                reasoning_mask[row, start + split.caption[1] : start + split.length] = True
-            else:  # non-contiguous mask: mark position by position
-                for n, pos in enumerate(positions[: split.length]):
-                    (caption_mask if n < split.caption[1] else reasoning_mask)[row, pos] = True
+    for row in range(batch):
+        positions = np.flatnonzero(keep_np[row])
+        split = _split_one(ids_np[row, positions], tokenizer, eos)
+        cut = split.caption[1]
+        caption_mask[row, positions[:cut]] = True
+        reasoning_mask[row, positions[cut : split.length]] = True
         valid.append(split.valid)
         truncated.append(split.truncated)
-        boundary.append(split.caption[1])
+        boundary.append(cut)
         lengths.append(split.length)
         texts.append(split.text)
     return SegmentBatch(
@@ -277,8 +297,8 @@ def _split_batch(
         truncated=torch.tensor(truncated, dtype=torch.bool),
         boundary=torch.tensor(boundary, dtype=torch.long),
         lengths=torch.tensor(lengths, dtype=torch.long),
-        caption_mask=caption_mask,
-        reasoning_mask=reasoning_mask,
+        caption_mask=torch.from_numpy(caption_mask),
+        reasoning_mask=torch.from_numpy(reasoning_mask),
         texts=texts,
     )
 

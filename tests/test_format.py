@@ -5,7 +5,7 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from prism_plugin.format import is_valid, reference_boundary, split_segments
+from prism_plugin.format import is_valid, is_valid_reference, reference_boundary, split_segments
 
 GOOD = "<caption> red 3 blue 2 </caption>\n<think> 3 + 2 = 5 </think>\n<answer> 5 </answer>"
 
@@ -60,6 +60,39 @@ def ids_of(tok, text: str, eos: bool = True) -> list[int]:
 )
 def test_is_valid(text, expected):
     assert is_valid(text) is expected
+    assert is_valid_reference(text) is expected
+
+
+LAYOUT_BITS = ["<caption>", "</caption>", "<think>", "</think>", "<answer>", "</answer>", " ", "\n", "\u3000", "x",
+               "<", ">", "/", "\t"]
+
+
+@settings(max_examples=2000, deadline=None)
+@given(st.lists(st.sampled_from(LAYOUT_BITS) | st.text(max_size=2), max_size=20).map("".join))
+def test_is_valid_equals_reference_regex(text):
+    assert is_valid(text) == is_valid_reference(text)
+
+
+@st.composite
+def near_layouts(draw):
+    """The layout with tag-laden contents, then one element dropped or repeated."""
+    junk = st.lists(st.sampled_from(LAYOUT_BITS), max_size=4).map("".join)
+    ws = st.sampled_from(["", " ", "\n", "\u3000 "])
+    parts = [draw(ws), "<caption>", draw(junk), "</caption>", draw(ws), "<think>", draw(junk), "</think>", draw(ws),
+             "<answer>", draw(junk), "</answer>", draw(ws)]
+    i = draw(st.integers(0, len(parts) - 1))
+    edit = draw(st.sampled_from(["keep", "drop", "repeat"]))
+    if edit == "drop":
+        parts.pop(i)
+    elif edit == "repeat":
+        parts.insert(i, parts[i])
+    return "".join(parts)
+
+
+@settings(max_examples=2000, deadline=None)
+@given(near_layouts())
+def test_is_valid_equals_reference_regex_near_the_layout(text):
+    assert is_valid(text) == is_valid_reference(text)
 
 
 # --------------------------------------------------------------------------- single responses
