@@ -1,0 +1,57 @@
+"""Rule-based verifiable reward for Stage 3 (RLVR): pure Python, no training-toolkit imports.
+
+Public API:
+
+- :func:`compute_score` — the reward of one response: format gate (0), empty or
+  >= 1024-char answer (0.2), else 0.8·accuracy + 0.2, plus optional DAPO overlong shaping.
+- :func:`answers_match` — does a predicted answer match a gold answer? Tries the registered
+  matchers in order (exact, multi_part, coordinates, multiple_choice, numbers, text, units,
+  math_verify); the first that decides wins. Extend with :func:`register_matcher`.
+
+Decisions on cases the reference leaves open (each has tests in tests/data/answers.jsonl):
+
+- "3.0" == "3"; "x = 3" == "3" (a one-variable left-hand side is ignored on both sides).
+- "50%" matches "50" and "0.5"; "0.5" matches "50%" but not "50".
+- A unit on one side only is decoration ("5 cm" == "5"); two different units are
+  converted within a dimension ("3 m" == "300 cm", "1 h" == "60 min"), never across
+  ("3 m" != "3 kg"). Counting words and classifiers (个, 人, apples …) are always dropped.
+- "1,000" is one thousand (digit + comma + 3 digits); "1, 000" and "1,00" are two parts.
+- Multiple choice: a bare number matches a gold "(B) 3.5" through the option text; a
+  prediction that names a letter is judged by the letter only. "not B but C", "A or C",
+  "(A) (C)" are ambiguous -> no match, whatever the gold ("answer is C" is explicit and
+  the last such phrase wins).
+- "2\\frac{1}{2}" is the mixed number 2.5; zero only matches exactly zero.
+- math_verify runs in a killable worker process with a hard 2 s limit; a time-out is a
+  non-match. Without math_verify installed the matcher is skipped.
+"""
+
+from .matchers import (
+    MAX_ANSWER_CHARS,
+    REGISTRY,
+    answers_match,
+    extract_letter,
+    matcher_names,
+    parse_option,
+    register_matcher,
+    set_math_verify_timeout,
+    split_parts,
+    unregister_matcher,
+)
+from .score import compute_score, extract_answer, format_ok, overlong_penalty_value
+
+__all__ = [
+    "MAX_ANSWER_CHARS",
+    "REGISTRY",
+    "answers_match",
+    "compute_score",
+    "extract_answer",
+    "extract_letter",
+    "format_ok",
+    "matcher_names",
+    "overlong_penalty_value",
+    "parse_option",
+    "register_matcher",
+    "set_math_verify_timeout",
+    "split_parts",
+    "unregister_matcher",
+]
