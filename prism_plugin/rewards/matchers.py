@@ -21,7 +21,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import lru_cache
 
-from .normalize import canonical, clean_latex, normalize_text
+from .normalize import canonical, clean_latex, normalize_text, unicode_clean
 from .numbers import convert_to_base, numbers_equal, parse_number, parse_quantity, quantities_equal
 from .timeout import TimeoutWorker
 
@@ -160,6 +160,7 @@ def _split_top_level(text: str, separators: str) -> list[str]:
 @lru_cache(maxsize=65536)
 def split_parts(text: str) -> tuple[str, ...]:
     """Parts of a multi-part answer: numbered items, else ';' / '；', else top-level ',' / '、'."""
+    text = unicode_clean(text)
     numbered = _split_numbered(text)
     if numbered is not None:
         return tuple(numbered)

@@ -1,0 +1,208 @@
+"""Tests of the rule-based verifiable reward: answer-matching corpus and hand-computed scores."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import pytest
+
+from prism_plugin.rewards import (
+    answers_match,
+    compute_score,
+    extract_letter,
+    matcher_names,
+    register_matcher,
+    split_parts,
+    unregister_matcher,
+)
+from prism_plugin.rewards import matchers as matchers_mod
+
+CASES = [
+    json.loads(line) for line in (Path(__file__).parent / "data" / "answers.jsonl").read_text("utf-8").splitlines()
+]
+
+
+def _resp(answer: str, caption: str = "a red triangle", think: str = "compute") -> str:
+    return f"<caption>{caption}</caption>\n<think>{think}</think>\n<answer>{answer}</answer>"
+
+
+# --------------------------------------------------------------------------- corpus
+
+
+def test_corpus_is_large_and_well_formed() -> None:
+    assert len(CASES) >= 150
+    for case in CASES:
+        assert set(case) == {"pred", "gold", "expected", "why"}
+        assert isinstance(case["expected"], bool) and case["why"]
+    assert {c["expected"] for c in CASES} == {True, False}
+
+
+@pytest.mark.parametrize("case", CASES, ids=[f"{i:03d}-{c['why'][:40]}" for i, c in enumerate(CASES)])
+def test_answers_match_corpus(case: dict) -> None:
+    if not matchers_mod.HAS_MATH_VERIFY and "math_verify" in case["why"]:
+        # Without math_verify, symbolic equivalences cannot be proven: they must not match.
+        assert answers_match(case["pred"], case["gold"]) is (case["expected"] and case["pred"] == case["gold"])
+        return
+    assert answers_match(case["pred"], case["gold"]) is case["expected"], case["why"]
+
+
+# --------------------------------------------------------------------------- matcher pieces
+
+
+def test_matcher_order_is_documented() -> None:
+    assert matcher_names() == [
+        "exact",
+        "multi_part",
+        "coordinates",
+        "multiple_choice",
+        "numbers",
+        "text",
+        "units",
+        "math_verify",
+    ]
+
+
+def test_register_matcher_adds_a_function() -> None:
+    @register_matcher("roman", order=35)
+    def roman(pred: str, gold: str) -> bool | None:
+        table = {"IV": "4", "IX": "9"}
+        return table.get(pred) == gold if pred in table else None
+
+    try:
+        assert matcher_names().index("roman") == matcher_names().index("multiple_choice") + 1
+        assert answers_match("IV", "4")
+        assert not answers_match("IX", "4")
+    finally:
+        unregister_matcher("roman")
+    assert "roman" not in matcher_names()
+    assert not answers_match("IV", "4")
+
+
+def test_split_parts() -> None:
+    assert split_parts("(1) 5 (2) 7") == ("5", "7")
+    assert split_parts("1. a 2. b 3. c") == ("a", "b", "c")
+    assert split_parts("a; b；c") == ("a", "b", "c")
+    assert split_parts("(1, 2), \\{3, 4\\}, [5, 6]") == ("(1, 2)", "\\{3, 4\\}", "[5, 6]")
+    assert split_parts("1,000,000") == ("1,000,000",)
+    assert split_parts("1.5") == ("1.5",)
+
+
+def test_extract_letter_priorities() -> None:
+    assert extract_letter("(A) and B. but the answer is C") == "C"
+    assert extract_letter("(A) then B.") == "A"
+    assert extract_letter("B. then C.") == ""  # ambiguous
+    assert extract_letter("B") == "B"
+    assert extract_letter("3.5") is None
+
+
+# --------------------------------------------------------------------------- compute_score
+
+
+@pytest.mark.parametrize(
+    "response",
+    [
+        "<think>x</think><answer>4</answer>",  # missing caption
+        "<caption>c</caption><answer>4</answer>",  # missing think
+        "<caption>c</caption><think>x</think>4",  # missing answer tags
+        "Sure! <caption>c</caption><think>x</think><answer>4</answer>",  # text before <caption>
+        "<caption>c</caption><think>x</think><answer>4</answer> thanks",  # text after </answer>
+        "<caption>c</caption><think>x</think><answer>4",  # truncated </answer>
+        "<caption>c</caption><think>x</think><answer>4</answ",  # truncated mid-tag
+        "<caption>c</caption><think>x</think><answer>3</answer><answer>4</answer>",  # duplicated answer
+        "<caption>c</caption><think>x</think><think>y</think><answer>4</answer>",  # duplicated think
+        "<caption>c</caption><caption>d</caption><think>x</think><answer>4</answer>",  # duplicated caption
+        "<think>x</think><caption>c</caption><answer>4</answer>",  # wrong order
+        "",
+    ],
+)
+def test_format_gate_gives_zero(response: str) -> None:
+    score = compute_score(response, "4")
+    assert score == {"overall": 0.0, "accuracy": 0.0, "format": 0.0}
+
+
+def test_whitespace_around_tags_is_allowed() -> None:
+    response = "\n  <caption>c</caption>\n\n<think>x</think>  <answer> 4 </answer>\n"
+    assert compute_score(response, "4") == {"overall": pytest.approx(1.0), "accuracy": 1.0, "format": 1.0}
+
+
+def test_correct_wrong_empty_and_long_answers() -> None:
+    assert compute_score(_resp("4"), "4")["overall"] == pytest.approx(1.0)
+    assert compute_score(_resp("5"), "4") == {"overall": pytest.approx(0.2), "accuracy": 0.0, "format": 1.0}
+    assert compute_score(_resp(""), "4")["overall"] == pytest.approx(0.2)
+    assert compute_score(_resp("   \n "), "4")["overall"] == pytest.approx(0.2)
+    long_answer = "4" + " " * 1022 + "4"  # 1024 chars after stripping
+    assert compute_score(_resp(long_answer), "4")["overall"] == pytest.approx(0.2)
+    assert compute_score(_resp("4" * 2000), "4" * 2000)["overall"] == pytest.approx(0.2)
+    ok_answer = "x" * 1023
+    assert compute_score(_resp(ok_answer), ok_answer)["overall"] == pytest.approx(1.0)
+
+
+def test_weights_are_configurable() -> None:
+    score = compute_score(_resp("4"), "4", accuracy_weight=0.9, format_weight=0.1)
+    assert score["overall"] == pytest.approx(1.0)
+    assert compute_score(_resp("5"), "4", accuracy_weight=0.9, format_weight=0.1)["overall"] == pytest.approx(0.1)
+
+
+def test_equivalent_answers() -> None:
+    assert compute_score(_resp("0.5"), "1/3")["accuracy"] == 0.0
+    assert compute_score(_resp("0.5"), "1/3", equivalent_answers=["2/7", "\\frac{1}{2}"])["accuracy"] == 1.0
+    assert compute_score(_resp("B"), "C", equivalent_answers=("B",))["overall"] == pytest.approx(1.0)
+    assert compute_score(_resp("A"), "C", equivalent_answers=["B", ""])["overall"] == pytest.approx(0.2)
+
+
+@pytest.mark.parametrize(
+    ("length", "penalty"),
+    [(0, 0.0), (4000, 0.0), (4096, 0.0), (5120, -0.25), (6144, -0.5), (7168, -0.75), (8192, -1.0), (9000, -1.0)],
+)
+def test_overlong_shaping_dapo_values(length: int, penalty: float) -> None:
+    kwargs = dict(response_length=length, max_response_length=8192, overlong_buffer=4096, overlong_penalty=1.0)
+    correct = compute_score(_resp("4"), "4", **kwargs)
+    assert correct["overlong"] == pytest.approx(penalty)
+    assert correct["overall"] == pytest.approx(1.0 + penalty)
+    invalid = compute_score("<answer>4</answer>", "4", **kwargs)  # shaping applies to every response
+    assert invalid["overall"] == pytest.approx(penalty)
+
+
+def test_overlong_shaping_factor_and_off() -> None:
+    kwargs = dict(response_length=3584, max_response_length=4096, overlong_buffer=1024, overlong_penalty=0.5)
+    score = compute_score(_resp("5"), "4", **kwargs)  # 512 past 3072 -> -0.5 * 0.5
+    assert score["overlong"] == pytest.approx(-0.25)
+    assert score["overall"] == pytest.approx(0.2 - 0.25)
+    assert "overlong" not in compute_score(_resp("4"), "4", response_length=10_000, max_response_length=8192)
+    with pytest.raises(ValueError):
+        compute_score(_resp("4"), "4", max_response_length=8192, overlong_buffer=4096, overlong_penalty=1.0)
+
+
+# --------------------------------------------------------------------------- math_verify time-out
+
+
+@pytest.mark.skipif(not matchers_mod.HAS_MATH_VERIFY, reason="math_verify not installed")
+def test_math_verify_timeout_bounds_pathological_call() -> None:
+    worker = matchers_mod.math_verify_worker()
+    assert worker.start()
+    old = matchers_mod.MATH_VERIFY_TIMEOUT_S
+    matchers_mod.set_math_verify_timeout(1.0)
+    try:
+        before = worker.timeouts
+        start = time.perf_counter()
+        # (3^200000)! is computed exactly by sympy: minutes without the limit.
+        assert answers_match("1", "(3^{200000})!") is False
+        elapsed = time.perf_counter() - start
+        assert elapsed < 1.0 + 0.5
+        assert worker.timeouts == before + 1
+        # the worker comes back: a later symbolic comparison works again
+        deadline = time.monotonic() + 30
+        while not answers_match("x^2+2x+1", "(x+1)^2"):
+            assert time.monotonic() < deadline
+        assert compute_score(_resp("1"), "(3^{200000})!")["overall"] == pytest.approx(0.2)
+    finally:
+        matchers_mod.set_math_verify_timeout(old)
+
+
+def test_math_verify_absent_is_skipped(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(matchers_mod, "HAS_MATH_VERIFY", False)
+    assert answers_match("x+1", "1+x") is False  # nothing else can prove it
+    assert answers_match("x+1", "x+1") is True
+    assert answers_match("\\frac{1}{2}", "0.5") is True
