@@ -228,6 +228,18 @@ def test_text_models_load_and_forward(tiny_dir: Path, name: str) -> None:
     assert out.shape[1] > prompt_ids.shape[1]
 
 
+@pytest.mark.parametrize("name", ["tokenizer", *MODEL_DIRS])
+def test_auto_tokenizer_and_auto_processor_load_every_dir(tiny_dir: Path, name: str) -> None:
+    from transformers import AutoProcessor, AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(tiny_dir / name)
+    processor = AutoProcessor.from_pretrained(tiny_dir / name)
+    vision = name.startswith("qwen3_vl")
+    assert type(processor).__name__ == ("Qwen3VLProcessor" if vision else type(tok).__name__)
+    assert tok.eos_token == "<|im_end|>" and tok.pad_token == "<|endoftext|>"
+    assert ("processor_class" in tok.init_kwargs) == vision
+
+
 @pytest.mark.parametrize("name", ["qwen3_vl_policy", "qwen3_vl_dense"])
 def test_vl_models_load_and_forward(tiny_dir: Path, name: str) -> None:
     from transformers import AutoConfig, AutoModelForImageTextToText

@@ -73,8 +73,11 @@ def make_tiny(out_dir: str | Path, seed: int = 0, num_examples: int = DEFAULT_NU
             shutil.rmtree(out / sub)
 
     tokenizer = build_tokenizer()
-    processor = build_processor(tokenizer)
     tokenizer.save_pretrained(out / "tokenizer")
+    # The processor gets its own tokenizer object: saving a processor stamps ``processor_class`` into
+    # its tokenizer's config, which would make ``AutoProcessor`` on the text-only dirs look for an
+    # image processor.
+    processor = build_processor(build_tokenizer())
 
     bars = hf_logging.is_progress_bar_enabled()
     hf_logging.disable_progress_bar()
