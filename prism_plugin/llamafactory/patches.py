@@ -1,0 +1,128 @@
+"""The patches applied to LLaMA-Factory's modules as they load (see :mod:`.bootstrap`).
+
+Every private LLaMA-Factory symbol we touch is named in :data:`PATCHED_SYMBOLS` and checked
+before patching; a mismatch raises an error naming the supported versions (the bootstrap
+reports it and leaves stock LLaMA-Factory untouched).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from types import ModuleType
+from typing import Any, Literal
+
+SUPPORTED_LLAMAFACTORY = ("0.9.5",)
+PRISM_STAGES = ("prism_disc", "prism_align")
+
+PATCHED_SYMBOLS = {
+    "llamafactory.hparams.parser": ("_TRAIN_ARGS", "_INFER_ARGS", "_EVAL_ARGS"),
+    "llamafactory.train.tuner": ("_training_function", "read_args"),
+    "llamafactory.data.template": ("TEMPLATES", "register_template"),
+}
+
+
+class UnsupportedLlamaFactoryError(RuntimeError):
+    """LLaMA-Factory's internals differ from the versions prism-plugin was written against."""
+
+
+def _require(module: ModuleType) -> None:
+    missing = [name for name in PATCHED_SYMBOLS[module.__name__] if not hasattr(module, name)]
+    if missing:
+        from llamafactory.extras.env import VERSION
+
+        raise UnsupportedLlamaFactoryError(
+            f"LLaMA-Factory {VERSION}: {module.__name__} lacks {', '.join(missing)}; "
+            f"prism-plugin supports llamafactory=={' / '.join(SUPPORTED_LLAMAFACTORY)}"
+        )
+
+
+# --------------------------------------------------------------------------- arguments
+
+
+def make_finetuning_arguments(base: type) -> type:
+    """``FinetuningArguments`` with the PRISM stages in ``stage`` and the ``prism_*`` keys added."""
+    from prism_plugin.llamafactory.arguments import PrismArguments
+
+    stages = tuple(base.__dataclass_fields__["stage"].type.__args__) + PRISM_STAGES
+    if getattr(base, "__prism_patched__", False):
+        return base
+    namespace = {
+        "__annotations__": {"stage": Literal[stages]},  # type: ignore[valid-type]
+        "stage": dataclasses.field(
+            default="sft", metadata={"help": f"Which stage will be performed in training: {', '.join(stages)}."}
+        ),
+        "__prism_patched__": True,
+        "__doc__": base.__doc__,
+        "__module__": base.__module__,
+    }
+    cls = type(base.__name__, (PrismArguments, base), namespace)
+    return dataclasses.dataclass(cls)
+
+
+def patch_parser(module: ModuleType) -> None:
+    """Swap FinetuningArguments in the parser's argument lists for the PRISM-aware subclass."""
+    _require(module)
+    for attr in ("_TRAIN_ARGS", "_INFER_ARGS", "_EVAL_ARGS"):
+        arg_list = getattr(module, attr)
+        for i, cls in enumerate(arg_list):
+            if cls.__name__ == "FinetuningArguments":
+                arg_list[i] = make_finetuning_arguments(cls)
+
+
+# --------------------------------------------------------------------------- training entry
+
+
+def stage_of(args: Any) -> str | None:
+    """The ``stage`` a LLaMA-Factory argument dict or command-line list asks for."""
+    if isinstance(args, dict):
+        return args.get("stage")
+    if isinstance(args, (list, tuple)):
+        for i, item in enumerate(args):
+            if item == "--stage" and i + 1 < len(args):
+                return args[i + 1]
+            if isinstance(item, str) and item.startswith("--stage="):
+                return item.split("=", 1)[1]
+    return None
+
+
+def patch_tuner(module: ModuleType) -> None:
+    """Route the PRISM stages to our workflows; every other stage runs LLaMA-Factory's code."""
+    _require(module)
+    original = module._training_function
+    if getattr(original, "__prism_original__", None) is not None:
+        return
+
+    def _training_function(config: dict[str, Any]) -> None:
+        args = module.read_args(config.get("args"))
+        if stage_of(args) in PRISM_STAGES:
+            from prism_plugin.llamafactory.workflow import run_prism_stage
+
+            run_prism_stage({**config, "args": args})
+            return
+        original(config)
+
+    _training_function.__prism_original__ = original  # type: ignore[attr-defined]
+    _training_function.__doc__ = original.__doc__
+    module._training_function = _training_function
+
+
+# --------------------------------------------------------------------------- chat template
+
+
+PRISM_TEMPLATES = {"prism_qwen3_vl": "qwen3_vl_nothink", "prism_qwen3": "qwen3_nothink"}
+
+
+def patch_template(module: ModuleType) -> None:
+    """Register the PRISM chat templates: Qwen3(-VL) turns with the caption/think/answer system prompt.
+
+    Built on the *non-thinking* Qwen3 templates: the thinking ones rewrite ``<think>`` blocks,
+    which in the PRISM layout belong to the response itself.
+    """
+    _require(module)
+    from prism_plugin.data.prompts import SYSTEM_PROMPT
+
+    for name, base_name in PRISM_TEMPLATES.items():
+        if name in module.TEMPLATES or base_name not in module.TEMPLATES:
+            continue
+        base = module.TEMPLATES[base_name]
+        module.TEMPLATES[name] = dataclasses.replace(base, default_system=SYSTEM_PROMPT)

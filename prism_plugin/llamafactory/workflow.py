@@ -1,0 +1,23 @@
+"""Entry point of the PRISM stages inside ``llamafactory-cli train``: parse, add callbacks, dispatch."""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+def run_prism_stage(config: dict[str, Any]) -> None:
+    """Run ``stage: prism_disc`` or ``stage: prism_align`` the way LLaMA-Factory runs its own stages."""
+    from llamafactory.hparams import get_train_args
+    from llamafactory.train.callbacks import LogCallback, ReporterCallback
+
+    model_args, data_args, training_args, finetuning_args, generating_args = get_train_args(config.get("args"))
+    callbacks = list(config.get("callbacks") or [])
+    callbacks.append(LogCallback())
+    callbacks.append(ReporterCallback(model_args, data_args, finetuning_args, generating_args))
+    stage = finetuning_args.stage
+    if stage == "prism_disc":
+        from prism_plugin.llamafactory.disc_workflow import run_prism_disc
+
+        run_prism_disc(model_args, data_args, training_args, finetuning_args, callbacks)
+    else:
+        raise NotImplementedError(f"stage {stage!r} is registered but not implemented in prism-plugin yet")
