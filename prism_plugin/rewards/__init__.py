@@ -16,13 +16,17 @@ Decisions on cases the reference leaves open (each has tests in tests/data/answe
   converted within a dimension ("3 m" == "300 cm", "1 h" == "60 min"), never across
   ("3 m" != "3 kg"). Counting words and classifiers (个, 人, apples …) are always dropped.
 - "1,000" is one thousand (digit + comma + 3 digits); "1, 000" and "1,00" are two parts.
+  Parts match in order ("2, 3" != "3, 2"); a multi-part prediction never matches a
+  single-part gold ("5, which is prime" != "5"); a coordinate gold needs a "(x, y)" pair.
 - Multiple choice: a bare number matches a gold "(B) 3.5" through the option text; a
   prediction that names a letter is judged by the letter only. "not B but C", "A or C",
   "(A) (C)" are ambiguous -> no match, whatever the gold ("answer is C" is explicit and
-  the last such phrase wins).
+  the last such phrase wins; "option B is wrong" is not a commitment). A lone lowercase
+  letter ("b", "e") is not an option.
 - "2\\frac{1}{2}" is the mixed number 2.5; zero only matches exactly zero.
 - math_verify runs in a killable worker process with a hard 2 s limit; a time-out is a
-  non-match. Without math_verify installed the matcher is skipped.
+  non-match. Without math_verify installed the matcher is skipped; prose (no digit,
+  operator or backslash) is never sent to it.
 """
 
 from .matchers import (

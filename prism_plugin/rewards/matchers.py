@@ -340,6 +340,11 @@ _MV_CACHE: OrderedDict[tuple[str, str], bool] = OrderedDict()
 _MV_CACHE_SIZE = 8192
 
 
+def _looks_mathematical(text: str) -> bool:
+    """A digit, backslash or operator, or a short symbol ("e", "pi"); prose is not sent."""
+    return len(text) <= 3 or not _MATHY.isdisjoint(text)
+
+
 def _math_verify_warmup() -> None:
     """Child-process warm-up: import math_verify, run one comparison, silence its warnings."""
     logging.getLogger("math_verify").setLevel(logging.ERROR)
@@ -383,11 +388,12 @@ def set_math_verify_timeout(seconds: float) -> None:
 def match_math_verify(pred: str, gold: str) -> bool | None:
     """Symbolic equivalence by math_verify, under a hard time limit (time-out -> False).
 
-    Skipped when math_verify is not installed or neither side looks like mathematics.
+    Skipped when math_verify is not installed or either side is prose (no digit, operator
+    or backslash and longer than 3 characters).
     """
     if not HAS_MATH_VERIFY:
         return None
-    if not (_MATHY.intersection(pred) or _MATHY.intersection(gold)):
+    if not (_looks_mathematical(pred) and _looks_mathematical(gold)):
         return None
     key = (pred, gold)
     cached = _MV_CACHE.get(key)
