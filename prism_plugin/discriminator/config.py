@@ -1,0 +1,146 @@
+"""``PrismDiscriminatorConfig``: the backbone config (nested) plus the head and expert-mode settings."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from transformers import AutoConfig, PreTrainedConfig
+from transformers.models.auto.configuration_auto import CONFIG_MAPPING
+
+EXPERT_MODES = ("shared", "dedicated")
+SHARED_HEAD = "score"
+MOE_MODEL_TYPES = ("qwen3_vl_moe", "qwen3_moe")
+VL_MODEL_TYPES = ("qwen3_vl", "qwen3_vl_moe")
+
+
+class PrismDiscriminatorConfig(PreTrainedConfig):
+    """A scalar-score discriminator over a transformers backbone (Qwen3-VL(-MoE), Qwen3(-MoE)).
+
+    Fields:
+      backbone_config: the backbone's own config (a dict is turned into one via its ``model_type``).
+      segments: segment types this discriminator scores (``caption``/``reasoning``; ``response`` for GAD).
+      expert_mode: ``shared`` (one MoE and one head for every segment, the reference) or ``dedicated``
+        (each segment routes only among ``expert_groups[segment]`` + ``shared_experts``; one head per segment).
+      expert_groups / shared_experts: expert indices per segment type / usable by every segment (dedicated).
+      head_dropout, head_init_std: the score head's dropout (training only) and N(0, std²) init.
+      router_aux_loss_coef: weight of the load-balancing loss a trainer adds (``out.aux_loss``).
+      score_clip: scores are clipped to ±score_clip where they are used as rewards (``score_texts``, CLI).
+      max_length: longest prompt + segment accepted by ``score_texts``/the CLI (None: the backbone's limit).
+    """
+
+    model_type = "prism_discriminator"
+    sub_configs = {"backbone_config": AutoConfig}
+
+    backbone_config: dict | PreTrainedConfig | None = None
+    segments: list[str] | None = None
+    expert_mode: Literal["shared", "dedicated"] = "shared"
+    expert_groups: dict[str, list[int]] | None = None
+    shared_experts: list[int] | None = None
+    head_dropout: float = 0.1
+    head_init_std: float = 0.02
+    router_aux_loss_coef: float = 0.01
+    score_clip: float | None = 10.0
+    max_length: int | None = None
+
+    def __post_init__(self, **kwargs: Any) -> None:
+        if isinstance(self.backbone_config, dict):
+            data = dict(self.backbone_config)
+            model_type = data.pop("model_type", None)
+            if model_type is None:
+                raise ValueError("backbone_config needs a 'model_type'")
+            self.backbone_config = CONFIG_MAPPING[model_type](**data)
+        elif self.backbone_config is None:
+            self.backbone_config = CONFIG_MAPPING["qwen3"]()
+        self.segments = list(self.segments) if self.segments else ["caption", "reasoning"]
+        self.shared_experts = list(self.shared_experts or [])
+        if self.expert_groups is not None:
+            self.expert_groups = {k: list(v) for k, v in self.expert_groups.items()}
+        super().__post_init__(**kwargs)
+        self.validate_experts()
+
+    # ------------------------------------------------------------------ derived properties
+
+    @property
+    def backbone_text_config(self) -> PreTrainedConfig:
+        """The backbone's language-model config (the backbone itself for text-only backbones)."""
+        return self.backbone_config.get_text_config()
+
+    @property
+    def backbone_hidden_size(self) -> int:
+        return self.backbone_text_config.hidden_size
+
+    @property
+    def is_moe(self) -> bool:
+        return self.backbone_config.model_type in MOE_MODEL_TYPES
+
+    @property
+    def is_vision(self) -> bool:
+        return self.backbone_config.model_type in VL_MODEL_TYPES
+
+    @property
+    def num_experts(self) -> int:
+        return int(getattr(self.backbone_text_config, "num_experts", 0) or 0) if self.is_moe else 0
+
+    @property
+    def head_names(self) -> list[str]:
+        """Names of the score heads: one shared head, or one per segment type (dedicated)."""
+        return [SHARED_HEAD] if self.expert_mode == "shared" else list(self.segments)
+
+    def head_for(self, segment: str) -> str:
+        """The head that scores ``segment``."""
+        if self.expert_mode == "shared":
+            return SHARED_HEAD
+        if segment not in self.segments:
+            raise KeyError(f"segment {segment!r} has no head; this discriminator scores {self.segments}")
+        return segment
+
+    def allowed_experts(self, segment: str) -> list[int] | None:
+        """Experts ``segment`` may route to (None: all of them, i.e. no mask)."""
+        if self.expert_mode == "shared" or not self.is_moe:
+            return None
+        if segment not in self.expert_groups:
+            raise KeyError(f"segment {segment!r} has no expert group; groups: {sorted(self.expert_groups)}")
+        return sorted(set(self.expert_groups[segment]) | set(self.shared_experts))
+
+    def validate_experts(self) -> None:
+        """Check mode, groups and shared experts against the backbone (clear errors at construction)."""
+        if self.expert_mode not in EXPERT_MODES:
+            raise ValueError(f"expert_mode must be one of {EXPERT_MODES}, got {self.expert_mode!r}")
+        if self.expert_mode == "shared":
+            return
+        if not self.is_moe:
+            raise ValueError(
+                f"expert_mode='dedicated' needs an MoE backbone ({', '.join(MOE_MODEL_TYPES)}); "
+                f"got {self.backbone_config.model_type!r}"
+            )
+        if not self.expert_groups:
+            raise ValueError("expert_mode='dedicated' needs expert_groups {segment: [expert ids]}")
+        missing = [s for s in self.segments if s not in self.expert_groups]
+        if missing:
+            raise ValueError(f"expert_groups has no group for segments {missing}")
+        num, top_k = self.num_experts, int(self.backbone_text_config.num_experts_per_tok)
+        for segment, group in self.expert_groups.items():
+            ids = set(group) | set(self.shared_experts)
+            bad = [i for i in ids if not 0 <= i < num]
+            if bad:
+                raise ValueError(f"expert ids {bad} of segment {segment!r} are outside 0..{num - 1}")
+            if len(ids) < top_k:
+                raise ValueError(
+                    f"segment {segment!r} may use {len(ids)} experts (group + shared) but top_k is {top_k}"
+                )
+
+
+def default_expert_groups(segments: list[str], num_experts: int, num_shared: int = 0) -> dict[str, list[int]]:
+    """Split ``num_experts - num_shared`` experts evenly into one contiguous group per segment.
+
+    The last ``num_shared`` experts are the shared ones (see :func:`default_shared_experts`).
+    """
+    per = (num_experts - num_shared) // len(segments)
+    if per < 1:
+        raise ValueError(f"{num_experts} experts ({num_shared} shared) cannot be split among segments {segments}")
+    return {name: list(range(i * per, (i + 1) * per)) for i, name in enumerate(segments)}
+
+
+def default_shared_experts(num_experts: int, num_shared: int) -> list[int]:
+    """The last ``num_shared`` expert ids."""
+    return list(range(num_experts - num_shared, num_experts))

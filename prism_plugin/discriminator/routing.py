@@ -1,0 +1,110 @@
+"""Per-call router-logit masking for transformers' MoE blocks (the ``dedicated`` expert mode).
+
+transformers' Qwen3-MoE / Qwen3-VL-MoE routers (``*TopKRouter``) compute
+``logits -> softmax -> top-k -> renormalise`` in one ``forward`` and return
+``(router_logits, routing_weights, selected_experts)``. :class:`RouterControl` puts one forward
+hook on every router. With no mask active the hook only (optionally) records the logits and
+leaves the output untouched, so ``shared`` mode runs the stock routers bit for bit. Inside
+``with control.restrict(allowed)`` the hook adds ``-inf`` to the logits of the experts a row may
+not use and recomputes the top-k from the masked logits (same softmax / top-k / renormalisation
+as the stock router), so masked experts get probability 0 and are never selected.
+
+``allowed`` is a ``(batch, num_experts)`` bool tensor, one row per sequence of the call: the
+router sees the MoE block's input flattened as ``(batch * seq_len, hidden)``, row-major, so
+sequence ``b`` owns tokens ``b*L .. (b+1)*L - 1``. A segment type can thus route differently
+from the next row in the same batched call.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+def is_router(module: nn.Module) -> bool:
+    """True for transformers' top-k MoE routers (Qwen3-MoE, Qwen3-VL-MoE and the same design)."""
+    return (
+        type(module).__name__.endswith("TopKRouter")
+        and isinstance(getattr(module, "weight", None), torch.Tensor)
+        and hasattr(module, "top_k")
+        and hasattr(module, "num_experts")
+    )
+
+
+def find_routers(model: nn.Module) -> list[nn.Module]:
+    """Every MoE router in ``model``, in layer order."""
+    return [m for m in model.modules() if is_router(m)]
+
+
+def routing_from_logits(logits: torch.Tensor, top_k: int, normalize: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """(top-k weights, top-k expert ids) from router logits, as transformers' top-k routers compute them."""
+    probs = F.softmax(logits, dtype=torch.float, dim=-1)
+    top_value, top_index = torch.topk(probs, top_k, dim=-1)
+    if normalize:
+        top_value = top_value / top_value.sum(dim=-1, keepdim=True)
+    return top_value.to(logits.dtype), top_index
+
+
+class RouterControl:
+    """Hooks on a backbone's routers: per-call expert masks and router-logit recording."""
+
+    def __init__(self, backbone: nn.Module) -> None:
+        self.routers = find_routers(backbone)
+        self.num_experts = int(self.routers[0].num_experts) if self.routers else 0
+        self._bias: torch.Tensor | None = None  # (B, E) additive mask: 0 or -inf
+        self._records: list[torch.Tensor] | None = None
+        self._handles = [r.register_forward_hook(self._hook) for r in self.routers]
+
+    def __bool__(self) -> bool:
+        return bool(self.routers)
+
+    @contextmanager
+    def restrict(self, allowed: torch.Tensor | None) -> Iterator[None]:
+        """Within the block, sequence ``b`` may only route to experts ``e`` with ``allowed[b, e]``.
+
+        ``allowed`` is ``(batch, num_experts)`` (or ``(num_experts,)`` for every row); None masks nothing.
+        """
+        previous = self._bias
+        if allowed is None or bool(allowed.all()):
+            self._bias = None
+        else:
+            allowed = allowed.reshape(-1, self.num_experts).bool()
+            if not bool(allowed.any(dim=-1).all()):
+                raise ValueError("every row must allow at least one expert")
+            bias = torch.zeros(allowed.shape, dtype=torch.float32, device=allowed.device)
+            self._bias = bias.masked_fill(~allowed, float("-inf"))
+        try:
+            yield
+        finally:
+            self._bias = previous
+
+    @contextmanager
+    def record(self) -> Iterator[list[torch.Tensor]]:
+        """Collect the (masked) router logits of every MoE layer run inside the block, in call order."""
+        previous = self._records
+        self._records = records = []
+        try:
+            yield records
+        finally:
+            self._records = previous
+
+    def _hook(self, module: nn.Module, args: tuple, output: tuple) -> tuple | None:
+        logits = output[0]
+        changed = None
+        if self._bias is not None:
+            bias = self._bias.to(logits.device)
+            tokens = logits.shape[0]
+            if bias.shape[0] != 1:
+                if tokens % bias.shape[0]:
+                    raise RuntimeError(f"router saw {tokens} tokens, not a multiple of the mask's {bias.shape[0]} rows")
+                bias = bias.repeat_interleave(tokens // bias.shape[0], dim=0)
+            logits = logits + bias.to(logits.dtype)
+            weights, index = routing_from_logits(logits, int(module.top_k), getattr(module, "norm_topk_prob", True))
+            changed = (logits, weights, index)
+        if self._records is not None:
+            self._records.append(logits)
+        return changed

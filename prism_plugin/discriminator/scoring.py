@@ -1,0 +1,183 @@
+"""Segment scores for (prompt, segment token ids) pairs, with shared-prefix reuse.
+
+The alignment stage scores, per prompt, the caption and reasoning segments of G rollouts and of
+the teacher: 2(G+1) sequences that all start with the same prompt (and image). The naive way
+runs one full forward per sequence (vision tower included). With ``reuse_prefix=True`` the
+prompt is encoded once — vision tower, M-RoPE positions and KV cache — and every segment is
+run as a batched continuation over that cache (rows selected from it), which gives the same
+scores as the full forwards (same attention inputs, same positions) at a fraction of the cost.
+
+Positions: a continuation token ``t`` of a prompt gets ``next_pos + t`` on every M-RoPE axis,
+where ``next_pos`` is the prompt's largest position + 1 (for Qwen3-VL that is the prompt length
+plus the image's rope delta; for text backbones the prompt length) — exactly what the backbone's
+``get_rope_index`` gives the same tokens in the full sequence. Prompts are right-padded within a
+prefix batch; pad slots stay masked in the continuation's attention mask and never shift positions.
+
+In ``dedicated`` mode the prompt is routed by the segment's expert group too (the score is
+D(prompt ⊕ segment) with one routing), so the prefix is encoded once per (prompt, segment type).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+from transformers.cache_utils import DynamicCache
+
+
+@dataclass(frozen=True)
+class PromptInputs:
+    """One rendered prompt: token ids (image placeholders already expanded, as the processor gives
+    them) and, for VL backbones, its images' ``pixel_values`` / ``image_grid_thw``."""
+
+    input_ids: torch.Tensor | Sequence[int]
+    pixel_values: torch.Tensor | None = None
+    image_grid_thw: torch.Tensor | None = None
+
+
+@dataclass(frozen=True)
+class SegmentQuery:
+    """Score ``token_ids`` (a segment of a response, the policy's own ids) after prompt ``prompt``
+    (an index into the prompts list) with the ``segment`` head / experts."""
+
+    prompt: int
+    segment: str
+    token_ids: torch.Tensor | Sequence[int]
+
+
+def _ids(x: torch.Tensor | Sequence[int]) -> torch.Tensor:
+    return torch.as_tensor(x, dtype=torch.long).reshape(-1)
+
+
+def _pad_right(rows: list[torch.Tensor], pad_id: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    width = max(len(r) for r in rows)
+    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(rows), width), dtype=torch.long)
+    for i, row in enumerate(rows):
+        ids[i, : len(row)] = row
+        mask[i, : len(row)] = 1
+    return ids.to(device), mask.to(device)
+
+
+def _images(prompts: Sequence[PromptInputs], which: Sequence[int], device: torch.device, dtype: torch.dtype):
+    pixels = [prompts[i].pixel_values for i in which if prompts[i].pixel_values is not None]
+    grids = [prompts[i].image_grid_thw for i in which if prompts[i].image_grid_thw is not None]
+    if not pixels:
+        return None, None
+    return torch.cat(pixels).to(device, dtype), torch.cat(grids).to(device)
+
+
+def _pad_id(model) -> int:
+    pad = getattr(model.config.backbone_text_config, "pad_token_id", None)
+    return int(pad) if pad is not None else 0
+
+
+def _check(prompts: Sequence[PromptInputs], queries: Sequence[SegmentQuery]) -> None:
+    for n, q in enumerate(queries):
+        if not 0 <= q.prompt < len(prompts):
+            raise IndexError(f"query {n} names prompt {q.prompt}; there are {len(prompts)}")
+        if len(_ids(q.token_ids)) == 0:
+            raise ValueError(f"query {n} ({q.segment}) has no tokens; score only non-empty segments")
+
+
+def score(
+    model,
+    prompts: Sequence[PromptInputs],
+    queries: Sequence[SegmentQuery],
+    *,
+    reuse_prefix: bool = True,
+    batch_size: int = 32,
+    clip: float | None = None,
+) -> torch.Tensor:
+    """Scores (N,) float32 of ``queries``, in order: D(prompt ⊕ segment) read at the segment's last token.
+
+    Runs in the model's current mode and grad state (wrap in ``torch.no_grad()`` / ``model.eval()``
+    for rewards; the warm-up and alignment updates call it with gradients). ``reuse_prefix``
+    encodes each prompt once and scores its segments as continuations of the cached prefix;
+    ``False`` runs one full forward per query (the reference). ``batch_size`` bounds the rows of
+    one forward; ``clip`` clamps the scores to ±clip.
+    """
+    _check(prompts, queries)
+    if not queries:
+        return torch.zeros(0)
+    run = _score_with_prefix if reuse_prefix else _score_full
+    scores = run(model, prompts, queries, batch_size)
+    return scores.clamp(-clip, clip) if clip is not None else scores
+
+
+def _score_full(model, prompts, queries, batch_size: int) -> torch.Tensor:
+    """Reference: one full forward (prompt ⊕ segment, images included) per query, batched."""
+    device, dtype = model.device, model.dtype
+    out = []
+    for start in range(0, len(queries), batch_size):
+        chunk = queries[start : start + batch_size]
+        rows = [torch.cat([_ids(prompts[q.prompt].input_ids), _ids(q.token_ids)]) for q in chunk]
+        ids, mask = _pad_right(rows, _pad_id(model), device)
+        pixel_values, grid = _images(prompts, [q.prompt for q in chunk], device, dtype)
+        result = model(
+            input_ids=ids,
+            attention_mask=mask,
+            pixel_values=pixel_values,
+            image_grid_thw=grid,
+            segments=[q.segment for q in chunk],
+        )
+        out.append(result.scores)
+    return torch.cat(out)
+
+
+def _route_key(model, segment: str) -> str | None:
+    """Queries with the same key can share a prefix encoding (same routing of the prompt)."""
+    return segment if model.config.expert_mode == "dedicated" and model.config.is_moe else None
+
+
+def select_cache(cache: DynamicCache, rows: torch.Tensor) -> DynamicCache:
+    """A new cache holding batch rows ``rows`` of ``cache`` (autograd-connected, ``cache`` unchanged)."""
+    layers = [(layer.keys.index_select(0, rows), layer.values.index_select(0, rows)) for layer in cache.layers]
+    return DynamicCache(ddp_cache_data=layers)
+
+
+def _score_with_prefix(model, prompts, queries, batch_size: int) -> torch.Tensor:
+    """Encode each (prompt, routing) prefix once, then score its segments as cached continuations."""
+    device, dtype = model.device, model.dtype
+    pad_id = _pad_id(model)
+    # One prefix row per (prompt, routing key), in first-use order; row_of[n]: query n's prefix row.
+    prefix_rows: dict[tuple[int, str | None], int] = {}
+    row_of = [prefix_rows.setdefault((q.prompt, _route_key(model, q.segment)), len(prefix_rows)) for q in queries]
+    route_segment = {}
+    for n, row in enumerate(row_of):
+        route_segment.setdefault(row, queries[n].segment)
+    keys = list(prefix_rows)
+    scores = torch.empty(len(queries), dtype=torch.float32, device=device)
+    for start in range(0, len(keys), batch_size):
+        block = keys[start : start + batch_size]
+        ids, mask = _pad_right([_ids(prompts[p].input_ids) for p, _ in block], pad_id, device)
+        pixel_values, grid = _images(prompts, [p for p, _ in block], device, dtype)
+        positions, next_pos = model.position_ids(ids, mask, grid)
+        prefix, _ = model.encode(
+            input_ids=ids,
+            attention_mask=mask,
+            position_ids=positions,
+            pixel_values=pixel_values,
+            image_grid_thw=grid,
+            segments=[route_segment[start + i] for i in range(len(block))],
+            use_cache=True,
+        )
+        members = [n for n, row in enumerate(row_of) if start <= row < start + len(block)]
+        for c_start in range(0, len(members), batch_size):
+            chunk = members[c_start : c_start + batch_size]
+            local = torch.tensor([row_of[n] - start for n in chunk], device=device)
+            cont, cont_mask = _pad_right([_ids(queries[n].token_ids) for n in chunk], pad_id, device)
+            pos = next_pos.index_select(0, local)[:, None] + torch.arange(cont.shape[1], device=device)
+            if model.config.is_vision:
+                pos = pos.unsqueeze(0).expand(3, -1, -1)
+            result = model(
+                input_ids=cont,
+                attention_mask=torch.cat([mask.index_select(0, local), cont_mask], dim=1),
+                position_ids=pos,
+                past_key_values=select_cache(prefix.past_key_values, local),
+                segments=[queries[n].segment for n in chunk],
+                use_cache=True,
+            )
+            scores = scores.index_copy(0, torch.tensor(chunk, device=device), result.scores)
+    return scores

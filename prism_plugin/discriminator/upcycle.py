@@ -1,0 +1,190 @@
+"""Sparse upcycling: a dense Qwen3-VL / Qwen3 checkpoint -> an MoE ``PrismDiscriminator`` directory.
+
+Every text-layer MLP becomes ``num_experts`` experts, each the dense MLP plus i.i.d.
+N(0, noise_std²) noise, in transformers' fused layout (``experts.gate_up_proj`` (E, 2I, H) =
+[gate; up], ``experts.down_proj`` (E, H, I)); routers are N(0, router_std²); top-k weights are
+renormalised, so with ``noise_std=0`` the MoE computes exactly the dense function. Vision
+tower, embeddings, attention and norms are copied. ``num_experts=0`` keeps the dense backbone
+(the "dense discriminator" ablation).
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from prism_plugin.discriminator.config import (
+    PrismDiscriminatorConfig,
+    default_expert_groups,
+    default_shared_experts,
+)
+
+# Tokenizer / processor files copied next to the weights (whatever of these the dense dir has).
+PROCESSOR_FILES = (
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "added_tokens.json",
+    "vocab.json",
+    "merges.txt",
+    "chat_template.jinja",
+    "chat_template.json",
+    "processor_config.json",
+    "preprocessor_config.json",
+    "video_preprocessor_config.json",
+)
+DENSE_TO_MOE = {"qwen3_vl": "qwen3_vl_moe", "qwen3": "qwen3_moe"}
+_MLP_KEY = re.compile(r"^(?P<prefix>.*layers\.(?P<layer>\d+)\.mlp)\.(?P<proj>gate_proj|up_proj|down_proj)\.weight$")
+
+
+def moe_backbone_config(dense: Any, num_experts: int, top_k: int, aux_coef: float) -> Any:
+    """The MoE twin of a dense Qwen3-VL / Qwen3 config: same sizes, every layer sparse."""
+    from transformers.models.auto.configuration_auto import CONFIG_MAPPING
+
+    if dense.model_type not in DENSE_TO_MOE:
+        raise ValueError(f"cannot upcycle a {dense.model_type!r} model; supported: {sorted(DENSE_TO_MOE)}")
+    if not 1 <= top_k <= num_experts:
+        raise ValueError(f"top_k must be in 1..num_experts ({num_experts}), got {top_k}")
+    moe = {
+        "num_experts": num_experts,
+        "num_experts_per_tok": top_k,
+        "moe_intermediate_size": dense.get_text_config().intermediate_size,
+        "decoder_sparse_step": 1,
+        "mlp_only_layers": [],
+        "router_aux_loss_coef": aux_coef,
+    }
+    data = dense.to_dict()
+    for key in ("model_type", "architectures", "transformers_version", "dtype", "torch_dtype"):
+        data.pop(key, None)
+    cls = CONFIG_MAPPING[DENSE_TO_MOE[dense.model_type]]
+    if dense.model_type == "qwen3_vl":
+        text = {k: v for k, v in data.pop("text_config").items() if k != "model_type"}
+        vision = {k: v for k, v in data.pop("vision_config").items() if k != "model_type"}
+        return cls(text_config=text | moe, vision_config=vision, **data)
+    return cls(**(data | moe | {"norm_topk_prob": True, "output_router_logits": False}))
+
+
+def _dense_backbone_state(dense_path: Path) -> tuple[Any, dict[str, torch.Tensor]]:
+    """The dense config and its backbone's state dict (no LM head), loaded in float32."""
+    from transformers import AutoConfig, AutoModel
+    from transformers.utils import logging as hf_logging
+
+    config = AutoConfig.from_pretrained(dense_path)
+    verbosity, bars = hf_logging.get_verbosity(), hf_logging.is_progress_bar_enabled()
+    hf_logging.set_verbosity_error()  # the dense checkpoint's LM head is expected to be left out
+    hf_logging.disable_progress_bar()
+    try:
+        model = AutoModel.from_pretrained(dense_path, dtype=torch.float32)
+    finally:
+        hf_logging.set_verbosity(verbosity)
+        if bars:
+            hf_logging.enable_progress_bar()
+    return config, model.state_dict()
+
+
+def _upcycled_state(
+    dense_state: dict[str, torch.Tensor],
+    target: dict[str, torch.Tensor],
+    noise_std: float,
+    router_std: float,
+    generator: torch.Generator,
+) -> dict[str, torch.Tensor]:
+    """Backbone state for the MoE: copies, experts = dense MLP + noise, routers N(0, router_std²)."""
+    state: dict[str, torch.Tensor] = {}
+    mlps: dict[str, dict[str, torch.Tensor]] = {}
+    for key, value in dense_state.items():
+        match = _MLP_KEY.match(key)
+        if match and f"{match['prefix']}.experts.gate_up_proj" in target:
+            mlps.setdefault(match["prefix"], {})[match["proj"]] = value
+        else:
+            state[key] = value.clone()
+    for prefix, proj in sorted(mlps.items()):
+        gate_up_shape = target[f"{prefix}.experts.gate_up_proj"].shape
+        down_shape = target[f"{prefix}.experts.down_proj"].shape
+        num = gate_up_shape[0]
+        gate_up = torch.cat([proj["gate_proj"], proj["up_proj"]], dim=0).expand(num, -1, -1).clone()
+        down = proj["down_proj"].expand(num, -1, -1).clone()
+        if gate_up.shape != gate_up_shape or down.shape != down_shape:
+            raise RuntimeError(f"{prefix}: dense MLP {tuple(gate_up.shape)} does not fit {tuple(gate_up_shape)}")
+        if noise_std > 0:
+            gate_up += torch.randn(gate_up.shape, generator=generator) * noise_std
+            down += torch.randn(down.shape, generator=generator) * noise_std
+        state[f"{prefix}.experts.gate_up_proj"] = gate_up
+        state[f"{prefix}.experts.down_proj"] = down
+        router = target[f"{prefix}.gate.weight"]
+        state[f"{prefix}.gate.weight"] = torch.randn(router.shape, generator=generator) * router_std
+    missing = sorted(set(target) - set(state))
+    unexpected = sorted(set(state) - set(target))
+    if missing or unexpected:
+        raise RuntimeError(f"upcycling key mismatch: missing {missing[:5]}, unexpected {unexpected[:5]}")
+    return state
+
+
+def copy_processor_files(src: str | Path, dst: str | Path) -> list[str]:
+    """Copy the tokenizer / processor files of ``src`` into ``dst``; returns the copied names."""
+    copied = []
+    for name in PROCESSOR_FILES:
+        if (Path(src) / name).is_file():
+            shutil.copy2(Path(src) / name, Path(dst) / name)
+            copied.append(name)
+    return copied
+
+
+def upcycle(
+    dense_path: str | Path,
+    out_dir: str | Path,
+    num_experts: int = 4,
+    top_k: int = 2,
+    noise_std: float = 0.01,
+    router_std: float = 0.02,
+    expert_mode: str = "shared",
+    seed: int = 0,
+    *,
+    segments: list[str] | None = None,
+    num_shared_experts: int = 0,
+    router_aux_loss_coef: float = 0.01,
+) -> Path:
+    """Build a discriminator from the dense model at ``dense_path`` and save it (with its tokenizer /
+    processor files) to ``out_dir``; returns ``out_dir``.
+
+    ``expert_mode="dedicated"`` splits the non-shared experts evenly among ``segments``
+    (default caption, reasoning); the last ``num_shared_experts`` experts are usable by all.
+    ``num_experts=0``: no upcycling, the dense backbone is copied as is.
+    """
+    from prism_plugin.discriminator.modeling import PrismDiscriminator
+
+    dense_path, out_dir = Path(dense_path), Path(out_dir)
+    segments = list(segments or ["caption", "reasoning"])
+    dense_config, dense_state = _dense_backbone_state(dense_path)
+    if num_experts > 0:
+        backbone_config = moe_backbone_config(dense_config, num_experts, top_k, router_aux_loss_coef)
+    else:
+        backbone_config = dense_config
+        if expert_mode != "shared":
+            raise ValueError("a dense (num_experts=0) discriminator supports expert_mode='shared' only")
+    groups = shared = None
+    if expert_mode == "dedicated":
+        groups = default_expert_groups(segments, num_experts, num_shared_experts)
+        shared = default_shared_experts(num_experts, num_shared_experts)
+    config = PrismDiscriminatorConfig(
+        backbone_config=backbone_config,
+        segments=segments,
+        expert_mode=expert_mode,
+        expert_groups=groups,
+        shared_experts=shared,
+        router_aux_loss_coef=router_aux_loss_coef,
+    )
+    torch.manual_seed(seed)
+    model = PrismDiscriminator(config).to(torch.float32)
+    target = {k.removeprefix("backbone."): v for k, v in model.state_dict().items() if k.startswith("backbone.")}
+    generator = torch.Generator().manual_seed(seed)
+    state = _upcycled_state(dense_state, target, noise_std, router_std, generator)
+    model.backbone.load_state_dict(state, strict=True)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(out_dir, safe_serialization=True)
+    copy_processor_files(dense_path, out_dir)
+    return out_dir
