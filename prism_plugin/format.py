@@ -22,47 +22,18 @@ from typing import Any
 import numpy as np
 import torch
 
-LAYOUT_PATTERN = r"^\s*<caption>.*?</caption>\s*<think>.*?</think>\s*<answer>.*?</answer>\s*$"
-CAPTION_PATTERN = r"<caption>.*?</caption>"
+from prism_plugin.layout import (  # noqa: F401  (re-exported: the public names of this module)
+    CAPTION_PATTERN,
+    LAYOUT_PATTERN,
+    caption_match,
+    is_valid,
+    layout_parts,
+    layout_parts_reference,
+)
 
-_LAYOUT_RE = re.compile(LAYOUT_PATTERN, re.DOTALL)
-_CAPTION_RE = re.compile(CAPTION_PATTERN, re.DOTALL)
 _CAPTION_BYTES_RE = re.compile(CAPTION_PATTERN.encode(), re.DOTALL)
 
 SEGMENT_NAMES = ("caption", "reasoning")
-
-
-_OPEN_RE = re.compile(r"\s*<caption>")
-_CAPTION_THINK_RE = re.compile(r"</caption>\s*<think>")
-_THINK_ANSWER_RE = re.compile(r"</think>\s*<answer>")
-_END_RE = re.compile(r"</answer>\s*\Z")
-
-
-def is_valid(text: str) -> bool:
-    """True iff ``text`` (special tokens already removed) follows the PRISM layout.
-
-    Same answer as ``LAYOUT_PATTERN``, found in one left-to-right pass: taking the earliest
-    occurrence of each tag junction never rules out a match, and avoids the lazy pattern's
-    per-character stepping on long responses.
-    """
-    start = _OPEN_RE.match(text)
-    if start is None:
-        return False
-    junction = _CAPTION_THINK_RE.search(text, start.end())
-    if junction is None:
-        return False
-    junction = _THINK_ANSWER_RE.search(text, junction.end())
-    return junction is not None and _END_RE.search(text, junction.end()) is not None
-
-
-def is_valid_reference(text: str) -> bool:
-    """The reference's check, ``LAYOUT_PATTERN`` as one regex (tests compare ``is_valid`` with it)."""
-    return _LAYOUT_RE.match(text) is not None
-
-
-def caption_match(text: str) -> re.Match[str] | None:
-    """The first ``<caption>…</caption>`` match in ``text`` (tags included), or None."""
-    return _CAPTION_RE.search(text)
 
 
 @dataclass(frozen=True)

@@ -5,7 +5,7 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from prism_plugin.format import is_valid, is_valid_reference, reference_boundary, split_segments
+from prism_plugin.format import is_valid, layout_parts, layout_parts_reference, reference_boundary, split_segments
 
 GOOD = "<caption> red 3 blue 2 </caption>\n<think> 3 + 2 = 5 </think>\n<answer> 5 </answer>"
 
@@ -60,7 +60,7 @@ def ids_of(tok, text: str, eos: bool = True) -> list[int]:
 )
 def test_is_valid(text, expected):
     assert is_valid(text) is expected
-    assert is_valid_reference(text) is expected
+    assert (layout_parts_reference(text) is not None) is expected
 
 
 LAYOUT_BITS = ["<caption>", "</caption>", "<think>", "</think>", "<answer>", "</answer>", " ", "\n", "\u3000", "x",
@@ -69,8 +69,8 @@ LAYOUT_BITS = ["<caption>", "</caption>", "<think>", "</think>", "<answer>", "</
 
 @settings(max_examples=2000, deadline=None)
 @given(st.lists(st.sampled_from(LAYOUT_BITS) | st.text(max_size=2), max_size=20).map("".join))
-def test_is_valid_equals_reference_regex(text):
-    assert is_valid(text) == is_valid_reference(text)
+def test_layout_parts_equal_reference_regex(text):
+    assert layout_parts(text) == layout_parts_reference(text)
 
 
 @st.composite
@@ -91,8 +91,15 @@ def near_layouts(draw):
 
 @settings(max_examples=2000, deadline=None)
 @given(near_layouts())
-def test_is_valid_equals_reference_regex_near_the_layout(text):
-    assert is_valid(text) == is_valid_reference(text)
+def test_layout_parts_equal_reference_regex_near_the_layout(text):
+    assert layout_parts(text) == layout_parts_reference(text)
+
+
+def test_layout_parts_hand_checked():
+    assert layout_parts(" <caption> a </caption>\n<think>b</think> <answer> 5 </answer>\n") == (" a ", "b", " 5 ")
+    assert layout_parts("<caption>c</caption><think>x</think><answer>3</answer><answer>4</answer>") == (
+        "c", "x", "3</answer><answer>4")
+    assert layout_parts("<caption>c</caption><think>x</think>") is None
 
 
 # --------------------------------------------------------------------------- single responses

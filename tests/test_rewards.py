@@ -110,9 +110,6 @@ def test_extract_letter_priorities() -> None:
         "<caption>c</caption><think>x</think><answer>4</answer> thanks",  # text after </answer>
         "<caption>c</caption><think>x</think><answer>4",  # truncated </answer>
         "<caption>c</caption><think>x</think><answer>4</answ",  # truncated mid-tag
-        "<caption>c</caption><think>x</think><answer>3</answer><answer>4</answer>",  # duplicated answer
-        "<caption>c</caption><think>x</think><think>y</think><answer>4</answer>",  # duplicated think
-        "<caption>c</caption><caption>d</caption><think>x</think><answer>4</answer>",  # duplicated caption
         "<think>x</think><caption>c</caption><answer>4</answer>",  # wrong order
         "",
     ],
@@ -120,6 +117,23 @@ def test_extract_letter_priorities() -> None:
 def test_format_gate_gives_zero(response: str) -> None:
     score = compute_score(response, "4")
     assert score == {"overall": 0.0, "accuracy": 0.0, "format": 0.0}
+
+
+@pytest.mark.parametrize(
+    "response, expected",
+    [
+        # the layout regex (method.md §1) lets repeated tag pairs live inside a group; the
+        # answer group then holds "3</answer><answer>4", which matches no gold
+        ("<caption>c</caption><think>x</think><answer>3</answer><answer>4</answer>", 0.2),
+        ("<caption>c</caption><think>x</think><think>y</think><answer>4</answer>", 1.0),
+        ("<caption>c</caption><caption>d</caption><think>x</think><answer>4</answer>", 1.0),
+    ],
+)
+def test_repeated_tags_follow_the_layout_regex(response: str, expected: float) -> None:
+    score = compute_score(response, "4")
+    assert score["format"] == 1.0
+    assert score["overall"] == pytest.approx(expected)
+    assert compute_score(response, "3")["accuracy"] == 0.0
 
 
 def test_whitespace_around_tags_is_allowed() -> None:

@@ -10,4 +10,8 @@ SYSTEM_PROMPT = (
 
 def render_response(caption: str, reasoning: str, answer: str) -> str:
     """A response in the PRISM layout from its three parts (tags added here)."""
-    return f"<caption> {caption.strip()} </caption>\n<think> {reasoning.strip()} </think>\n<answer> {answer.strip()} </answer>"
+    return (
+        f"<caption> {caption.strip()} </caption>\n"
+        f"<think> {reasoning.strip()} </think>\n"
+        f"<answer> {answer.strip()} </answer>"
+    )

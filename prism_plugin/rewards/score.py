@@ -2,30 +2,29 @@
 
 from __future__ import annotations
 
-import re
 from collections.abc import Iterable
+
+from prism_plugin.layout import layout_parts
 
 from .matchers import MAX_ANSWER_CHARS, answers_match
 
-_ANSWER_RE = re.compile(r"<answer>(.*?)</answer>", re.DOTALL)
-_TAGS = ("<caption>", "</caption>", "<think>", "</think>", "<answer>", "</answer>")
+_LAYOUT_TAGS = ("<caption>", "</caption>", "<think>", "</think>", "<answer>", "</answer>")
 
 
 def format_ok(response: str) -> bool:
-    """The PRISM layout (``format.is_valid``) with every tag exactly once.
-
-    The layout regex alone accepts ``<answer>1</answer><answer>2</answer>`` (its lazy
-    groups stretch over the repeated tags); a response that answers twice is rejected.
-    """
-    from prism_plugin.format import is_valid  # imported lazily: the module pulls in torch
-
-    return is_valid(response) and all(response.count(tag) == 1 for tag in _TAGS)
+    """The PRISM layout check of every stage (``prism_plugin.layout``), so RLVR and alignment agree."""
+    return layout_parts(response) is not None
 
 
 def extract_answer(response: str) -> str | None:
-    """The stripped ``<answer>`` content, or None when there is no answer tag pair."""
-    m = _ANSWER_RE.search(response)
-    return None if m is None else m.group(1).strip()
+    """The stripped ``<answer>`` content of a layout-valid response, else None.
+
+    It is the layout's answer group: a response that repeats ``</answer><answer>`` keeps the
+    repeated tags inside its answer, and :func:`compute_score` gives an answer holding layout
+    tags no accuracy — answering twice earns nothing.
+    """
+    parts = layout_parts(response)
+    return None if parts is None else parts[2].strip()
 
 
 def overlong_penalty_value(
@@ -61,11 +60,11 @@ def compute_score(
     added to ``overall`` for every response, well-formed or not, and returned as
     ``overlong``.
     """
-    valid = format_ok(response)
+    answer = extract_answer(response)
+    valid = answer is not None
     accuracy = 0.0
     if valid:
-        answer = extract_answer(response) or ""
-        if answer and len(answer) < MAX_ANSWER_CHARS:
+        if answer and len(answer) < MAX_ANSWER_CHARS and not any(tag in answer for tag in _LAYOUT_TAGS):
             golds = [ground_truth, *(equivalent_answers or ())]
             accuracy = 1.0 if any(answers_match(answer, gold) for gold in golds if gold) else 0.0
         overall = accuracy_weight * accuracy + format_weight
