@@ -244,3 +244,20 @@ class PrismDiscriminator(PreTrainedModel):
             past_key_values=out.past_key_values if use_cache else None,
             router_logits=tuple(logits) if output_router_logits else None,
         )
+
+    # ------------------------------------------------------------------ drop-in use
+
+    def score_texts(
+        self,
+        prompts: Sequence[str],
+        responses: Sequence[str],
+        images: Sequence[Any] | None = None,
+        *,
+        processor: Any = None,
+        batch_size: int = 16,
+    ) -> dict[str, torch.Tensor]:
+        """Per-segment scores (clipped to ``config.score_clip``; NaN where invalid) and ``valid`` for text
+        responses in the PRISM layout; see :func:`prism_plugin.discriminator.texts.score_texts`."""
+        from prism_plugin.discriminator.texts import score_texts
+
+        return score_texts(self, prompts, responses, images, processor=processor, batch_size=batch_size)

@@ -178,8 +178,9 @@ def upcycle(
         shared_experts=shared,
         router_aux_loss_coef=router_aux_loss_coef,
     )
-    torch.manual_seed(seed)
-    model = PrismDiscriminator(config).to(torch.float32)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)  # the heads' N(0, 0.02²) init; the caller's RNG state is left alone
+        model = PrismDiscriminator(config).to(torch.float32)
     target = {k.removeprefix("backbone."): v for k, v in model.state_dict().items() if k.startswith("backbone.")}
     generator = torch.Generator().manual_seed(seed)
     state = _upcycled_state(dense_state, target, noise_std, router_std, generator)

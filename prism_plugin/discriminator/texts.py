@@ -1,0 +1,194 @@
+"""Drop-in scoring of text responses: render the PRISM prompt, tokenise, split segments, score.
+
+A response is tokenised on its own and followed by the end-of-turn token, i.e. exactly the ids
+a policy would have generated after the rendered prompt; its caption / reasoning spans come from
+:func:`prism_plugin.format.split_segments`, so scores match what the alignment stage computes from
+the policy's own ids.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from prism_plugin.data.prompts import SYSTEM_PROMPT
+from prism_plugin.discriminator.scoring import PromptInputs, SegmentQuery, score
+from prism_plugin.format import split_segments
+
+IMAGE_PLACEHOLDER = "<image>"
+END_OF_TURN = "<|im_end|>"
+ImageLike = Any  # a path, or a PIL image
+
+
+class RowError(ValueError):
+    """A row that cannot be scored; ``field`` names the offending input field."""
+
+    def __init__(self, field: str, message: str, reason: str) -> None:
+        super().__init__(f"field {field!r}: {message}")
+        self.field = field
+        self.reason = reason
+
+
+@dataclass
+class PreparedText:
+    """One (prompt, response) rendered and split: what :func:`score_prepared` consumes."""
+
+    prompt: PromptInputs
+    segments: dict[str, list[int]] = field(default_factory=dict)  # empty when the layout is invalid
+    valid: bool = False
+    length: int = 0  # prompt + response tokens
+
+
+def _load_images(images: ImageLike | Sequence[ImageLike] | None) -> list[Any]:
+    from PIL import Image
+
+    if images is None:
+        return []
+    if isinstance(images, (str, Path)) or not isinstance(images, Sequence):
+        images = [images]
+    loaded = []
+    for image in images:
+        if isinstance(image, (str, Path)):
+            if not Path(image).is_file():
+                raise RowError("image", f"image file {str(image)!r} not found", "missing_image")
+            with Image.open(image) as handle:
+                loaded.append(handle.convert("RGB"))
+        else:
+            loaded.append(image)
+    return loaded
+
+
+def _user_content(prompt: str, num_images: int) -> list[dict[str, str]]:
+    """Chat content items: ``<image>`` placeholders become image items (all images first if none)."""
+    pieces = prompt.split(IMAGE_PLACEHOLDER)
+    if num_images and len(pieces) == 1:
+        pieces = [""] * num_images + [prompt]
+    elif len(pieces) - 1 != num_images:
+        found = len(pieces) - 1
+        raise RowError("prompt", f"{found} {IMAGE_PLACEHOLDER} placeholders for {num_images} images", "images")
+    content: list[dict[str, str]] = []
+    for i, piece in enumerate(pieces):
+        if i:
+            content.append({"type": "image"})
+        if piece:
+            content.append({"type": "text", "text": piece})
+    return content
+
+
+def end_of_turn_id(tokenizer: Any) -> int:
+    """Id of ``<|im_end|>`` (the end-of-turn token a policy emits), else the tokenizer's eos id."""
+    idx = tokenizer.convert_tokens_to_ids(END_OF_TURN)
+    return int(idx) if isinstance(idx, int) and idx != tokenizer.unk_token_id else int(tokenizer.eos_token_id)
+
+
+class TextScorer:
+    """Renders prompts with the PRISM system prompt and scores responses in the layout."""
+
+    def __init__(self, model: Any, processor: Any = None, system_prompt: str = SYSTEM_PROMPT) -> None:
+        self.model = model
+        self.vision = model.config.is_vision
+        if processor is None:
+            from transformers import AutoProcessor, AutoTokenizer
+
+            source = model.config.name_or_path
+            if not source:
+                raise ValueError("pass a processor: this discriminator was not loaded from a directory")
+            processor = AutoProcessor.from_pretrained(source) if self.vision else AutoTokenizer.from_pretrained(source)
+        self.processor = processor
+        self.tokenizer = getattr(processor, "tokenizer", processor)
+        self.system_prompt = system_prompt
+        self.eot = end_of_turn_id(self.tokenizer)
+        config = model.config
+        self.max_length = config.max_length or int(config.backbone_text_config.max_position_embeddings)
+
+    def render_prompt(self, prompt: str, images: ImageLike | Sequence[ImageLike] | None = None) -> PromptInputs:
+        """Token ids (+ image tensors) of the chat-rendered prompt, generation prompt included.
+
+        A text-only discriminator ignores images (the "text-only discriminator" ablation).
+        """
+        loaded = _load_images(images) if self.vision else []
+        if not self.vision:
+            prompt = prompt.replace(IMAGE_PLACEHOLDER, "")
+        messages: list[dict[str, Any]] = [{"role": "system", "content": self.system_prompt}]
+        if self.vision:
+            messages.append({"role": "user", "content": _user_content(prompt, len(loaded))})
+        else:
+            messages.append({"role": "user", "content": prompt})
+        text = self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+        if not loaded:
+            return PromptInputs(self.tokenizer(text, add_special_tokens=False)["input_ids"])
+        enc = self.processor(text=[text], images=loaded, return_tensors="pt")
+        return PromptInputs(enc["input_ids"][0], enc["pixel_values"], enc["image_grid_thw"])
+
+    def prepare(
+        self, prompt: str, response: str, images: ImageLike | Sequence[ImageLike] | None = None
+    ) -> PreparedText:
+        """Render, tokenise and split one row; raises :class:`RowError` for rows that cannot be scored."""
+        inputs = self.render_prompt(prompt, images)
+        ids = self.tokenizer(response, add_special_tokens=False)["input_ids"]
+        if not ids or ids[-1] != self.eot:
+            ids = [*ids, self.eot]
+        length = len(inputs.input_ids) + len(ids)
+        if length > self.max_length:
+            raise RowError("response", f"{length} tokens exceed max_length {self.max_length}", "too_long")
+        split = split_segments(ids, self.tokenizer, eos_token_ids=self.eot)
+        segments = {}
+        if split.valid:
+            for name in self.model.config.segments:
+                start, end = split.span(name)
+                segments[name] = ids[start:end]
+        return PreparedText(inputs, segments, split.valid, length)
+
+    def score_prepared(
+        self, rows: Sequence[PreparedText], batch_size: int = 16, clip: float | None = None
+    ) -> dict[str, torch.Tensor]:
+        """Per-segment scores (NaN where the layout is invalid) and ``valid`` for prepared rows."""
+        names = list(self.model.config.segments)
+        valid = torch.tensor([r.valid for r in rows], dtype=torch.bool)
+        out = {name: torch.full((len(rows),), float("nan")) for name in names}
+        keep = [i for i, r in enumerate(rows) if r.valid]
+        if keep:
+            prompts = [rows[i].prompt for i in keep]
+            queries = [SegmentQuery(k, name, rows[i].segments[name]) for k, i in enumerate(keep) for name in names]
+            with torch.no_grad():
+                values = score(self.model, prompts, queries, batch_size=batch_size, clip=clip).cpu()
+            values = values.view(len(keep), len(names))
+            for j, name in enumerate(names):
+                out[name][keep] = values[:, j]
+        out["valid"] = valid
+        return out
+
+
+def score_texts(
+    model: Any,
+    prompts: Sequence[str],
+    responses: Sequence[str],
+    images: Sequence[ImageLike | Sequence[ImageLike] | None] | None = None,
+    *,
+    processor: Any = None,
+    batch_size: int = 16,
+) -> dict[str, torch.Tensor]:
+    """Scores of ``responses`` (text in the PRISM layout) to ``prompts``: ``{segment: (N,), "valid": (N,)}``.
+
+    Invalid responses get NaN scores and ``valid=False``. Scores are clipped to ``config.score_clip``.
+    Raises :class:`RowError` for a row that cannot be scored (missing image, over-long).
+    """
+    if len(prompts) != len(responses) or (images is not None and len(images) != len(prompts)):
+        raise ValueError("prompts, responses (and images) must have the same length")
+    scorer = TextScorer(model, processor)
+    rows = []
+    for i, (prompt, response) in enumerate(zip(prompts, responses, strict=True)):
+        try:
+            rows.append(scorer.prepare(prompt, response, images[i] if images is not None else None))
+        except RowError as err:
+            raise RowError(err.field, f"row {i}: {err}", err.reason) from err
+    was_training = model.training
+    model.eval()
+    try:
+        return scorer.score_prepared(rows, batch_size=batch_size, clip=model.config.score_clip)
+    finally:
+        model.train(was_training)
