@@ -30,8 +30,49 @@ def _add_make_tiny(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=_make_tiny)
 
 
+def _upcycle(args: argparse.Namespace) -> int:
+    from prism_plugin.discriminator.cli import run_upcycle
+
+    return run_upcycle(args)
+
+
+def _add_upcycle(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("upcycle", help="sparse-upcycle a dense Qwen3-VL / Qwen3 model into a PRISM discriminator")
+    p.add_argument("dense_dir", help="dense model directory (Qwen3-VL or Qwen3, with its tokenizer/processor)")
+    p.add_argument("out_dir", help="output discriminator directory")
+    p.add_argument("--num-experts", type=int, default=4, help="experts per MoE layer; 0 keeps the dense backbone")
+    p.add_argument("--top-k", type=int, default=2, help="experts per token (default 2)")
+    p.add_argument("--noise-std", type=float, default=0.01, help="std of the noise added to each expert copy")
+    p.add_argument("--router-std", type=float, default=0.02, help="std of the random router init")
+    p.add_argument("--expert-mode", choices=["shared", "dedicated"], default="shared", help="default: shared")
+    p.add_argument("--num-shared-experts", type=int, default=0, help="dedicated mode: experts usable by all segments")
+    p.add_argument("--seed", type=int, default=0, help="seed for noise, routers and heads (default 0)")
+    p.set_defaults(func=_upcycle)
+
+
+def _score(args: argparse.Namespace) -> int:
+    from prism_plugin.discriminator.cli import run_score
+
+    return run_score(args)
+
+
+def _add_score(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("score", help="score responses in a JSONL file with a PRISM discriminator")
+    p.add_argument("--discriminator", required=True, help="discriminator directory")
+    p.add_argument("--data", required=True, help="JSONL: prompt (or question), image(s), and the response")
+    p.add_argument("--out", required=True, help="output JSONL, one line per input row")
+    p.add_argument("--batch-size", type=int, default=16, help="rows per batch (default 16)")
+    p.add_argument(
+        "--response-field",
+        default="response",
+        help="response field NAME: NAME, NAME_response, or NAME_caption + NAME_cot (default: response)",
+    )
+    p.add_argument("--max-length", type=int, default=None, help="longest prompt + response in tokens")
+    p.set_defaults(func=_score)
+
+
 # Sub-command registrars: each adds one parser and sets ``func``; add new ones here.
-SUBCOMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [_add_make_tiny]
+SUBCOMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [_add_make_tiny, _add_upcycle, _add_score]
 
 
 def build_parser() -> argparse.ArgumentParser:
