@@ -71,8 +71,40 @@ def _add_score(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=_score)
 
 
+def _align_preview(args: argparse.Namespace) -> int:
+    from prism_plugin.preview import format_preview, preview_alignment_step
+
+    result = preview_alignment_step(
+        args.policy, args.discriminator, args.data, num_prompts=args.num_prompts,
+        num_generations=args.num_generations, max_new_tokens=args.max_new_tokens, seed=args.seed,
+    )
+    print(format_preview(result))
+    if args.out:
+        with open(args.out, "w", encoding="utf-8") as handle:
+            json.dump(result, handle, indent=1, ensure_ascii=False)
+    return 0
+
+
+def _add_align_preview(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "align-preview",
+        help="dry-run one alignment step: rollouts, segments, discriminator scores, advantages, loss, reward",
+    )
+    p.add_argument("--policy", required=True, help="policy checkpoint directory (e.g. an SFT output)")
+    p.add_argument("--discriminator", required=True, help="PRISM discriminator directory (prism-plugin upcycle)")
+    p.add_argument("--data", required=True, help="alignment prompts (.jsonl/.json/.parquet with teacher segments)")
+    p.add_argument("--num-prompts", type=int, default=2)
+    p.add_argument("--num-generations", type=int, default=4, help="rollouts per prompt (G)")
+    p.add_argument("--max-new-tokens", type=int, default=64)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", help="also write the per-rollout result as JSON here")
+    p.set_defaults(func=_align_preview)
+
+
 # Sub-command registrars: each adds one parser and sets ``func``; add new ones here.
-SUBCOMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [_add_make_tiny, _add_upcycle, _add_score]
+SUBCOMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [
+    _add_make_tiny, _add_upcycle, _add_score, _add_align_preview,
+]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -1,0 +1,160 @@
+"""A dry run of one PRISM alignment step (method.md §3, steps 1-4) on real checkpoints.
+
+Rollouts from the policy -> layout check and segments -> discriminator scores -> group
+advantages -> the discriminator's Bradley-Terry loss -> the verifiable reward, with no update.
+It shows what the alignment stage would feed its optimizers, per rollout.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+
+VISION_SPECIAL_TOKENS = ("<|vision_start|>", "<|vision_end|>", "<|vision_pad|>", "<|image_pad|>", "<|video_pad|>")
+
+
+def _load_policy(policy_dir: str | Path) -> tuple[Any, Any, bool]:
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForImageTextToText, AutoProcessor, AutoTokenizer
+
+    config = AutoConfig.from_pretrained(policy_dir)
+    vision = hasattr(config, "vision_config")
+    if vision:
+        return AutoModelForImageTextToText.from_pretrained(policy_dir), AutoProcessor.from_pretrained(policy_dir), True
+    return AutoModelForCausalLM.from_pretrained(policy_dir), AutoTokenizer.from_pretrained(policy_dir), False
+
+
+def _policy_inputs(processor: Any, vision: bool, prompt: str, images: tuple[str, ...]) -> dict[str, torch.Tensor]:
+    from prism_plugin.data.prompts import SYSTEM_PROMPT
+    from prism_plugin.discriminator.texts import IMAGE_PLACEHOLDER, _load_images, _user_content
+
+    tokenizer = getattr(processor, "tokenizer", processor)
+    loaded = _load_images(list(images)) if vision else []
+    content: Any = _user_content(prompt, len(loaded)) if vision else prompt.replace(IMAGE_PLACEHOLDER, "")
+    messages = [{"role": "system", "content": SYSTEM_PROMPT}, {"role": "user", "content": content}]
+    text = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+    if loaded:
+        return dict(processor(text=[text], images=loaded, return_tensors="pt"))
+    return dict(tokenizer([text], return_tensors="pt", add_special_tokens=False))
+
+
+def _completion_mask(completions: torch.Tensor, eos_id: int) -> torch.Tensor:
+    """1 up to and including the first end-of-turn token of each row, 0 after it."""
+    is_eos = completions == eos_id
+    after_first = (is_eos.cumsum(-1) - is_eos.long()) > 0
+    return (~after_first).long()
+
+
+def preview_alignment_step(
+    policy_dir: str | Path,
+    discriminator_dir: str | Path,
+    align_file: str | Path,
+    *,
+    num_prompts: int = 2,
+    num_generations: int = 4,
+    max_new_tokens: int = 64,
+    temperature: float = 1.0,
+    weights: Mapping[str, float] | None = None,
+    format_penalty: float = 1.5,
+    seed: int = 0,
+) -> dict[str, Any]:
+    """Run steps 1-4 of one alignment step on ``num_prompts`` prompts of ``align_file``; no update."""
+    from transformers import AutoModel
+
+    import prism_plugin.discriminator  # noqa: F401  (registers the Auto classes)
+    from prism_plugin.advantage import segment_advantage
+    from prism_plugin.data.records import load_align
+    from prism_plugin.discriminator.texts import end_of_turn_id
+    from prism_plugin.format import split_segments
+    from prism_plugin.losses import discriminator_loss
+    from prism_plugin.rewards import compute_score
+
+    weights = dict(weights or {"caption": 0.5, "reasoning": 0.5})
+    torch.manual_seed(seed)
+    records = load_align(align_file).records[:num_prompts]
+    policy, processor, vision = _load_policy(policy_dir)
+    policy.eval()
+    tokenizer = getattr(processor, "tokenizer", processor)
+    eos_id = end_of_turn_id(tokenizer)
+    suppress = [i for i in tokenizer.convert_tokens_to_ids(list(VISION_SPECIAL_TOKENS)) if i != tokenizer.unk_token_id]
+    disc = AutoModel.from_pretrained(discriminator_dir).eval()
+
+    rollouts: list[dict[str, Any]] = []
+    prompts, responses, images, groups = [], [], [], []
+    for group, record in enumerate(records):
+        inputs = _policy_inputs(processor, vision, record.prompt, record.images)
+        with torch.no_grad():
+            out = policy.generate(
+                **inputs, do_sample=True, temperature=temperature, top_k=0, top_p=1.0,
+                max_new_tokens=max_new_tokens, num_return_sequences=num_generations,
+                suppress_tokens=suppress or None, eos_token_id=eos_id, pad_token_id=tokenizer.pad_token_id,
+            )
+        completions = out[:, inputs["input_ids"].shape[1]:]
+        split = split_segments(completions, tokenizer, _completion_mask(completions, eos_id), eos_token_ids=eos_id)
+        for i in range(num_generations):
+            rollouts.append({"group": group, "valid": bool(split.valid[i]), "truncated": bool(split.truncated[i]),
+                             "tokens": int(split.lengths[i]), "caption_tokens": int(split.boundary[i]),
+                             "text": split.texts[i]})
+        # the G rollouts, then the teacher demonstration, of this prompt
+        prompts += [record.prompt] * (num_generations + 1)
+        responses += split.texts + [record.teacher.response]
+        images += [list(record.images)] * (num_generations + 1)
+        groups.append(group)
+
+    scores = disc.score_texts(prompts, responses, images if vision and disc.config.is_vision else None)
+    per_group = num_generations + 1
+    rollout_rows = torch.tensor([g * per_group + i for g in groups for i in range(num_generations)])
+    teacher_rows = torch.tensor([g * per_group + num_generations for g in groups]).repeat_interleave(num_generations)
+    segments = [s for s in weights]
+    student = {s: scores[s][rollout_rows] for s in segments}
+    teacher = {s: scores[s][teacher_rows] for s in segments}
+    valid = torch.tensor([r["valid"] for r in rollouts])
+    group_index = torch.tensor([r["group"] for r in rollouts])
+    advantages = segment_advantage(student, weights, valid, group_index, format_penalty=format_penalty)
+    loss, metrics = discriminator_loss(
+        {s: torch.nan_to_num(t) for s, t in teacher.items()}, {s: torch.nan_to_num(v) for s, v in student.items()},
+        valid,
+    )
+    for i, row in enumerate(rollouts):
+        record = records[row["group"]]
+        row["advantage"] = float(advantages[i])
+        row.update({f"{s}_score": float(student[s][i]) for s in segments})
+        row["reward"] = compute_score(row["text"], record.ground_truth or "")["overall"]
+    summary = {
+        "prompts": len(records),
+        "rollouts": len(rollouts),
+        "valid_ratio": float(valid.float().mean()),
+        "mean_response_tokens": float(sum(r["tokens"] for r in rollouts) / len(rollouts)),
+        "teacher_score": {s: float(teacher[s][::num_generations].mean()) for s in segments},
+        "discriminator_loss": float(loss),
+        "discriminator_metrics": metrics,
+        "advantage_mean": float(advantages.mean()),
+        "advantage_std": float(advantages.std()) if len(rollouts) > 1 else 0.0,
+        "reward_mean": sum(r["reward"] for r in rollouts) / len(rollouts),
+    }
+    return {"summary": summary, "rollouts": rollouts}
+
+
+def format_preview(result: Mapping[str, Any]) -> str:
+    """A plain-text table of a :func:`preview_alignment_step` result."""
+    rows = result["rollouts"]
+    segments = [k[: -len("_score")] for k in rows[0] if k.endswith("_score")] if rows else []
+    head = ["grp", "valid", "tokens"] + [f"{s} score" for s in segments] + ["advantage", "reward", "response"]
+    lines = [" | ".join(head)]
+    for r in rows:
+        cells = [str(r["group"]), "yes" if r["valid"] else ("trunc" if r["truncated"] else "no"), str(r["tokens"])]
+        cells += [f"{r[f'{s}_score']:+.3f}" if r["valid"] else "-" for s in segments]
+        text = r["text"].replace("\n", " ")
+        cells += [f"{r['advantage']:+.3f}", f"{r['reward']:.2f}", text[:60] + ("…" if len(text) > 60 else "")]
+        lines.append(" | ".join(cells))
+    s = result["summary"]
+    lines.append("")
+    lines.append(
+        f"valid {s['valid_ratio']:.0%} of {s['rollouts']} rollouts, mean {s['mean_response_tokens']:.0f} tokens; "
+        f"teacher score {', '.join(f'{k} {v:+.3f}' for k, v in s['teacher_score'].items())}; "
+        f"discriminator loss {s['discriminator_loss']:.4f} over {s['discriminator_metrics']['num_pairs']:.0f} pairs; "
+        f"reward mean {s['reward_mean']:.3f}"
+    )
+    return "\n".join(lines)
