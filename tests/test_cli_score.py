@@ -1,0 +1,78 @@
+"""``prism-plugin upcycle`` and ``prism-plugin score`` on the tiny models, with bad rows reported."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from prism_plugin.cli import main
+
+
+@pytest.fixture(scope="module")
+def cli_disc(tiny_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("cli") / "disc"
+    code = main(["upcycle", str(tiny_dir / "qwen3_vl_dense"), str(out), "--expert-mode", "dedicated", "--seed", "1"])
+    assert code == 0
+    return out
+
+
+def test_upcycle_cli_writes_a_loadable_discriminator(cli_disc: Path) -> None:
+    from transformers import AutoModel, AutoProcessor
+
+    import prism_plugin.discriminator  # noqa: F401
+
+    config = json.loads((cli_disc / "config.json").read_text())
+    assert config["model_type"] == "prism_discriminator" and config["expert_mode"] == "dedicated"
+    assert config["backbone_config"]["model_type"] == "qwen3_vl_moe"
+    assert config["backbone_config"]["text_config"]["num_local_experts"] == 4  # saved under its attribute_map name
+    for name in ("tokenizer.json", "chat_template.jinja", "processor_config.json"):
+        assert (cli_disc / name).is_file(), name
+    assert type(AutoModel.from_pretrained(cli_disc)).__name__ == "PrismDiscriminator"
+    AutoProcessor.from_pretrained(cli_disc)
+
+
+def test_score_cli_reports_bad_rows(cli_disc: Path, tiny_dir: Path, tmp_path: Path, capsys) -> None:
+    rows = [json.loads(line) for line in (tiny_dir / "data" / "pairs.jsonl").read_text().splitlines()][:4]
+    rows[1]["image"] = "images/missing.png"
+    rows[2]["student_cot"] = "no tags at all"
+    data = tmp_path / "rows.jsonl"
+    # Image paths are relative to the data file: point them at the tiny images.
+    for row in rows:
+        row["image"] = str(tiny_dir / "data" / row["image"])
+    lines = [json.dumps(r) for r in rows] + ["{not json", json.dumps({"image": rows[0]["image"]})]
+    data.write_text("\n".join(lines) + "\n")
+    out = tmp_path / "scores.jsonl"
+    args = ["score", "--discriminator", str(cli_disc), "--data", str(data), "--out", str(out)]
+    assert main([*args, "--batch-size", "2", "--response-field", "student"]) == 0
+    captured = capsys.readouterr()
+    summary = json.loads(captured.out.strip().splitlines()[-1])
+    assert summary["rows"] == 6 and summary["scored"] == 2
+    assert summary["fraction_valid"] == pytest.approx(2 / 6, abs=1e-6)
+    assert summary["bad_rows"] == 4
+    assert summary["bad_by_reason"] == {"bad_json": 1, "layout": 1, "missing_field": 1, "missing_image": 1}
+    assert set(summary["mean_score"]) == {"caption", "reasoning"}
+    assert f"{data}:2: field 'image'" in captured.err and "missing.png" in captured.err
+    assert f"{data}:3: field 'student_caption/student_cot'" in captured.err
+    assert f"{data}:5: not valid JSON" in captured.err
+    assert f"{data}:6: field 'prompt'" in captured.err
+    records = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [r["line"] for r in records] == [1, 2, 3, 4, 5, 6]
+    assert records[0]["valid"] and isinstance(records[0]["caption"], float)
+    assert "error" in records[1] and records[2]["valid"] is False and records[2]["caption"] is None
+    assert abs(records[0]["caption"]) <= 10.0
+
+
+def test_score_cli_over_long_rows(cli_disc: Path, tiny_dir: Path, tmp_path: Path, capsys) -> None:
+    row = json.loads((tiny_dir / "data" / "pairs.jsonl").read_text().splitlines()[0])
+    row["image"] = str(tiny_dir / "data" / row["image"])
+    row["response"] = row.pop("teacher_caption") + "\n" + row.pop("teacher_cot")
+    data = tmp_path / "rows.jsonl"
+    data.write_text(json.dumps(row) + "\n")
+    out = tmp_path / "scores.jsonl"
+    args = ["score", "--discriminator", str(cli_disc), "--data", str(data), "--out", str(out), "--max-length", "20"]
+    assert main(args) == 0
+    captured = capsys.readouterr()
+    assert json.loads(captured.out.strip().splitlines()[-1])["bad_by_reason"] == {"too_long": 1}
+    assert f"{data}:1: field 'response'" in captured.err and "max_length 20" in captured.err
