@@ -43,7 +43,8 @@ class PreparedText:
     length: int = 0  # prompt + response tokens
 
 
-def _load_images(images: ImageLike | Sequence[ImageLike] | None) -> list[Any]:
+def load_images(images: ImageLike | Sequence[ImageLike] | None) -> list[Any]:
+    """Images as RGB PIL images (paths are opened); raises :class:`RowError` for a missing file."""
     from PIL import Image
 
     if images is None:
@@ -62,7 +63,7 @@ def _load_images(images: ImageLike | Sequence[ImageLike] | None) -> list[Any]:
     return loaded
 
 
-def _user_content(prompt: str, num_images: int) -> list[dict[str, str]]:
+def user_content(prompt: str, num_images: int) -> list[dict[str, str]]:
     """Chat content items: ``<image>`` placeholders become image items (all images first if none)."""
     pieces = prompt.split(IMAGE_PLACEHOLDER)
     if num_images and len(pieces) == 1:
@@ -77,6 +78,11 @@ def _user_content(prompt: str, num_images: int) -> list[dict[str, str]]:
         if piece:
             content.append({"type": "text", "text": piece})
     return content
+
+
+# Older names, kept for callers that imported them.
+_load_images = load_images
+_user_content = user_content
 
 
 def end_of_turn_id(tokenizer: Any) -> int:
@@ -110,12 +116,12 @@ class TextScorer:
 
         A text-only discriminator ignores images (the "text-only discriminator" ablation).
         """
-        loaded = _load_images(images) if self.vision else []
+        loaded = load_images(images) if self.vision else []
         if not self.vision:
             prompt = prompt.replace(IMAGE_PLACEHOLDER, "")
         messages: list[dict[str, Any]] = [{"role": "system", "content": self.system_prompt}]
         if self.vision:
-            messages.append({"role": "user", "content": _user_content(prompt, len(loaded))})
+            messages.append({"role": "user", "content": user_content(prompt, len(loaded))})
         else:
             messages.append({"role": "user", "content": prompt})
         text = self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
@@ -179,7 +185,11 @@ def score_texts(
     """
     if len(prompts) != len(responses) or (images is not None and len(images) != len(prompts)):
         raise ValueError("prompts, responses (and images) must have the same length")
-    scorer = TextScorer(model, processor)
+    if processor is None:  # reuse the processor loaded from the model's directory across calls
+        scorer = getattr(model, "_prism_text_scorer", None) or TextScorer(model)
+        model._prism_text_scorer = scorer
+    else:
+        scorer = TextScorer(model, processor)
     rows = []
     for i, (prompt, response) in enumerate(zip(prompts, responses, strict=True)):
         try:
