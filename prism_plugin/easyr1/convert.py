@@ -1,0 +1,121 @@
+"""PRISM alignment / RLVR rows -> the parquet EasyR1 reads (``prompt``, ``images``, ``answer``).
+
+Input: ``.jsonl`` / ``.json`` / ``.parquet`` rows with ``prompt`` or ``question`` (a string with
+``<image>`` markers, or the authors' chat-message list), ``images`` / ``image`` (paths, or
+``{"bytes": …}`` as in Hugging Face image columns) and ``answer`` / ``ground_truth`` /
+``reward_model.ground_truth``; other fields (teacher segments …) are ignored. Rows are checked by
+the same field checks as the LLaMA-Factory side (:mod:`prism_plugin.data.records`): an error names
+the file, the row and the field; ``skip_invalid=True`` leaves bad rows out and reports them.
+Output: one ``<image>`` marker per image in ``prompt`` (added in front when a row has none),
+``images`` as absolute paths, or as ``{"bytes": …}`` with ``embed_images`` (self-contained files
+for multi-node Ray jobs), and ``answer`` as a string (EasyR1's default ``answer_key``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from prism_plugin.data.records import DatasetRowError, LoadReport, _load, _prompt_text, _Row
+
+
+@dataclass(frozen=True)
+class EasyR1Row:
+    """One EasyR1 training row; ``images`` holds paths (str) or encoded image bytes."""
+
+    prompt: str
+    images: tuple[str | bytes, ...]
+    answer: str
+    row: int
+
+
+def _images(row: _Row) -> tuple[str | bytes, ...]:
+    for name in ("images", "image"):
+        value = row.row.get(name)
+        if value is None:
+            continue
+        items = value if isinstance(value, list) else [value]
+        if not any(isinstance(item, dict) and item.get("bytes") for item in items):
+            return row.images(name)  # paths: resolved against the media dir, existence checked
+        out: list[str | bytes] = []
+        for i, item in enumerate(items):  # Hugging Face image column: {"bytes": …, "path": …}
+            data = item.get("bytes") if isinstance(item, dict) else None
+            path = item.get("path") if isinstance(item, dict) else item
+            if isinstance(data, (bytes, bytearray)) and data:
+                out.append(bytes(data))
+            elif isinstance(path, str) and path:
+                resolved = Path(path) if Path(path).is_absolute() else row.media_dir / path
+                if not resolved.is_file():
+                    raise row.error(f"{name}[{i}]", f"image file not found: {resolved}")
+                out.append(str(resolved))
+            else:
+                raise row.error(f"{name}[{i}]", "must be an image path or {'bytes': …}")
+        return tuple(out)
+    return ()
+
+
+def _parse(row: _Row) -> EasyR1Row:
+    prompt, prompt_field = _prompt_text(row)
+    images = _images(row)
+    prompt = row.check_markers(prompt, images, prompt_field)
+    answer, answer_field = None, "answer"
+    for name in ("answer", "ground_truth"):
+        if row.row.get(name) is not None:
+            answer, answer_field = row.row[name], name
+            break
+    reward_model = row.row.get("reward_model")
+    if answer is None and isinstance(reward_model, dict) and reward_model.get("ground_truth") is not None:
+        answer, answer_field = reward_model["ground_truth"], "reward_model.ground_truth"
+    if answer is None:
+        raise row.error("answer", "missing (or give ground_truth / reward_model.ground_truth); RLVR needs a reference")
+    if isinstance(answer, bool) or not isinstance(answer, (str, int, float)) or not str(answer).strip():
+        raise row.error(answer_field, "must be a non-empty string or a number")
+    return EasyR1Row(prompt=prompt, images=images, answer=str(answer).strip(), row=row.row_no)
+
+
+def load_rlvr(path: str | Path, *, skip_invalid: bool = False, image_dir: str | Path | None = None) -> LoadReport:
+    """Validated EasyR1 rows of ``path``; relative image paths resolve against ``image_dir``
+    (default: the file's folder)."""
+    return _load(path, _parse, skip_invalid, image_dir)
+
+
+def to_easyr1(
+    src: str | Path,
+    out: str | Path,
+    *,
+    image_dir: str | Path | None = None,
+    skip_invalid: bool = False,
+    embed_images: bool = False,
+) -> LoadReport:
+    """Convert ``src`` to an EasyR1 parquet at ``out``; returns the report (kept rows, skipped errors)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    report = load_rlvr(src, skip_invalid=skip_invalid, image_dir=image_dir)
+    records: list[EasyR1Row] = report.records
+    as_bytes = embed_images or any(isinstance(img, bytes) for rec in records for img in rec.images)
+    if as_bytes:
+        images: Any = [[{"bytes": _read(img)} for img in rec.images] for rec in records]
+        image_type = pa.list_(pa.struct([("bytes", pa.binary())]))
+    else:
+        images = [list(rec.images) for rec in records]
+        image_type = pa.list_(pa.string())
+    table = pa.table(
+        {
+            "prompt": pa.array([rec.prompt for rec in records], pa.string()),
+            "images": pa.array(images, image_type),
+            "answer": pa.array([rec.answer for rec in records], pa.string()),
+        }
+    )
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    pq.write_table(table, out)
+    return report
+
+
+def _read(image: str | bytes) -> bytes:
+    return image if isinstance(image, bytes) else Path(image).read_bytes()
+
+
+__all__ = ["DatasetRowError", "EasyR1Row", "load_rlvr", "to_easyr1"]
