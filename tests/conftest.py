@@ -39,3 +39,13 @@ def tokenizer(tiny_dir: Path):
     from transformers import AutoTokenizer
 
     return AutoTokenizer.from_pretrained(tiny_dir / "tokenizer")
+
+
+@pytest.fixture(scope="session")
+def tiny_discriminator_dir(tiny_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A shared-mode, 4-expert discriminator upcycled once from the tiny dense Qwen3-VL."""
+    from prism_plugin.discriminator import upcycle
+
+    out = tmp_path_factory.mktemp("disc") / "discriminator"
+    upcycle(tiny_dir / "qwen3_vl_dense", out, num_experts=4, top_k=2, seed=0)
+    return out

@@ -10,7 +10,8 @@ files are byte-identical wherever they are built; LLaMA-Factory resolves them th
 - ``pairs.jsonl``   discriminator warm-up: ``prompt``, ``image``, teacher and (plausible but wrong)
                     student caption / cot.
 - ``rlvr.jsonl``    ``prompt``, ``images``, ``answer``.
-- ``dataset_info.json``  LLaMA-Factory entry ``prism_tiny_sft`` with an absolute ``file_name``.
+- ``dataset_info.json``  LLaMA-Factory entries ``prism_tiny_sft``, ``prism_tiny_pairs`` and
+  ``prism_tiny_align`` with absolute ``file_name``s.
 """
 
 from __future__ import annotations
@@ -26,6 +27,8 @@ from prism_plugin.tiny.corpus import COLORS
 from prism_plugin.tiny.images import Scene, draw_scene, random_scene, save_png
 
 SFT_DATASET_NAME = "prism_tiny_sft"
+PAIRS_DATASET_NAME = "prism_tiny_pairs"
+ALIGN_DATASET_NAME = "prism_tiny_align"
 IMAGE_DIR = "images"
 
 
@@ -181,18 +184,21 @@ def write_dataset(data_dir: Path, num_examples: int, seed: int) -> dict[str, str
         "pairs": _write_jsonl(data_dir / "pairs.jsonl", pairs),
         "rlvr": _write_jsonl(data_dir / "rlvr.jsonl", rlvr),
     }
-    paths["dataset_info"] = _write_json(data_dir / "dataset_info.json", dataset_info(paths["sft"]))
+    paths["dataset_info"] = _write_json(data_dir / "dataset_info.json", dataset_info(paths))
     out = {name: str(path) for name, path in paths.items()}
     out["data_dir"] = str(data_dir)
     out["images_dir"] = str(data_dir / IMAGE_DIR)
     return out
 
 
-def dataset_info(sft_path: Path) -> dict[str, Any]:
-    """LLaMA-Factory ``dataset_info.json`` content registering ``sft_path`` as multimodal sharegpt."""
+def dataset_info(paths: dict[str, Path]) -> dict[str, Any]:
+    """LLaMA-Factory ``dataset_info.json``: the SFT set as multimodal sharegpt; the PRISM stages' files
+    (``prism_tiny_pairs`` for ``prism_disc``, ``prism_tiny_align`` for ``prism_align``) by file name."""
     return {
+        PAIRS_DATASET_NAME: {"file_name": str(Path(paths["pairs"]).resolve())},
+        ALIGN_DATASET_NAME: {"file_name": str(Path(paths["align"]).resolve())},
         SFT_DATASET_NAME: {
-            "file_name": str(Path(sft_path).resolve()),
+            "file_name": str(Path(paths["sft"]).resolve()),
             "formatting": "sharegpt",
             "columns": {"messages": "messages", "images": "images"},
             "tags": {

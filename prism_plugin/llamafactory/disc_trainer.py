@@ -1,0 +1,68 @@
+"""``PrismDiscTrainer``: the discriminator warm-up (Stage 2a) on a transformers ``Trainer``.
+
+Per pair and segment: ``−log σ(s_teacher − s_student)``, averaged over the comparisons, plus
+``router_aux_coef ×`` the router load-balancing loss. Optimiser, scheduler, gradient
+accumulation, DeepSpeed, logging and checkpoints are the Trainer's own.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from typing import Any
+
+import torch
+from transformers import Trainer
+
+from prism_plugin.losses import discriminator_loss
+
+
+class PrismDiscTrainer(Trainer):
+    """Pairwise Bradley–Terry trainer for :class:`PrismDiscriminator` on :class:`PairCollator` batches."""
+
+    def __init__(self, *args: Any, segments: list[str], router_aux_coef: float = 0.01, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.segments = list(segments)
+        self.router_aux_coef = router_aux_coef
+        self.model_accepts_loss_kwargs = False  # the loss is a mean: let the Trainer scale it for accumulation
+        self._metrics: dict[str, dict[str, list[float]]] = {"train": defaultdict(list), "eval": defaultdict(list)}
+
+    def pair_loss(self, model: torch.nn.Module, inputs: dict[str, Any]) -> tuple[torch.Tensor, dict[str, float]]:
+        """Warm-up loss of one batch and its metrics (accuracy and margins per segment, router aux)."""
+        out = model(**inputs, output_router_logits=True)
+        num_segments = len(self.segments)
+        scores = out.scores.view(-1, num_segments, 2)  # (pairs, segments, teacher/student)
+        teacher = {name: scores[:, j, 0] for j, name in enumerate(self.segments)}
+        student = {name: scores[:, j, 1] for j, name in enumerate(self.segments)}
+        valid = torch.ones(scores.shape[0], dtype=torch.bool, device=scores.device)
+        bt_sum, metrics = discriminator_loss(teacher, student, valid, score_reg_coef=0.0)
+        loss = bt_sum / num_segments
+        metrics = {k: v for k, v in metrics.items() if k not in ("loss", "score_reg", "num_pairs")}
+        metrics["bt_loss"] = float(loss.detach())
+        if out.aux_loss is not None:
+            metrics["router_aux_loss"] = float(out.aux_loss.detach())
+            loss = loss + self.router_aux_coef * out.aux_loss.to(loss.dtype)
+        return loss, metrics
+
+    def compute_loss(
+        self, model: torch.nn.Module, inputs: dict[str, Any], return_outputs: bool = False, num_items_in_batch=None
+    ):
+        loss, metrics = self.pair_loss(model, inputs)
+        mode = "train" if model.training else "eval"
+        for key, value in metrics.items():
+            self._metrics[mode][key].append(value)
+        return (loss, None) if return_outputs else loss
+
+    def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):
+        inputs = self._prepare_inputs(inputs)
+        with torch.no_grad():
+            loss = self.compute_loss(model, inputs)
+        return loss.detach(), None, None
+
+    def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
+        mode = "eval" if any(key.startswith("eval_") for key in logs) else "train"
+        prefix = "eval_" if mode == "eval" else ""
+        for key, values in self._metrics[mode].items():
+            if values:
+                logs[f"{prefix}{key}"] = round(sum(values) / len(values), 4)
+        self._metrics[mode].clear()
+        super().log(logs, start_time)

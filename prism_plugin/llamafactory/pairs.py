@@ -1,0 +1,150 @@
+"""Warm-up pairs as model inputs: rendered prompt + teacher/student segment token ids, and their batches.
+
+Teacher and student segments are tokenised the same way (each response on its own, followed by
+the end-of-turn token, split with :func:`prism_plugin.format.split_segments`), so both sides are
+scored at the same structural token. Rows too long for ``cutoff_len`` are errors (or skipped and
+counted when the user opts in) — never truncated.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from prism_plugin.data.records import DatasetRowError, LoadReport, PairRecord, Segments, load_pairs
+from prism_plugin.discriminator.scoring import PromptInputs
+
+
+@dataclass(frozen=True)
+class PairFeatures:
+    """One warm-up row ready for the discriminator: prompt inputs and ids per segment for both sides."""
+
+    prompt: PromptInputs
+    teacher: dict[str, list[int]]
+    student: dict[str, list[int]]
+    row: int
+
+
+def resolve_dataset_files(names: list[str], dataset_dir: str) -> list[Path]:
+    """Files of LLaMA-Factory ``dataset`` names: ``dataset_dir/dataset_info.json`` entries, or paths."""
+    info_path = Path(dataset_dir) / "dataset_info.json"
+    info = json.loads(info_path.read_text(encoding="utf-8")) if info_path.is_file() else {}
+    files = []
+    for name in names:
+        if name in info:
+            entry = info[name]
+            if "file_name" not in entry:
+                raise ValueError(f"{info_path}: dataset {name!r} has no 'file_name' (PRISM stages read local files)")
+            path = Path(entry["file_name"])
+            files.append(path if path.is_absolute() else Path(dataset_dir) / path)
+        elif Path(name).is_file() or (Path(dataset_dir) / name).is_file():
+            files.append(Path(name) if Path(name).is_file() else Path(dataset_dir) / name)
+        else:
+            raise ValueError(f"dataset {name!r} is neither an entry of {info_path} nor a file")
+    return files
+
+
+class PairEncoder:
+    """Turns :class:`PairRecord` rows into :class:`PairFeatures` with the discriminator's own processor."""
+
+    def __init__(self, scorer: Any, segments: list[str], cutoff_len: int) -> None:
+        self.scorer, self.segments, self.cutoff_len = scorer, segments, cutoff_len
+
+    def _segment_ids(self, response: Segments | str, side: str) -> dict[str, list[int]]:
+        text = response.response if isinstance(response, Segments) else response
+        ids = self.scorer.tokenizer(text, add_special_tokens=False)["input_ids"]
+        if not ids or ids[-1] != self.scorer.eot:
+            ids = [*ids, self.scorer.eot]
+        out: dict[str, list[int]] = {}
+        if "response" in self.segments:
+            out["response"] = ids
+        wanted = [s for s in self.segments if s != "response"]
+        if wanted:
+            from prism_plugin.format import split_segments
+
+            split = split_segments(ids, self.scorer.tokenizer, eos_token_ids=self.scorer.eot)
+            if not split.valid:
+                raise ValueError(f"{side} response is not in the <caption>/<think>/<answer> layout")
+            for name in wanted:
+                start, end = split.span(name)
+                if end <= start:
+                    raise ValueError(f"{side} {name} segment is empty")
+                out[name] = ids[start:end]
+        return out
+
+    def encode(self, record: PairRecord, path: str) -> PairFeatures:
+        def fail(field: str, message: str) -> DatasetRowError:
+            return DatasetRowError(path, record.row, field, message)
+
+        if not record.segmented and any(s != "response" for s in self.segments):
+            raise fail("teacher_response", "whole-response pairs only train prism_segments: [response]")
+        prompt = self.scorer.render_prompt(record.prompt, list(record.images) or None)
+        sides = {}
+        for side, response in (("teacher", record.teacher), ("student", record.student)):
+            try:
+                sides[side] = self._segment_ids(response, side)
+            except ValueError as exc:
+                raise fail(f"{side}_caption" if record.segmented else f"{side}_response", str(exc)) from None
+            for name, ids in sides[side].items():
+                length = len(prompt.input_ids) + len(ids)
+                if length > self.cutoff_len:
+                    field = f"{side}_{'caption' if name == 'caption' else 'cot' if record.segmented else 'response'}"
+                    raise fail(field, f"prompt + {name} segment is {length} tokens, over cutoff_len {self.cutoff_len}")
+        return PairFeatures(prompt, sides["teacher"], sides["student"], record.row)
+
+
+def encode_pairs(
+    files: list[Path], encoder: PairEncoder, skip_invalid: bool, media_dir: str | None
+) -> tuple[list[PairFeatures], list[LoadReport]]:
+    """Load, validate and encode every warm-up file; a bad row raises unless ``skip_invalid``."""
+    features, reports = [], []
+    for path in files:
+        report = load_pairs(path, skip_invalid=skip_invalid, media_dir=media_dir)
+        kept = []
+        for record in report.records:
+            try:
+                features.append(encoder.encode(record, str(path)))
+                kept.append(record)
+            except DatasetRowError as err:
+                if not skip_invalid:
+                    raise
+                report.skipped.append(err)
+        report.records = kept
+        reports.append(report)
+    if not features:
+        raise ValueError("no usable warm-up pairs in " + ", ".join(map(str, files)))
+    return features, reports
+
+
+class PairCollator:
+    """Batches pairs into one padded forward: rows [teacher s1, student s1, teacher s2, …] per pair."""
+
+    def __init__(self, segments: list[str], pad_id: int) -> None:
+        self.segments, self.pad_id = segments, pad_id
+
+    def __call__(self, features: list[PairFeatures]) -> dict[str, Any]:
+        rows, row_segments, pixel_values, grids = [], [], [], []
+        for feat in features:
+            prompt_ids = torch.as_tensor(feat.prompt.input_ids, dtype=torch.long).reshape(-1)
+            for name in self.segments:
+                for side in (feat.teacher, feat.student):
+                    rows.append(torch.cat([prompt_ids, torch.tensor(side[name], dtype=torch.long)]))
+                    row_segments.append(name)
+                    if feat.prompt.pixel_values is not None:
+                        pixel_values.append(feat.prompt.pixel_values)
+                        grids.append(feat.prompt.image_grid_thw)
+        width = max(len(r) for r in rows)
+        input_ids = torch.full((len(rows), width), self.pad_id, dtype=torch.long)
+        attention_mask = torch.zeros((len(rows), width), dtype=torch.long)
+        for i, row in enumerate(rows):
+            input_ids[i, : len(row)] = row
+            attention_mask[i, : len(row)] = 1
+        batch: dict[str, Any] = {"input_ids": input_ids, "attention_mask": attention_mask, "segments": row_segments}
+        if pixel_values:
+            batch["pixel_values"] = torch.cat(pixel_values)
+            batch["image_grid_thw"] = torch.cat(grids)
+        return batch
