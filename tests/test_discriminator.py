@@ -340,6 +340,33 @@ def test_prefix_reuse_gradients_match(discs, tiny_dir: Path) -> None:
     model.zero_grad()
 
 
+def test_dedicated_routing_survives_gradient_checkpointing(discs, tiny_dir: Path) -> None:
+    """Checkpointed layers are re-run in backward, outside any context manager: the expert mask must
+    travel with the layer call, or the recomputed routing (and so the gradients) would differ."""
+    model = discs("text", "dedicated", router_std=1.0)
+    prompts, queries = _queries(model, tiny_dir, num_prompts=1, text_only_prompt=False)
+    grads, values = [], []
+    model.train()
+    model.head_dropout.p = 0.0
+    try:
+        for checkpointing in (False, True):
+            if checkpointing:
+                model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+            model.zero_grad()
+            out = score(model, prompts, queries, reuse_prefix=True)
+            out.pow(2).sum().backward()
+            values.append(out.detach())
+            grads.append({n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None})
+    finally:
+        model.gradient_checkpointing_disable()
+        model.head_dropout.p = 0.1
+        model.zero_grad()
+        model.eval()
+    assert torch.allclose(values[0], values[1], atol=1e-5)
+    for name, grad in grads[0].items():
+        assert torch.allclose(grad, grads[1][name], atol=1e-5), name
+
+
 def test_score_clip_and_errors(discs, tiny_dir: Path) -> None:
     model = discs("text")
     prompts, queries = _queries(model, tiny_dir, num_prompts=1, text_only_prompt=False)

@@ -14,7 +14,7 @@ from transformers.models.qwen3_moe.modeling_qwen3_moe import load_balancing_loss
 from transformers.utils import ModelOutput
 
 from prism_plugin.discriminator.config import PrismDiscriminatorConfig
-from prism_plugin.discriminator.routing import RouterControl
+from prism_plugin.discriminator.routing import MASK_KWARG, RouterControl
 
 Segments = str | Sequence[str] | None
 
@@ -160,7 +160,10 @@ class PrismDiscriminator(PreTrainedModel):
             backbone_kwargs.update(pixel_values=pixel_values, image_grid_thw=image_grid_thw)
         elif pixel_values is not None:
             raise ValueError("this discriminator has a text-only backbone; it cannot take pixel_values")
-        with self.routing.restrict(self.expert_mask(segments, batch, ref.device)), self.routing.record() as logits:
+        allowed = self.expert_mask(segments, batch, ref.device)
+        if allowed is not None:
+            backbone_kwargs[MASK_KWARG] = allowed  # reaches every decoder layer, also when it is recomputed
+        with self.routing.record() as logits:
             out = self.backbone(
                 input_ids=input_ids,
                 attention_mask=attention_mask,

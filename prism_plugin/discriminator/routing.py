@@ -13,16 +13,24 @@ as the stock router), so masked experts get probability 0 and are never selected
 router sees the MoE block's input flattened as ``(batch * seq_len, hidden)``, row-major, so
 sequence ``b`` owns tokens ``b*L .. (b+1)*L - 1``. A segment type can thus route differently
 from the next row in the same batched call.
+
+Gradient checkpointing re-runs each decoder layer during backward, outside any ``with`` block.
+So the model passes the mask to the backbone as a keyword argument (:data:`MASK_KWARG`), which
+transformers forwards to every decoder layer (and keeps for the recomputation); a pre-hook on
+each layer that holds a router takes it out of the kwargs and activates it for that layer call.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+MASK_KWARG = "prism_expert_allowed"
 
 
 def is_router(module: nn.Module) -> bool:
@@ -49,6 +57,16 @@ def routing_from_logits(logits: torch.Tensor, top_k: int, normalize: bool) -> tu
     return top_value.to(logits.dtype), top_index
 
 
+def _router_layers(backbone: nn.Module, routers: list[nn.Module]) -> list[nn.Module]:
+    """The decoder layers (direct children of a ``layers`` ModuleList) that contain a router."""
+    ids = {id(r) for r in routers}
+    layers = []
+    for module in backbone.modules():
+        if isinstance(module, nn.ModuleList):
+            layers += [child for child in module if any(id(m) in ids for m in child.modules())]
+    return layers
+
+
 class RouterControl:
     """Hooks on a backbone's routers: per-call expert masks and router-logit recording."""
 
@@ -58,29 +76,48 @@ class RouterControl:
         self._bias: torch.Tensor | None = None  # (B, E) additive mask: 0 or -inf
         self._records: list[torch.Tensor] | None = None
         self._handles = [r.register_forward_hook(self._hook) for r in self.routers]
+        self._layer_bias: list[torch.Tensor | None] = []  # masks handed to the running decoder layer(s)
+        for layer in _router_layers(backbone, self.routers):
+            self._handles.append(layer.register_forward_pre_hook(self._enter_layer, with_kwargs=True))
+            self._handles.append(layer.register_forward_hook(self._exit_layer, always_call=True))
 
     def __bool__(self) -> bool:
         return bool(self.routers)
+
+    def bias(self, allowed: torch.Tensor | None) -> torch.Tensor | None:
+        """The additive router-logit mask (0 / -inf, float32, (B, E)) for ``allowed``; None masks nothing."""
+        if allowed is None or bool(allowed.all()):
+            return None
+        allowed = allowed.reshape(-1, self.num_experts).bool()
+        if not bool(allowed.any(dim=-1).all()):
+            raise ValueError("every row must allow at least one expert")
+        bias = torch.zeros(allowed.shape, dtype=torch.float32, device=allowed.device)
+        return bias.masked_fill(~allowed, float("-inf"))
 
     @contextmanager
     def restrict(self, allowed: torch.Tensor | None) -> Iterator[None]:
         """Within the block, sequence ``b`` may only route to experts ``e`` with ``allowed[b, e]``.
 
         ``allowed`` is ``(batch, num_experts)`` (or ``(num_experts,)`` for every row); None masks nothing.
+        For calls that may be recomputed (gradient checkpointing), pass ``{MASK_KWARG: allowed}`` to the
+        backbone instead, as ``PrismDiscriminator.encode`` does.
         """
         previous = self._bias
-        if allowed is None or bool(allowed.all()):
-            self._bias = None
-        else:
-            allowed = allowed.reshape(-1, self.num_experts).bool()
-            if not bool(allowed.any(dim=-1).all()):
-                raise ValueError("every row must allow at least one expert")
-            bias = torch.zeros(allowed.shape, dtype=torch.float32, device=allowed.device)
-            self._bias = bias.masked_fill(~allowed, float("-inf"))
+        self._bias = self.bias(allowed)
         try:
             yield
         finally:
             self._bias = previous
+
+    def _enter_layer(self, module: nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict]:
+        kwargs = dict(kwargs)
+        allowed = kwargs.pop(MASK_KWARG, None)
+        self._layer_bias.append(self.bias(allowed) if allowed is not None else None)
+        return args, kwargs
+
+    def _exit_layer(self, module: nn.Module, args: tuple, output: Any) -> None:
+        if self._layer_bias:
+            self._layer_bias.pop()
 
     @contextmanager
     def record(self) -> Iterator[list[torch.Tensor]]:
@@ -95,8 +132,9 @@ class RouterControl:
     def _hook(self, module: nn.Module, args: tuple, output: tuple) -> tuple | None:
         logits = output[0]
         changed = None
-        if self._bias is not None:
-            bias = self._bias.to(logits.device)
+        active = self._layer_bias[-1] if self._layer_bias and self._layer_bias[-1] is not None else self._bias
+        if active is not None:
+            bias = active.to(logits.device)
             tokens = logits.shape[0]
             if bias.shape[0] != 1:
                 if tokens % bias.shape[0]:

@@ -96,11 +96,14 @@ def score(
     for rewards; the warm-up and alignment updates call it with gradients). ``reuse_prefix``
     encodes each prompt once and scores its segments as continuations of the cached prefix;
     ``False`` runs one full forward per query (the reference). ``batch_size`` bounds the rows of
-    one forward; ``clip`` clamps the scores to ±clip.
+    one forward; ``clip`` clamps the scores to ±clip. A model training with gradient checkpointing
+    always gets full forwards: transformers' checkpointed layers drop the KV cache.
     """
     _check(prompts, queries)
     if not queries:
         return torch.zeros(0)
+    if model.training and getattr(model, "is_gradient_checkpointing", False):
+        reuse_prefix = False
     run = _score_with_prefix if reuse_prefix else _score_full
     scores = run(model, prompts, queries, batch_size)
     return scores.clamp(-clip, clip) if clip is not None else scores
