@@ -101,9 +101,53 @@ def _add_align_preview(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=_align_preview)
 
 
+def _paths(args: argparse.Namespace) -> int:
+    from prism_plugin.easyr1 import paths
+
+    if args.name is None:
+        for name in paths.names():
+            print(f"{name}\t{paths.path_of(name)}")
+    else:
+        print(paths.path_of(args.name))
+    return 0
+
+
+def _add_paths(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("paths", help="print absolute paths of installed files EasyR1 needs (reward, format prompt …)")
+    p.add_argument(
+        "name", nargs="?", choices=["reward", "format-prompt", "preset-grpo", "preset-dapo", "preset-gspo"],
+        help="one file (default: list all as NAME<TAB>PATH)",
+    )
+    p.set_defaults(func=_paths)
+
+
+def _to_easyr1(args: argparse.Namespace) -> int:
+    from prism_plugin.easyr1.convert import to_easyr1
+
+    report = to_easyr1(
+        args.input, args.output, image_dir=args.image_dir, skip_invalid=args.skip_invalid,
+        embed_images=args.embed_images,
+    )
+    print(report.summary())
+    print(json.dumps({"output": str(args.output), "rows": len(report.records), "skipped": len(report.skipped)}))
+    return 0
+
+
+def _add_data(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("data", help="convert PRISM datasets for the training toolkits")
+    data_sub = p.add_subparsers(dest="data_command", metavar="DATA_COMMAND", required=True)
+    q = data_sub.add_parser("to-easyr1", help="PRISM alignment/RLVR rows -> EasyR1 parquet (prompt, images, answer)")
+    q.add_argument("input", help="rows: .jsonl / .json / .parquet (prompt, images, answer or ground_truth)")
+    q.add_argument("output", help="output .parquet")
+    q.add_argument("--image-dir", help="folder relative image paths resolve against (default: the input's folder)")
+    q.add_argument("--skip-invalid", action="store_true", help="leave bad rows out (counted, listed)")
+    q.add_argument("--embed-images", action="store_true", help="store image bytes instead of absolute paths")
+    q.set_defaults(func=_to_easyr1)
+
+
 # Sub-command registrars: each adds one parser and sets ``func``; add new ones here.
 SUBCOMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [
-    _add_make_tiny, _add_upcycle, _add_score, _add_align_preview,
+    _add_make_tiny, _add_upcycle, _add_score, _add_align_preview, _add_paths, _add_data,
 ]
 
 
