@@ -252,7 +252,10 @@ def test_plan_cli_loss_rewrite(tmp_path):
         launcher.plan_launch(["worker.actor.loss_type=prism_ppo"], has_loss_type=True)
 
 
-def test_plan_config_file_rewrite(tmp_path):
+def test_plan_config_file_rewrite(tmp_path, monkeypatch):
+    # EasyR1's verl.utils.py_functional registers a PyYAML float representer rounding 3e-4 to 0.0
+    monkeypatch.setitem(yaml.Dumper.yaml_representers, float, lambda d, x: d.represent_scalar(
+        "tag:yaml.org,2002:float", str(round(x, 3))))
     plan = launcher.plan_launch(["config=prism://preset-gspo", "worker.actor.loss_type=prism_gspo_token"],
                                 has_loss_type=False, out_dir=tmp_path)
     assert plan.loss == "prism_gspo_token" and plan.args == [f"config={tmp_path / 'rlvr_gspo.yaml'}"]
@@ -484,6 +487,8 @@ def test_presets_through_easyr1_config_loader(easyr1, tmp_path):
         assert config.data.format_prompt == str(paths.path_of("format-prompt"))
         assert config.worker.rollout.response_length == 8192 and config.worker.actor.optim.lr == pytest.approx(1e-6)
         assert config.worker.actor.loss_type == {"gspo": "gspo"}.get(name, "default")
+        if name == "gspo":  # survives EasyR1's rounding YAML float representer (imported with its config)
+            assert (config.worker.actor.clip_ratio_low, config.worker.actor.clip_ratio_high) == (3e-4, 4e-4)
         if name == "dapo":
             assert config.algorithm.filter_key == "accuracy" and config.worker.actor.clip_ratio_high == 0.28
             assert config.worker.reward.reward_function_kwargs == DAPO_KWARGS

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import importlib
 import inspect
+import json
 import os
 import sys
 import tempfile
@@ -126,7 +127,11 @@ def plan_launch(argv: Sequence[str], *, has_loss_type: bool, out_dir: str | Path
             target_dir = Path(out_dir) if out_dir is not None else Path(tempfile.mkdtemp(prefix="prism-easyr1-"))
             target_dir.mkdir(parents=True, exist_ok=True)
             target = target_dir / Path(plan.config_path).name
-            OmegaConf.save(OmegaConf.create(tree), target)
+            # JSON is YAML: no PyYAML dumper involved (EasyR1 registers a global float representer that
+            # rounds 3e-4 to 0.0), and the file is read back to prove nothing changed on the way.
+            target.write_text(json.dumps(tree, indent=1) + "\n", encoding="utf-8")
+            if OmegaConf.to_container(OmegaConf.load(target), resolve=False) != tree:
+                raise LaunchError(f"rewritten config {target} does not read back as written")
             plan.notes.append(f"config {plan.config_path} rewritten to {target}")
             plan.config_path = str(target)
             plan.args[config_index] = f"{plan.args[config_index].partition('=')[0]}={target}"
