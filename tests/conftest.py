@@ -49,3 +49,36 @@ def tiny_discriminator_dir(tiny_dir: Path, tmp_path_factory: pytest.TempPathFact
     out = tmp_path_factory.mktemp("disc") / "discriminator"
     upcycle(tiny_dir / "qwen3_vl_dense", out, num_experts=4, top_k=2, seed=0)
     return out
+
+
+@pytest.fixture(scope="session")
+def tiny_sft_run(tiny_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
+    """Stage 1 on the tiny default: a real ``llamafactory-cli train`` SFT (80 steps, PRISM template).
+
+    Returns the output directory (the SFT policy) and the run's log. Tests that need a policy
+    producing the layout (the alignment stage) start from it.
+    """
+    import json
+    import subprocess
+    import sys
+
+    work = tmp_path_factory.mktemp("sft")
+    out = work / "out"
+    config = {
+        "model_name_or_path": str(tiny_dir / "qwen3_vl_policy"), "stage": "sft", "do_train": True,
+        "finetuning_type": "full", "dataset": "prism_tiny_sft", "dataset_dir": str(tiny_dir / "data"),
+        "template": "prism_qwen3_vl", "cutoff_len": 512, "overwrite_cache": True, "preprocessing_num_workers": 1,
+        "dataloader_num_workers": 0, "output_dir": str(out), "logging_steps": 10, "save_strategy": "steps",
+        "save_steps": 40, "max_steps": 80, "per_device_train_batch_size": 8, "learning_rate": 3.0e-3,
+        "lr_scheduler_type": "cosine", "warmup_ratio": 0.05, "bf16": False, "report_to": "none", "seed": 0,
+    }
+    yaml_path = work / "sft.yaml"
+    yaml_path.write_text(json.dumps(config, indent=2))  # JSON is valid YAML
+    cli = Path(sys.executable).with_name("llamafactory-cli")
+    env = os.environ | {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "OMP_WAIT_POLICY": "PASSIVE"}
+    env.pop("FORCE_TORCHRUN", None)
+    proc = subprocess.run([str(cli), "train", str(yaml_path)], cwd=work, env=env, capture_output=True, text=True,
+                          timeout=600)
+    log = proc.stdout + proc.stderr
+    assert proc.returncode == 0, log[-4000:]
+    return out, log

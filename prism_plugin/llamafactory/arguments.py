@@ -29,6 +29,34 @@ class PrismArguments:
     prism_score_reg_coef: float = field(
         default=0.001, metadata={"help": "Coefficient of the L2 regulariser on discriminator scores (alignment)."}
     )
+    prism_discriminator: str | None = field(
+        default=None, metadata={"help": "prism_align: path of the (warmed-up) PRISM discriminator."}
+    )
+    prism_num_generations: int = field(default=16, metadata={"help": "prism_align: rollouts per prompt (G)."})
+    prism_max_new_tokens: int = field(default=6144, metadata={"help": "prism_align: rollout length limit."})
+    prism_temperature: float = field(default=1.0, metadata={"help": "prism_align: sampling temperature."})
+    prism_format_penalty: float = field(
+        default=1.5, metadata={"help": "prism_align: advantage penalty λ for a rollout outside the layout."}
+    )
+    prism_score_clip: float = field(default=10.0, metadata={"help": "prism_align: clip discriminator scores to ±this."})
+    prism_disc_learning_rate: float = field(
+        default=1e-6, metadata={"help": "prism_align: discriminator AdamW learning rate (constant)."}
+    )
+    prism_disc_weight_decay: float = field(default=0.01, metadata={"help": "prism_align: discriminator weight decay."})
+    prism_disc_max_grad_norm: float = field(default=1.0, metadata={"help": "prism_align: discriminator grad clip."})
+    prism_update_discriminator: bool = field(
+        default=True, metadata={"help": "prism_align: train the discriminator each step (false: a fixed scorer)."}
+    )
+    prism_policy_loss: str = field(
+        default="grpo", metadata={"help": "prism_align: policy loss from the registry (grpo, dapo, gspo, gspo_token)."}
+    )
+    prism_clip_low: float = field(default=0.2, metadata={"help": "prism_align: PPO clip range below 1."})
+    prism_clip_high: float | None = field(
+        default=None, metadata={"help": "prism_align: PPO clip range above 1 (default: prism_clip_low)."}
+    )
+    prism_policy_epochs: int = field(
+        default=1, metadata={"help": "prism_align: policy updates per batch of rollouts (>1 makes the clip bind)."}
+    )
     prism_skip_invalid_rows: bool = field(
         default=False,
         metadata={"help": "Skip dataset rows that fail validation (counted and reported) instead of stopping."},
@@ -45,6 +73,8 @@ class PrismArguments:
                 f"prism_segment_weights needs one weight per segment: {self.prism_segments} vs "
                 f"{self.prism_segment_weights}"
             )
+        if self.prism_num_generations < 1 or self.prism_policy_epochs < 1:
+            raise ValueError("prism_num_generations and prism_policy_epochs must be >= 1")
         parent_post_init = getattr(super(), "__post_init__", None)
         if parent_post_init is not None:
             parent_post_init()

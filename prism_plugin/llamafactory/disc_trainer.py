@@ -7,16 +7,16 @@ accumulation, DeepSpeed, logging and checkpoints are the Trainer's own.
 
 from __future__ import annotations
 
-from collections import defaultdict
 from typing import Any
 
 import torch
 from transformers import Trainer
 
+from prism_plugin.llamafactory.metrics import MetricsLogMixin
 from prism_plugin.losses import discriminator_loss
 
 
-class PrismDiscTrainer(Trainer):
+class PrismDiscTrainer(MetricsLogMixin, Trainer):
     """Pairwise Bradley–Terry trainer for :class:`PrismDiscriminator` on :class:`PairCollator` batches."""
 
     def __init__(self, *args: Any, segments: list[str], router_aux_coef: float = 0.01, **kwargs: Any) -> None:
@@ -24,7 +24,7 @@ class PrismDiscTrainer(Trainer):
         self.segments = list(segments)
         self.router_aux_coef = router_aux_coef
         self.model_accepts_loss_kwargs = False  # the loss is a mean: let the Trainer scale it for accumulation
-        self._metrics: dict[str, dict[str, list[float]]] = {"train": defaultdict(list), "eval": defaultdict(list)}
+        self._init_metrics()
 
     def pair_loss(self, model: torch.nn.Module, inputs: dict[str, Any]) -> tuple[torch.Tensor, dict[str, float]]:
         """Warm-up loss of one batch and its metrics (accuracy and margins per segment, router aux)."""
@@ -47,9 +47,7 @@ class PrismDiscTrainer(Trainer):
         self, model: torch.nn.Module, inputs: dict[str, Any], return_outputs: bool = False, num_items_in_batch=None
     ):
         loss, metrics = self.pair_loss(model, inputs)
-        mode = "train" if model.training else "eval"
-        for key, value in metrics.items():
-            self._metrics[mode][key].append(value)
+        self.record_metrics("train" if model.training else "eval", metrics)
         return (loss, None) if return_outputs else loss
 
     def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):
@@ -57,12 +55,3 @@ class PrismDiscTrainer(Trainer):
         with torch.no_grad():
             loss = self.compute_loss(model, inputs)
         return loss.detach(), None, None
-
-    def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
-        mode = "eval" if any(key.startswith("eval_") for key in logs) else "train"
-        prefix = "eval_" if mode == "eval" else ""
-        for key, values in self._metrics[mode].items():
-            if values:
-                logs[f"{prefix}{key}"] = round(sum(values) / len(values), 4)
-        self._metrics[mode].clear()
-        super().log(logs, start_time)

@@ -17,18 +17,19 @@ from prism_plugin.llamafactory.pairs import PairCollator, PairEncoder, encode_pa
 PLOT_KEYS = ["loss", "eval_loss", "accuracy", "eval_accuracy", "caption/accuracy", "reasoning/accuracy"]
 
 
-def _load_discriminator(model_args: Any) -> Any:
+def load_discriminator(path: str) -> Any:
+    """A PRISM discriminator from ``path``; a clear error for any other kind of model."""
     from transformers import AutoConfig, AutoModel
 
     import prism_plugin.discriminator  # noqa: F401  (registers the Auto classes)
 
-    config = AutoConfig.from_pretrained(model_args.model_name_or_path)
+    config = AutoConfig.from_pretrained(path)
     if config.model_type != "prism_discriminator":
         raise ValueError(
-            f"stage prism_disc trains a PRISM discriminator; {model_args.model_name_or_path} is a "
-            f"{config.model_type!r} model — create one with `prism-plugin upcycle DENSE_DIR OUT_DIR`"
+            f"a PRISM discriminator is needed; {path} is a {config.model_type!r} model — "
+            "create one with `prism-plugin upcycle DENSE_DIR OUT_DIR`"
         )
-    return AutoModel.from_pretrained(model_args.model_name_or_path)
+    return AutoModel.from_pretrained(path)
 
 
 def _split_eval(features: list, val_size: float, seed: int) -> tuple[list, list]:
@@ -50,7 +51,7 @@ def run_prism_disc(model_args: Any, data_args: Any, training_args: Any, finetuni
 
     logger = logging.get_logger(__name__)
     segments = list(finetuning_args.prism_segments)
-    model = _load_discriminator(model_args)
+    model = load_discriminator(model_args.model_name_or_path)
     scorer = TextScorer(model)
     encoder = PairEncoder(scorer, segments, data_args.cutoff_len)
     skip = finetuning_args.prism_skip_invalid_rows
@@ -86,7 +87,7 @@ def run_prism_disc(model_args: Any, data_args: Any, training_args: Any, finetuni
         trainer.save_metrics("train", result.metrics)
         trainer.save_state()
         if trainer.is_world_process_zero():
-            _write_data_report(Path(training_args.output_dir), reports)
+            write_data_report(training_args.output_dir, reports)
             if finetuning_args.plot_loss:
                 from llamafactory.extras.ploting import plot_loss
 
@@ -97,8 +98,9 @@ def run_prism_disc(model_args: Any, data_args: Any, training_args: Any, finetuni
         trainer.save_metrics("eval", metrics)
 
 
-def _write_data_report(output_dir: Path, reports: list) -> None:
+def write_data_report(output_dir: str | Path, reports: list) -> None:
+    """``prism_data_report.json``: rows kept and skipped (with reasons) per dataset file."""
     summary = [
         {"file": r.path, "kept": len(r.records), "skipped": [str(e) for e in r.skipped]} for r in reports
     ]
-    (output_dir / "prism_data_report.json").write_text(json.dumps(summary, indent=1), encoding="utf-8")
+    (Path(output_dir) / "prism_data_report.json").write_text(json.dumps(summary, indent=1), encoding="utf-8")

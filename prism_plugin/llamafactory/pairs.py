@@ -54,7 +54,8 @@ class PairEncoder:
     def __init__(self, scorer: Any, segments: list[str], cutoff_len: int) -> None:
         self.scorer, self.segments, self.cutoff_len = scorer, segments, cutoff_len
 
-    def _segment_ids(self, response: Segments | str, side: str) -> dict[str, list[int]]:
+    def segment_ids(self, response: Segments | str, side: str) -> dict[str, list[int]]:
+        """Token ids of each configured segment of one response (tokenised alone + end-of-turn)."""
         text = response.response if isinstance(response, Segments) else response
         ids = self.scorer.tokenizer(text, add_special_tokens=False)["input_ids"]
         if not ids or ids[-1] != self.scorer.eot:
@@ -86,7 +87,7 @@ class PairEncoder:
         sides = {}
         for side, response in (("teacher", record.teacher), ("student", record.student)):
             try:
-                sides[side] = self._segment_ids(response, side)
+                sides[side] = self.segment_ids(response, side)
             except ValueError as exc:
                 raise fail(f"{side}_caption" if record.segmented else f"{side}_response", str(exc)) from None
             for name, ids in sides[side].items():

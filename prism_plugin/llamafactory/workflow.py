@@ -19,5 +19,9 @@ def run_prism_stage(config: dict[str, Any]) -> None:
         from prism_plugin.llamafactory.disc_workflow import run_prism_disc
 
         run_prism_disc(model_args, data_args, training_args, finetuning_args, callbacks)
+    elif stage == "prism_align":
+        from prism_plugin.llamafactory.align_workflow import run_prism_align
+
+        run_prism_align(model_args, data_args, training_args, finetuning_args, generating_args, callbacks)
     else:
-        raise NotImplementedError(f"stage {stage!r} is registered but not implemented in prism-plugin yet")
+        raise ValueError(f"unknown PRISM stage {stage!r}")

@@ -1,0 +1,343 @@
+"""``PrismAlignTrainer``: the PRISM alignment game (method.md §3) on a transformers ``Trainer``.
+
+Per batch of B prompts: G rollouts each from the current policy (HF ``generate``), layout check
+and segments (:func:`prism_plugin.format.split_segments`), segment scores from the current
+discriminator (eval mode, no grad, clipped), group advantages
+(:func:`prism_plugin.advantage.segment_advantage`), one discriminator step on teacher ≻ rollout
+(Bradley–Terry + score regulariser + router aux), then ``prism_policy_epochs`` policy updates
+with a registered policy loss. The policy's optimiser, scheduler, accumulation, DeepSpeed,
+logging and checkpoints are the Trainer's; the discriminator has its own AdamW.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from transformers import Trainer
+
+from prism_plugin.advantage import segment_advantage
+from prism_plugin.discriminator.scoring import SegmentQuery, score
+from prism_plugin.format import split_segments
+from prism_plugin.llamafactory.align_data import AlignItem
+from prism_plugin.llamafactory.metrics import MetricsLogMixin
+from prism_plugin.llamafactory.pairs import PairCollator, PairFeatures
+from prism_plugin.losses import discriminator_loss, get_policy_loss
+
+VISION_SPECIAL_TOKENS = ("<|vision_start|>", "<|vision_end|>", "<|vision_pad|>", "<|image_pad|>", "<|video_pad|>")
+
+
+@dataclass
+class AlignSettings:
+    """What one alignment step needs beyond the Trainer's own arguments (the ``prism_*`` keys)."""
+
+    segment_weights: dict[str, float]
+    num_generations: int = 16
+    max_new_tokens: int = 6144
+    temperature: float = 1.0
+    format_penalty: float = 1.5
+    score_clip: float = 10.0
+    score_reg_coef: float = 0.001
+    router_aux_coef: float = 0.01
+    update_discriminator: bool = True
+    disc_max_grad_norm: float = 1.0
+    policy_loss: str = "grpo"
+    clip_low: float = 0.2
+    clip_high: float | None = None
+    policy_epochs: int = 1
+
+
+@dataclass
+class RolloutGroup:
+    """The G rollouts of one prompt, ready for the policy loss."""
+
+    input_ids: torch.Tensor  # (G, P + T)
+    attention_mask: torch.Tensor  # (G, P + T)
+    completion_mask: torch.Tensor  # (G, T): response tokens up to the first end-of-turn
+    mm_inputs: dict[str, torch.Tensor]
+    advantages: torch.Tensor  # (G,)
+    old_log_probs: torch.Tensor | None  # (G, T), None when the policy takes one step per batch
+
+
+class PrismAlignTrainer(MetricsLogMixin, Trainer):
+    """Policy trainer of the alignment stage; owns the discriminator and its optimiser."""
+
+    def __init__(
+        self,
+        *args: Any,
+        discriminator: torch.nn.Module,
+        disc_optimizer: torch.optim.Optimizer | None,
+        disc_tokenizer: Any,
+        settings: AlignSettings,
+        same_vocab: bool,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(*args, **kwargs)
+        self.discriminator = discriminator
+        self.disc_optimizer = disc_optimizer
+        self.disc_tokenizer = disc_tokenizer
+        self.settings = settings
+        self.same_vocab = same_vocab
+        self.segments = list(settings.segment_weights)
+        self.policy_loss_fn = get_policy_loss(settings.policy_loss)
+        tokenizer = getattr(self.processing_class, "tokenizer", self.processing_class)
+        self.policy_tokenizer = tokenizer
+        self.eot_id = _end_of_turn_id(tokenizer)
+        self.suppress_ids = [i for i in tokenizer.convert_tokens_to_ids(list(VISION_SPECIAL_TOKENS))
+                             if isinstance(i, int) and i != tokenizer.unk_token_id]
+        self.pair_collator = PairCollator(self.segments, pad_id=disc_tokenizer.pad_token_id or 0)
+        self.model_accepts_loss_kwargs = False
+        self._buffer: dict[int, list[RolloutGroup]] = {}
+        self._micro_step = 0
+        self._init_metrics()
+
+    # ------------------------------------------------------------------ data plumbing
+
+    def _prepare_inputs(self, items: list[AlignItem]) -> list[RolloutGroup]:
+        """Fresh rollouts every ``policy_epochs`` optimiser steps; reused (with their old log-probs) between."""
+        accumulation = self.args.gradient_accumulation_steps
+        slot = self._micro_step % accumulation
+        self._micro_step += 1
+        if self.state.global_step % self.settings.policy_epochs == 0 or slot not in self._buffer:
+            self._buffer[slot] = self._generate_and_score(items)
+        return self._buffer[slot]
+
+    # ------------------------------------------------------------------ one alignment step
+
+    @torch.no_grad()
+    def _rollouts(self, item: AlignItem) -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
+        """G sampled completions (G, T) of one prompt, their mask, and the repeated multimodal inputs."""
+        policy = self.accelerator.unwrap_model(self.model)
+        device = self.accelerator.device
+        G = self.settings.num_generations
+        prompt = torch.tensor([item.prompt_ids], device=device)
+        mm = {k: v.to(device) for k, v in item.mm_inputs.items()}
+        if "pixel_values" in mm and "mm_token_type_ids" not in mm and hasattr(policy.config, "image_token_id"):
+            mm["mm_token_type_ids"] = (prompt == policy.config.image_token_id).long()
+        was_training = policy.training
+        policy.eval()
+        out = policy.generate(
+            input_ids=prompt, attention_mask=torch.ones_like(prompt), **mm,
+            do_sample=True, temperature=self.settings.temperature, top_k=0, top_p=1.0,
+            max_new_tokens=self.settings.max_new_tokens, num_return_sequences=G, use_cache=True,
+            eos_token_id=self.eot_id, pad_token_id=self.policy_tokenizer.pad_token_id,
+            suppress_tokens=self.suppress_ids or None,
+        )
+        policy.train(was_training)
+        completions = out[:, prompt.shape[1]:]
+        is_eot = completions == self.eot_id
+        mask = ((is_eot.cumsum(-1) - is_eot.long()) == 0).long()
+        return completions, mask, _repeat_mm(mm, G)
+
+    def _disc_segments(self, completion: torch.Tensor, split: Any, row: int, text: str) -> dict[str, list[int]]:
+        """A valid rollout's segment ids for the discriminator: the policy's own ids when vocabularies match."""
+        if self.same_vocab:
+            ids = completion[: int(split.lengths[row])].tolist()
+            cut = int(split.boundary[row])
+            spans = {"caption": ids[:cut], "reasoning": ids[cut:], "response": ids}
+            return {name: spans[name] for name in self.segments}
+        from prism_plugin.layout import layout_parts
+
+        if layout_parts(text) is None:
+            return {}
+        ids = self.disc_tokenizer(text, add_special_tokens=False)["input_ids"] + [_end_of_turn_id(self.disc_tokenizer)]
+        resplit = split_segments(ids, self.disc_tokenizer, eos_token_ids=ids[-1])
+        return {name: ids[slice(*resplit.span(name))] for name in self.segments}
+
+    def _generate_and_score(self, items: list[AlignItem]) -> list[RolloutGroup]:
+        G = self.settings.num_generations
+        device = self.accelerator.device
+        rollouts, groups_valid, texts, students = [], [], [], []
+        for item in items:
+            completions, mask, mm = self._rollouts(item)
+            split = split_segments(completions.cpu(), self.policy_tokenizer, mask.cpu(), eos_token_ids=self.eot_id)
+            rollouts.append((item, completions, mask, mm))
+            groups_valid.append(split.valid)
+            texts += split.texts
+            for row in range(G):
+                seg = (self._disc_segments(completions[row].cpu(), split, row, split.texts[row])
+                       if split.valid[row] else {})
+                students.append(seg if seg and all(len(v) for v in seg.values()) else {})
+        valid = torch.cat(groups_valid) & torch.tensor([bool(s) for s in students])
+        group_index = torch.arange(len(items)).repeat_interleave(G)
+
+        scores = self._score(items, students, valid)
+        advantages = segment_advantage(
+            {s: scores[s] for s in self.segments}, self.settings.segment_weights, valid, group_index,
+            format_penalty=self.settings.format_penalty,
+        )
+        disc_metrics = self._update_discriminator(items, students, valid) if self.settings.update_discriminator else {}
+
+        groups = []
+        for k, (item, completions, mask, mm) in enumerate(rollouts):
+            prompt = torch.tensor(item.prompt_ids, device=device).expand(G, -1)
+            if "mm_token_type_ids" in mm:  # covers the completion too in the full-sequence forward
+                mm = {**mm, "mm_token_type_ids": torch.cat([mm["mm_token_type_ids"], torch.zeros_like(completions)], 1)}
+            group = RolloutGroup(
+                input_ids=torch.cat([prompt, completions], dim=1),
+                attention_mask=torch.cat([torch.ones_like(prompt), mask], dim=1),
+                completion_mask=mask,
+                mm_inputs=mm,
+                advantages=advantages[k * G : (k + 1) * G].to(device),
+                old_log_probs=None,
+            )
+            if self.settings.policy_epochs > 1:
+                with torch.no_grad():
+                    group.old_log_probs = self._log_probs(self.model, group)
+            groups.append(group)
+        self._record_step_metrics(items, texts, valid, scores, advantages, rollouts, disc_metrics)
+        return groups
+
+    @torch.no_grad()
+    def _score(self, items: list[AlignItem], students: list[dict], valid: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Current-discriminator scores (eval mode, clipped) of every valid rollout and of each teacher."""
+        disc = self.discriminator
+        was_training = disc.training
+        disc.eval()
+        G = self.settings.num_generations
+        queries, where = [], []
+        for i, segs in enumerate(students):
+            if valid[i]:
+                for name in self.segments:
+                    queries.append(SegmentQuery(i // G, name, segs[name]))
+                    where.append(("student", i, name))
+        for k, item in enumerate(items):
+            for name in self.segments:
+                queries.append(SegmentQuery(k, name, item.teacher[name]))
+                where.append(("teacher", k, name))
+        values = score(disc, [item.disc_prompt for item in items], queries, clip=self.settings.score_clip).cpu()
+        disc.train(was_training)
+        out = {name: torch.full((len(students),), float("nan")) for name in self.segments}
+        teacher = {name: torch.zeros(len(items)) for name in self.segments}
+        for (side, idx, name), value in zip(where, values, strict=True):
+            (out if side == "student" else teacher)[name][idx] = value
+        out.update({f"teacher_{name}": teacher[name] for name in self.segments})
+        return out
+
+    def _update_discriminator(self, items: list[AlignItem], students: list[dict], valid: torch.Tensor) -> dict:
+        """One optimiser step on teacher ≻ rollout over the valid rollouts; skipped when no rank has one."""
+        G = self.settings.num_generations
+        n_local = int(valid.sum())
+        n_total = n_local
+        distributed = torch.distributed.is_available() and torch.distributed.is_initialized()
+        if distributed:
+            count = torch.tensor([n_local], device=self.accelerator.device)
+            torch.distributed.all_reduce(count)
+            n_total = int(count.item())
+        if n_total == 0:
+            return {"disc/skipped": 1.0}
+        disc = self.discriminator
+        disc.train()
+        self.disc_optimizer.zero_grad(set_to_none=True)
+        metrics: dict[str, float] = {"disc/skipped": 0.0}
+        if n_local:
+            features = [PairFeatures(items[i // G].disc_prompt, items[i // G].teacher, students[i], i)
+                        for i in range(len(students)) if valid[i]]
+            batch = self.pair_collator(features)
+            batch = {k: v.to(disc.device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+            out = disc(**batch, output_router_logits=True)
+            scores = out.scores.view(-1, len(self.segments), 2)
+            teacher = {s: scores[:, j, 0] for j, s in enumerate(self.segments)}
+            student = {s: scores[:, j, 1] for j, s in enumerate(self.segments)}
+            ones = torch.ones(scores.shape[0], dtype=torch.bool, device=scores.device)
+            loss, bt_metrics = discriminator_loss(teacher, student, ones, self.settings.score_reg_coef)
+            if out.aux_loss is not None:
+                loss = loss + self.settings.router_aux_coef * out.aux_loss
+                metrics["disc/router_aux_loss"] = float(out.aux_loss.detach())
+            (loss * n_local / n_total * (torch.distributed.get_world_size() if distributed else 1)).backward()
+            metrics.update({f"disc/{k}": v for k, v in bt_metrics.items() if k != "num_pairs"})
+        if distributed:  # every rank joins the same collectives, also with no valid rollout of its own
+            world = torch.distributed.get_world_size()
+            for param in disc.parameters():
+                if param.requires_grad:
+                    if param.grad is None:
+                        param.grad = torch.zeros_like(param)
+                    torch.distributed.all_reduce(param.grad)
+                    param.grad /= world
+        grad_norm = torch.nn.utils.clip_grad_norm_(disc.parameters(), self.settings.disc_max_grad_norm)
+        self.disc_optimizer.step()
+        metrics["disc/grad_norm"] = float(grad_norm)
+        return metrics
+
+    # ------------------------------------------------------------------ policy loss
+
+    def _log_probs(self, model: torch.nn.Module, group: RolloutGroup) -> torch.Tensor:
+        """Per-token log-probabilities (G, T) of the completions under ``model`` (sampling temperature applied)."""
+        T = group.completion_mask.shape[1]
+        out = model(input_ids=group.input_ids, attention_mask=group.attention_mask, logits_to_keep=T + 1,
+                    use_cache=False, **group.mm_inputs)
+        logits = out.logits[:, :-1, :].float() / self.settings.temperature
+        targets = group.input_ids[:, -T:]
+        return torch.log_softmax(logits, dim=-1).gather(-1, targets.unsqueeze(-1)).squeeze(-1)
+
+    def compute_loss(self, model, inputs: list[RolloutGroup], return_outputs=False, num_items_in_batch=None):
+        """Token-mean of the registered policy loss over every rollout token of the micro-batch."""
+        total_tokens = sum(float(g.completion_mask.sum()) for g in inputs)
+        loss = torch.zeros((), device=self.accelerator.device)
+        metrics: dict[str, float] = {}
+        clip_high = self.settings.clip_high if self.settings.clip_high is not None else self.settings.clip_low
+        for group in inputs:
+            log_probs = self._log_probs(model, group)
+            old = group.old_log_probs if group.old_log_probs is not None else log_probs.detach()
+            group_loss, group_metrics = self.policy_loss_fn(
+                log_probs, old, group.advantages, group.completion_mask,
+                clip_low=self.settings.clip_low, clip_high=clip_high, agg_mode="token-mean",
+            )
+            share = float(group.completion_mask.sum()) / max(total_tokens, 1.0)
+            loss = loss + group_loss * share
+            for key, value in group_metrics.items():
+                metrics[f"policy/{key}"] = metrics.get(f"policy/{key}", 0.0) + value * share
+        metrics["policy/loss"] = float(loss.detach())
+        self.record_metrics("train", metrics)
+        return (loss, None) if return_outputs else loss
+
+    # ------------------------------------------------------------------ metrics and saving
+
+    def _record_step_metrics(self, items, texts, valid, scores, advantages, rollouts, disc_metrics) -> None:
+        from prism_plugin.rewards import compute_score
+
+        G = self.settings.num_generations
+        lengths = torch.cat([mask.sum(-1).cpu() for _, _, mask, _ in rollouts]).float()
+        metrics = {"valid_ratio": float(valid.float().mean()), "response_length": float(lengths.mean()),
+                   "advantage_mean": float(advantages.mean()), "advantage_std": float(advantages.std())}
+        for name in self.segments:
+            student = scores[name][valid]
+            teacher = scores[f"teacher_{name}"]
+            metrics[f"{name}/teacher_score"] = float(teacher.mean())
+            if len(student):
+                metrics[f"{name}/student_score"] = float(student.mean())
+                teacher_per_rollout = teacher.repeat_interleave(G)[valid]
+                metrics[f"{name}/score_gap"] = float((teacher_per_rollout - student).mean())
+        golds = [item.ground_truth for item in items]
+        if all(g is not None for g in golds):
+            rewards = [compute_score(text, golds[i // G]) for i, text in enumerate(texts)]
+            metrics["reward"] = sum(r["overall"] for r in rewards) / len(rewards)
+            metrics["accuracy_reward"] = sum(r["accuracy"] for r in rewards) / len(rewards)
+        metrics.update(disc_metrics)
+        self.record_metrics("train", metrics)
+
+    def save_model(self, output_dir: str | None = None, _internal_call: bool = False) -> None:
+        """Save the policy (Trainer) and the discriminator with its processor under ``output_dir/discriminator``."""
+        super().save_model(output_dir, _internal_call)
+        if self.is_world_process_zero():
+            import os
+
+            target = os.path.join(output_dir or self.args.output_dir, "discriminator")
+            self.discriminator.save_pretrained(target)
+            processor = getattr(self, "disc_processor", None)
+            if processor is not None:
+                processor.save_pretrained(target)
+
+
+def _end_of_turn_id(tokenizer: Any) -> int:
+    idx = tokenizer.convert_tokens_to_ids("<|im_end|>")
+    return int(idx) if isinstance(idx, int) and idx != tokenizer.unk_token_id else int(tokenizer.eos_token_id)
+
+
+def _repeat_mm(mm: dict[str, torch.Tensor], times: int) -> dict[str, torch.Tensor]:
+    """Multimodal inputs of one prompt repeated for ``times`` rollouts (Qwen-VL pixel rows are flattened patches)."""
+    out = {}
+    for key, value in mm.items():
+        out[key] = value.repeat(times, *([1] * (value.dim() - 1)))
+    return out

@@ -1,0 +1,117 @@
+"""``stage: prism_align`` — the PRISM alignment game as a LLaMA-Factory workflow.
+
+The policy (``model_name_or_path``, e.g. the SFT output) is loaded by LLaMA-Factory itself
+(``finetuning_type`` full / freeze / lora, quantisation, …) and prompts are rendered with the
+run's ``template``; ``prism_discriminator`` names the (warmed-up) discriminator; ``dataset``
+names alignment files (``dataset_info.json`` entries in ``dataset_dir``, or paths).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from prism_plugin.llamafactory.pairs import PairEncoder, resolve_dataset_files
+
+PLOT_KEYS = ["loss", "valid_ratio", "reward", "disc/loss", "disc/accuracy", "caption/score_gap",
+             "reasoning/score_gap", "response/score_gap", "response_length"]
+
+
+def _settings(finetuning_args: Any) -> Any:
+    from prism_plugin.llamafactory.align_trainer import AlignSettings
+
+    return AlignSettings(
+        segment_weights=finetuning_args.segment_weights,
+        num_generations=finetuning_args.prism_num_generations,
+        max_new_tokens=finetuning_args.prism_max_new_tokens,
+        temperature=finetuning_args.prism_temperature,
+        format_penalty=finetuning_args.prism_format_penalty,
+        score_clip=finetuning_args.prism_score_clip,
+        score_reg_coef=finetuning_args.prism_score_reg_coef,
+        router_aux_coef=finetuning_args.prism_router_aux_coef,
+        update_discriminator=finetuning_args.prism_update_discriminator,
+        disc_max_grad_norm=finetuning_args.prism_disc_max_grad_norm,
+        policy_loss=finetuning_args.prism_policy_loss,
+        clip_low=finetuning_args.prism_clip_low,
+        clip_high=finetuning_args.prism_clip_high,
+        policy_epochs=finetuning_args.prism_policy_epochs,
+    )
+
+
+def _same_vocab(a: Any, b: Any) -> bool:
+    return len(a) == len(b) and a.get_vocab() == b.get_vocab()
+
+
+def run_prism_align(
+    model_args: Any, data_args: Any, training_args: Any, finetuning_args: Any, generating_args: Any, callbacks: list
+) -> None:
+    """Align the policy to the teacher's distribution against the discriminator (method.md §3)."""
+    import torch
+    from llamafactory.data import get_template_and_fix_tokenizer
+    from llamafactory.extras import logging
+    from llamafactory.model import load_model, load_tokenizer
+
+    from prism_plugin.discriminator.texts import TextScorer
+    from prism_plugin.llamafactory.align_data import AlignEncoder, encode_align
+    from prism_plugin.llamafactory.align_trainer import PrismAlignTrainer
+    from prism_plugin.llamafactory.disc_workflow import load_discriminator, write_data_report
+
+    logger = logging.get_logger(__name__)
+    if not finetuning_args.prism_discriminator:
+        raise ValueError("stage prism_align needs `prism_discriminator: DIR` (a prism_disc output or upcycled model)")
+    tokenizer_module = load_tokenizer(model_args)
+    tokenizer, processor = tokenizer_module["tokenizer"], tokenizer_module["processor"]
+    template = get_template_and_fix_tokenizer(tokenizer, data_args)
+    discriminator = load_discriminator(finetuning_args.prism_discriminator)
+    scorer = TextScorer(discriminator)
+    segments = list(finetuning_args.prism_segments)
+    pair_encoder = PairEncoder(scorer, segments, data_args.cutoff_len)
+    encoder = AlignEncoder(template, tokenizer, processor, pair_encoder, data_args.cutoff_len,
+                           finetuning_args.prism_max_new_tokens)
+    files = resolve_dataset_files(list(data_args.dataset or []), data_args.dataset_dir)
+    items, reports = encode_align(files, encoder, finetuning_args.prism_skip_invalid_rows,
+                                  getattr(data_args, "media_dir", None))
+    for report in reports:
+        logger.info_rank0(report.summary())
+
+    model = load_model(tokenizer, model_args, finetuning_args, training_args.do_train)
+    discriminator.to(training_args.device)
+    disc_optimizer = None
+    if finetuning_args.prism_update_discriminator:
+        disc_optimizer = torch.optim.AdamW(
+            [p for p in discriminator.parameters() if p.requires_grad],
+            lr=finetuning_args.prism_disc_learning_rate, weight_decay=finetuning_args.prism_disc_weight_decay,
+        )
+    same_vocab = _same_vocab(tokenizer, scorer.tokenizer)
+    if not same_vocab:
+        logger.warning_rank0("policy and discriminator tokenizers differ: rollouts are re-tokenised for scoring")
+    settings = _settings(finetuning_args)
+    logger.info_rank0(
+        f"prism_align: {len(items)} prompts, G={settings.num_generations}, segments {settings.segment_weights}, "
+        f"policy loss {settings.policy_loss} × {settings.policy_epochs} epoch(s)"
+    )
+    training_args.remove_unused_columns = False
+    trainer = PrismAlignTrainer(
+        model=model,
+        args=training_args,
+        train_dataset=items,
+        data_collator=lambda batch: batch,
+        processing_class=processor if processor is not None else tokenizer,
+        callbacks=callbacks,
+        discriminator=discriminator,
+        disc_optimizer=disc_optimizer,
+        disc_tokenizer=scorer.tokenizer,
+        settings=settings,
+        same_vocab=same_vocab,
+    )
+    trainer.disc_processor = scorer.processor
+    result = trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
+    trainer.save_model()
+    trainer.log_metrics("train", result.metrics)
+    trainer.save_metrics("train", result.metrics)
+    trainer.save_state()
+    if trainer.is_world_process_zero():
+        write_data_report(training_args.output_dir, reports)
+        if finetuning_args.plot_loss:
+            from llamafactory.extras.ploting import plot_loss
+
+            plot_loss(training_args.output_dir, keys=PLOT_KEYS)
