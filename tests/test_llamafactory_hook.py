@@ -105,3 +105,15 @@ def test_changed_llamafactory_internals_name_the_supported_versions():
     fake = ModuleType("llamafactory.train.tuner")
     with pytest.raises(patches.UnsupportedLlamaFactoryError, match=r"lacks _training_function.*llamafactory==0\.9\.5"):
         patches.patch_tuner(fake)
+
+
+def test_auto_classes_load_a_discriminator_in_a_fresh_process_without_importing_prism(tiny_discriminator_dir):
+    code = (
+        "import sys; from transformers import AutoModel; "
+        f"m = AutoModel.from_pretrained({str(tiny_discriminator_dir)!r}); "
+        "print(type(m).__name__, 'prism_plugin.discriminator' in sys.modules)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
+                         env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.split()[-2:] == ["PrismDiscriminator", "True"]

@@ -18,6 +18,8 @@ TARGETS = {
     "llamafactory.hparams.parser": "patch_parser",
     "llamafactory.train.tuner": "patch_tuner",
     "llamafactory.data.template": "patch_template",
+    # AutoConfig / AutoModel know the PRISM discriminator in every process, no trust_remote_code
+    "transformers.models.auto.modeling_auto": "register_discriminator",
 }
 
 fired: list = []  # target modules patched in this interpreter, in order (tests and `doctor` read it)

@@ -18,6 +18,7 @@ PATCHED_SYMBOLS = {
     "llamafactory.hparams.parser": ("_TRAIN_ARGS", "_INFER_ARGS", "_EVAL_ARGS"),
     "llamafactory.train.tuner": ("_training_function", "read_args"),
     "llamafactory.data.template": ("TEMPLATES", "register_template"),
+    "transformers.models.auto.modeling_auto": ("AutoModel",),
 }
 
 
@@ -126,3 +127,13 @@ def patch_template(module: ModuleType) -> None:
             continue
         base = module.TEMPLATES[base_name]
         module.TEMPLATES[name] = dataclasses.replace(base, default_system=SYSTEM_PROMPT)
+
+
+# --------------------------------------------------------------------------- transformers Auto classes
+
+
+def register_discriminator(module: ModuleType) -> None:
+    """Register ``prism_discriminator`` with transformers' Auto classes once their module has loaded."""
+    if not hasattr(module, "AutoModel"):
+        raise RuntimeError(f"{module.__name__} lacks AutoModel; cannot register the PRISM discriminator")
+    import prism_plugin.discriminator  # noqa: F401  (its import registers the Auto classes)
