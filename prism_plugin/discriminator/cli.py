@@ -74,12 +74,18 @@ def _finite(x: float) -> float | None:
 def run_score(args: Any) -> int:
     """Score every row of ``args.data``; one JSON line per row in ``args.out``, a summary on stdout."""
     import torch
+
+    with torch.no_grad():  # scoped: a caller in the same process keeps its grad mode
+        return _run_score(args)
+
+
+def _run_score(args: Any) -> int:
+    import torch
     from tqdm import tqdm
     from transformers import AutoModel
 
     import prism_plugin.discriminator  # noqa: F401  (registers the Auto classes)
 
-    torch.set_grad_enabled(False)
     model = AutoModel.from_pretrained(args.discriminator, dtype=torch.float32).eval()
     scorer = TextScorer(model)
     if args.max_length:
