@@ -125,7 +125,7 @@ def read_rows(path: str | Path) -> Iterator[tuple[int, Any]]:
 # --------------------------------------------------------------------------- field checks
 
 
-class _Row:
+class RowReader:
     """Field access for one row that raises :class:`DatasetRowError` with the right location."""
 
     def __init__(self, path: Path, row_no: int, row: Any, media_dir: Path) -> None:
@@ -193,7 +193,7 @@ class _Row:
         return prompt
 
 
-def _prompt_text(row: _Row) -> tuple[str, str]:
+def prompt_text(row: RowReader) -> tuple[str, str]:
     """The user prompt from ``prompt``/``question`` (a string or a chat-message list)."""
     for name in ("prompt", "question"):
         value = row.row.get(name)
@@ -210,7 +210,8 @@ def _prompt_text(row: _Row) -> tuple[str, str]:
 # --------------------------------------------------------------------------- loaders
 
 
-def _load(path: str | Path, parse, skip_invalid: bool, media_dir: str | Path | None) -> LoadReport:
+def load_rows(path: str | Path, parse, skip_invalid: bool, media_dir: str | Path | None) -> LoadReport:
+    """Read ``path`` and ``parse`` each :class:`RowReader`; bad rows raise or, opted in, are skipped and counted."""
     path = Path(path)
     media = Path(media_dir) if media_dir is not None else path.parent
     report = LoadReport(path=str(path))
@@ -218,7 +219,7 @@ def _load(path: str | Path, parse, skip_invalid: bool, media_dir: str | Path | N
         try:
             if isinstance(raw, DatasetRowError):
                 raise raw
-            report.records.append(parse(_Row(path, row_no, raw, media)))
+            report.records.append(parse(RowReader(path, row_no, raw, media)))
         except DatasetRowError as err:
             if not skip_invalid:
                 raise
@@ -228,8 +229,8 @@ def _load(path: str | Path, parse, skip_invalid: bool, media_dir: str | Path | N
     return report
 
 
-def _parse_pair(row: _Row) -> PairRecord:
-    prompt, prompt_field = _prompt_text(row)
+def _parse_pair(row: RowReader) -> PairRecord:
+    prompt, prompt_field = prompt_text(row)
     images = row.images("images", "image")
     prompt = row.check_markers(prompt, images, prompt_field)
     if "teacher_caption" in row.row or "student_caption" in row.row:
@@ -242,8 +243,8 @@ def _parse_pair(row: _Row) -> PairRecord:
     return PairRecord(prompt=prompt, images=images, teacher=teacher, student=student, row=row.row_no)
 
 
-def _parse_align(row: _Row) -> AlignRecord:
-    prompt, prompt_field = _prompt_text(row)
+def _parse_align(row: RowReader) -> AlignRecord:
+    prompt, prompt_field = prompt_text(row)
     images = row.images("images", "image")
     prompt = row.check_markers(prompt, images, prompt_field)
     teacher = Segments(row.caption("teacher_caption"), row.reasoning("teacher_cot"))
@@ -263,11 +264,11 @@ def load_pairs(path: str | Path, *, skip_invalid: bool = False, media_dir: str |
     """Warm-up pairs: ``prompt``/``question``, optional ``image(s)``, teacher/student caption + cot
     (two comparisons per row) or teacher/student response (one). Image paths are relative to
     ``media_dir`` (default: the file's folder)."""
-    return _load(path, _parse_pair, skip_invalid, media_dir)
+    return load_rows(path, _parse_pair, skip_invalid, media_dir)
 
 
 def load_align(path: str | Path, *, skip_invalid: bool = False, media_dir: str | Path | None = None) -> LoadReport:
     """Alignment prompts: ``prompt`` (string with ``<image>`` markers or chat messages), ``images``,
     ``teacher_caption``, ``teacher_cot``, optional ``ground_truth`` / ``answer`` /
     ``reward_model.ground_truth``."""
-    return _load(path, _parse_align, skip_invalid, media_dir)
+    return load_rows(path, _parse_align, skip_invalid, media_dir)

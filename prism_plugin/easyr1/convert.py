@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from prism_plugin.data.records import DatasetRowError, LoadReport, _load, _prompt_text, _Row
+from prism_plugin.data.records import DatasetRowError, LoadReport, RowReader, load_rows, prompt_text
 
 
 @dataclass(frozen=True)
@@ -30,7 +30,7 @@ class EasyR1Row:
     row: int
 
 
-def _images(row: _Row) -> tuple[str | bytes, ...]:
+def _images(row: RowReader) -> tuple[str | bytes, ...]:
     for name in ("images", "image"):
         value = row.row.get(name)
         if value is None:
@@ -55,8 +55,8 @@ def _images(row: _Row) -> tuple[str | bytes, ...]:
     return ()
 
 
-def _parse(row: _Row) -> EasyR1Row:
-    prompt, prompt_field = _prompt_text(row)
+def _parse(row: RowReader) -> EasyR1Row:
+    prompt, prompt_field = prompt_text(row)
     images = _images(row)
     prompt = row.check_markers(prompt, images, prompt_field)
     answer, answer_field = None, "answer"
@@ -77,7 +77,7 @@ def _parse(row: _Row) -> EasyR1Row:
 def load_rlvr(path: str | Path, *, skip_invalid: bool = False, image_dir: str | Path | None = None) -> LoadReport:
     """Validated EasyR1 rows of ``path``; relative image paths resolve against ``image_dir``
     (default: the file's folder)."""
-    return _load(path, _parse, skip_invalid, image_dir)
+    return load_rows(path, _parse, skip_invalid, image_dir)
 
 
 def to_easyr1(

@@ -16,7 +16,7 @@ import torch
 
 from prism_plugin.data.records import AlignRecord, DatasetRowError, LoadReport, load_align
 from prism_plugin.discriminator.scoring import PromptInputs
-from prism_plugin.llamafactory.pairs import PairEncoder
+from prism_plugin.llamafactory.pairs import PairEncoder, encode_files
 
 
 @dataclass
@@ -83,20 +83,4 @@ def encode_align(
     files: list[Path], encoder: AlignEncoder, skip_invalid: bool, media_dir: str | None
 ) -> tuple[list[AlignItem], list[LoadReport]]:
     """Load, validate and encode every alignment file; a bad row raises unless ``skip_invalid``."""
-    items, reports = [], []
-    for path in files:
-        report = load_align(path, skip_invalid=skip_invalid, media_dir=media_dir)
-        kept = []
-        for record in report.records:
-            try:
-                items.append(encoder.encode(record, str(path)))
-                kept.append(record)
-            except DatasetRowError as err:
-                if not skip_invalid:
-                    raise
-                report.skipped.append(err)
-        report.records = kept
-        reports.append(report)
-    if not items:
-        raise ValueError("no usable alignment prompts in " + ", ".join(map(str, files)))
-    return items, reports
+    return encode_files(files, load_align, encoder.encode, skip_invalid, media_dir, "alignment prompts")

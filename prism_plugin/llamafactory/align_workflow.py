@@ -53,7 +53,7 @@ def run_prism_align(
     from prism_plugin.discriminator.texts import TextScorer
     from prism_plugin.llamafactory.align_data import AlignEncoder, encode_align
     from prism_plugin.llamafactory.align_trainer import PrismAlignTrainer
-    from prism_plugin.llamafactory.disc_workflow import load_discriminator, write_data_report
+    from prism_plugin.llamafactory.disc_workflow import load_discriminator, train_and_save
 
     logger = logging.get_logger(__name__)
     if not finetuning_args.prism_discriminator:
@@ -104,14 +104,4 @@ def run_prism_align(
         same_vocab=same_vocab,
     )
     trainer.disc_processor = scorer.processor
-    result = trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
-    trainer.save_model()
-    trainer.log_metrics("train", result.metrics)
-    trainer.save_metrics("train", result.metrics)
-    trainer.save_state()
-    if trainer.is_world_process_zero():
-        write_data_report(training_args.output_dir, reports)
-        if finetuning_args.plot_loss:
-            from llamafactory.extras.ploting import plot_loss
-
-            plot_loss(training_args.output_dir, keys=PLOT_KEYS)
+    train_and_save(trainer, training_args, finetuning_args, reports, PLOT_KEYS)

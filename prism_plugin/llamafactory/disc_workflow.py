@@ -81,21 +81,26 @@ def run_prism_disc(model_args: Any, data_args: Any, training_args: Any, finetuni
         router_aux_coef=finetuning_args.prism_router_aux_coef,
     )
     if training_args.do_train:
-        result = trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
-        trainer.save_model()
-        trainer.log_metrics("train", result.metrics)
-        trainer.save_metrics("train", result.metrics)
-        trainer.save_state()
-        if trainer.is_world_process_zero():
-            write_data_report(training_args.output_dir, reports)
-            if finetuning_args.plot_loss:
-                from llamafactory.extras.ploting import plot_loss
-
-                plot_loss(training_args.output_dir, keys=PLOT_KEYS)
+        train_and_save(trainer, training_args, finetuning_args, reports, PLOT_KEYS)
     if training_args.do_eval and evaluation:
         metrics = trainer.evaluate(metric_key_prefix="eval")
         trainer.log_metrics("eval", metrics)
         trainer.save_metrics("eval", metrics)
+
+
+def train_and_save(trainer: Any, training_args: Any, finetuning_args: Any, reports: list, plot_keys: list) -> None:
+    """Train, then save model, metrics, state, the data report and (``plot_loss``) the metric curves."""
+    result = trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
+    trainer.save_model()
+    trainer.log_metrics("train", result.metrics)
+    trainer.save_metrics("train", result.metrics)
+    trainer.save_state()
+    if trainer.is_world_process_zero():
+        write_data_report(training_args.output_dir, reports)
+        if finetuning_args.plot_loss:
+            from llamafactory.extras.ploting import plot_loss
+
+            plot_loss(training_args.output_dir, keys=plot_keys)
 
 
 def write_data_report(output_dir: str | Path, reports: list) -> None:

@@ -9,6 +9,7 @@ counted when the user opts in) — never truncated.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -98,17 +99,19 @@ class PairEncoder:
         return PairFeatures(prompt, sides["teacher"], sides["student"], record.row)
 
 
-def encode_pairs(
-    files: list[Path], encoder: PairEncoder, skip_invalid: bool, media_dir: str | None
-) -> tuple[list[PairFeatures], list[LoadReport]]:
-    """Load, validate and encode every warm-up file; a bad row raises unless ``skip_invalid``."""
-    features, reports = [], []
+def encode_files(
+    files: list[Path], load: Callable[..., LoadReport], encode: Callable[[Any, str], Any], skip_invalid: bool,
+    media_dir: str | None, what: str,
+) -> tuple[list, list[LoadReport]]:
+    """Load, validate and ``encode`` every row of ``files``; a bad row raises unless ``skip_invalid``,
+    when it is counted in its file's report instead. ``what`` names the rows in the empty-set error."""
+    encoded, reports = [], []
     for path in files:
-        report = load_pairs(path, skip_invalid=skip_invalid, media_dir=media_dir)
+        report = load(path, skip_invalid=skip_invalid, media_dir=media_dir)
         kept = []
         for record in report.records:
             try:
-                features.append(encoder.encode(record, str(path)))
+                encoded.append(encode(record, str(path)))
                 kept.append(record)
             except DatasetRowError as err:
                 if not skip_invalid:
@@ -116,9 +119,16 @@ def encode_pairs(
                 report.skipped.append(err)
         report.records = kept
         reports.append(report)
-    if not features:
-        raise ValueError("no usable warm-up pairs in " + ", ".join(map(str, files)))
-    return features, reports
+    if not encoded:
+        raise ValueError(f"no usable {what} in " + ", ".join(map(str, files)))
+    return encoded, reports
+
+
+def encode_pairs(
+    files: list[Path], encoder: PairEncoder, skip_invalid: bool, media_dir: str | None
+) -> tuple[list[PairFeatures], list[LoadReport]]:
+    """Load, validate and encode every warm-up file; a bad row raises unless ``skip_invalid``."""
+    return encode_files(files, load_pairs, encoder.encode, skip_invalid, media_dir, "warm-up pairs")
 
 
 class PairCollator:
