@@ -57,6 +57,20 @@ class PrismArguments:
     prism_policy_epochs: int = field(
         default=1, metadata={"help": "prism_align: policy updates per batch of rollouts (>1 makes the clip bind)."}
     )
+    prism_disc_update_every: int = field(
+        default=1, metadata={"help": "prism_align: update the discriminator every N rollout batches."}
+    )
+    prism_drift_monitor: str | None = field(
+        default=None,
+        metadata={"help": "stage sft: a PRISM discriminator; logs the teacher-student score gap while training."},
+    )
+    prism_drift_data: str | None = field(
+        default=None, metadata={"help": "prism_drift_monitor: held-out alignment prompts (jsonl/json/parquet)."}
+    )
+    prism_drift_every: int = field(default=50, metadata={"help": "stage sft + prism_drift_monitor: every N steps."})
+    prism_drift_num_prompts: int = field(default=8, metadata={"help": "prism_drift_monitor: prompts per check."})
+    prism_drift_num_generations: int = field(default=2, metadata={"help": "prism_drift_monitor: samples per prompt."})
+    prism_drift_max_new_tokens: int = field(default=256, metadata={"help": "prism_drift_monitor: sample length."})
     prism_skip_invalid_rows: bool = field(
         default=False,
         metadata={"help": "Skip dataset rows that fail validation (counted and reported) instead of stopping."},
@@ -73,8 +87,10 @@ class PrismArguments:
                 f"prism_segment_weights needs one weight per segment: {self.prism_segments} vs "
                 f"{self.prism_segment_weights}"
             )
-        if self.prism_num_generations < 1 or self.prism_policy_epochs < 1:
-            raise ValueError("prism_num_generations and prism_policy_epochs must be >= 1")
+        if min(self.prism_num_generations, self.prism_policy_epochs, self.prism_disc_update_every) < 1:
+            raise ValueError("prism_num_generations, prism_policy_epochs and prism_disc_update_every must be >= 1")
+        if self.prism_drift_monitor and not self.prism_drift_data:
+            raise ValueError("prism_drift_monitor needs prism_drift_data (held-out prompts with teacher segments)")
         parent_post_init = getattr(super(), "__post_init__", None)
         if parent_post_init is not None:
             parent_post_init()

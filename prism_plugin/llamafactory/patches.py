@@ -86,6 +86,12 @@ def stage_of(args: Any) -> str | None:
     return None
 
 
+def _wants_drift_monitor(args: Any) -> bool:
+    if isinstance(args, dict):
+        return bool(args.get("prism_drift_monitor"))
+    return isinstance(args, (list, tuple)) and any(str(a).startswith("--prism_drift_monitor") for a in args)
+
+
 def patch_tuner(module: ModuleType) -> None:
     """Route the PRISM stages to our workflows; every other stage runs LLaMA-Factory's code."""
     _require(module)
@@ -100,6 +106,10 @@ def patch_tuner(module: ModuleType) -> None:
 
             run_prism_stage({**config, "args": args})
             return
+        if _wants_drift_monitor(args):
+            from prism_plugin.llamafactory.drift import add_drift_monitor
+
+            config = {**config, "args": args, "callbacks": add_drift_monitor(args, list(config.get("callbacks") or []))}
         original(config)
 
     _training_function.__prism_original__ = original  # type: ignore[attr-defined]
