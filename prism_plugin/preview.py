@@ -7,7 +7,8 @@ It shows what the alignment stage would feed its optimizers, per rollout.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -16,14 +17,20 @@ import torch
 VISION_SPECIAL_TOKENS = ("<|vision_start|>", "<|vision_end|>", "<|vision_pad|>", "<|image_pad|>", "<|video_pad|>")
 
 
+def load_policy_processor(policy_dir: str | Path, vision: bool, **kwargs: Any) -> Any:
+    """What renders prompts for the policy in ``policy_dir``: its processor (vision) or tokenizer (text)."""
+    from transformers import AutoProcessor, AutoTokenizer
+
+    return (AutoProcessor if vision else AutoTokenizer).from_pretrained(policy_dir, **kwargs)
+
+
 def _load_policy(policy_dir: str | Path) -> tuple[Any, Any, bool]:
-    from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForImageTextToText, AutoProcessor, AutoTokenizer
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForImageTextToText
 
     config = AutoConfig.from_pretrained(policy_dir)
     vision = hasattr(config, "vision_config")
-    if vision:
-        return AutoModelForImageTextToText.from_pretrained(policy_dir), AutoProcessor.from_pretrained(policy_dir), True
-    return AutoModelForCausalLM.from_pretrained(policy_dir), AutoTokenizer.from_pretrained(policy_dir), False
+    model_class = AutoModelForImageTextToText if vision else AutoModelForCausalLM
+    return model_class.from_pretrained(policy_dir), load_policy_processor(policy_dir, vision), vision
 
 
 def _policy_inputs(processor: Any, vision: bool, prompt: str, images: tuple[str, ...]) -> dict[str, torch.Tensor]:
@@ -47,6 +54,94 @@ def _completion_mask(completions: torch.Tensor, eos_id: int) -> torch.Tensor:
     return (~after_first).long()
 
 
+@dataclass
+class ScoredRollouts:
+    """Policy samples for alignment prompts, split into segments and scored beside the teacher's.
+
+    Rows are ordered prompt by prompt, ``num_generations`` samples each; ``group`` gives each
+    sample's prompt index and ``teacher`` the score of that prompt's teacher demonstration.
+    """
+
+    rollouts: list[dict[str, Any]]  # per sample: group, valid, truncated, tokens, caption_tokens, text
+    student: dict[str, torch.Tensor]  # segment -> (N,) scores, NaN where the layout is invalid
+    teacher: dict[str, torch.Tensor]  # segment -> (N,) score of the sample's teacher demonstration
+    valid: torch.Tensor  # (N,) bool
+    group: torch.Tensor  # (N,) prompt index
+
+
+def sample_and_score(
+    policy: Any,
+    processor: Any,
+    discriminator: Any,
+    records: Sequence[Any],
+    *,
+    vision: bool,
+    num_generations: int,
+    max_new_tokens: int,
+    temperature: float = 1.0,
+    segments: Sequence[str] | None = None,
+) -> ScoredRollouts:
+    """Sample ``num_generations`` responses per align record from ``policy``, split and score them.
+
+    The one rollout-and-score path behind ``align-preview`` and the SFT drift monitor: prompts are
+    rendered with the PRISM system prompt and the processor's chat template (the same ids as the
+    ``prism_qwen3_vl`` template), vision special tokens are suppressed, and the discriminator scores
+    the samples and each prompt's teacher demonstration in one call. Sampling uses the global torch
+    RNG; the policy runs in eval mode under ``no_grad`` and gets its train/eval mode back.
+    """
+    from prism_plugin.discriminator.texts import end_of_turn_id
+    from prism_plugin.format import split_segments
+
+    segments = list(segments or discriminator.config.segments)
+    tokenizer = getattr(processor, "tokenizer", processor)
+    eos_id = end_of_turn_id(tokenizer)
+    suppress = [i for i in tokenizer.convert_tokens_to_ids(list(VISION_SPECIAL_TOKENS)) if i != tokenizer.unk_token_id]
+    device = next(policy.parameters()).device
+    was_training = policy.training
+    policy.eval()
+
+    rollouts: list[dict[str, Any]] = []
+    prompts, responses, images, groups = [], [], [], []
+    try:
+        for group, record in enumerate(records):
+            inputs = _policy_inputs(processor, vision, record.prompt, record.images)
+            inputs = {k: v.to(device) for k, v in inputs.items()}
+            with torch.no_grad():
+                out = policy.generate(
+                    **inputs, do_sample=True, temperature=temperature, top_k=0, top_p=1.0,
+                    max_new_tokens=max_new_tokens, num_return_sequences=num_generations, use_cache=True,
+                    suppress_tokens=suppress or None, eos_token_id=eos_id, pad_token_id=tokenizer.pad_token_id,
+                )
+            completions = out[:, inputs["input_ids"].shape[1]:].cpu()
+            split = split_segments(completions, tokenizer, _completion_mask(completions, eos_id), eos_token_ids=eos_id)
+            for i in range(num_generations):
+                rollouts.append({"group": group, "valid": bool(split.valid[i]), "truncated": bool(split.truncated[i]),
+                                 "tokens": int(split.lengths[i]), "caption_tokens": int(split.boundary[i]),
+                                 "text": split.texts[i]})
+            # the G rollouts, then the teacher demonstration, of this prompt
+            prompts += [record.prompt] * (num_generations + 1)
+            responses += split.texts + [record.teacher.response]
+            images += [list(record.images)] * (num_generations + 1)
+            groups.append(group)
+    finally:
+        policy.train(was_training)
+
+    with torch.no_grad():
+        scores = discriminator.score_texts(prompts, responses, images if vision and discriminator.config.is_vision
+                                           else None)
+    per_group = num_generations + 1
+    rollout_rows = torch.tensor([g * per_group + i for g in groups for i in range(num_generations)], dtype=torch.long)
+    teacher_rows = torch.tensor([g * per_group + num_generations for g in groups],
+                                dtype=torch.long).repeat_interleave(num_generations)
+    return ScoredRollouts(
+        rollouts=rollouts,
+        student={s: scores[s][rollout_rows] for s in segments},
+        teacher={s: scores[s][teacher_rows] for s in segments},
+        valid=torch.tensor([r["valid"] for r in rollouts], dtype=torch.bool),
+        group=torch.tensor([r["group"] for r in rollouts], dtype=torch.long),
+    )
+
+
 def preview_alignment_step(
     policy_dir: str | Path,
     discriminator_dir: str | Path,
@@ -66,8 +161,6 @@ def preview_alignment_step(
     import prism_plugin.discriminator  # noqa: F401  (registers the Auto classes)
     from prism_plugin.advantage import segment_advantage
     from prism_plugin.data.records import load_align
-    from prism_plugin.discriminator.texts import end_of_turn_id
-    from prism_plugin.format import split_segments
     from prism_plugin.losses import discriminator_loss
     from prism_plugin.rewards import compute_score
 
@@ -76,43 +169,13 @@ def preview_alignment_step(
     records = load_align(align_file).records[:num_prompts]
     policy, processor, vision = _load_policy(policy_dir)
     policy.eval()
-    tokenizer = getattr(processor, "tokenizer", processor)
-    eos_id = end_of_turn_id(tokenizer)
-    suppress = [i for i in tokenizer.convert_tokens_to_ids(list(VISION_SPECIAL_TOKENS)) if i != tokenizer.unk_token_id]
     disc = AutoModel.from_pretrained(discriminator_dir).eval()
 
-    rollouts: list[dict[str, Any]] = []
-    prompts, responses, images, groups = [], [], [], []
-    for group, record in enumerate(records):
-        inputs = _policy_inputs(processor, vision, record.prompt, record.images)
-        with torch.no_grad():
-            out = policy.generate(
-                **inputs, do_sample=True, temperature=temperature, top_k=0, top_p=1.0,
-                max_new_tokens=max_new_tokens, num_return_sequences=num_generations,
-                suppress_tokens=suppress or None, eos_token_id=eos_id, pad_token_id=tokenizer.pad_token_id,
-            )
-        completions = out[:, inputs["input_ids"].shape[1]:]
-        split = split_segments(completions, tokenizer, _completion_mask(completions, eos_id), eos_token_ids=eos_id)
-        for i in range(num_generations):
-            rollouts.append({"group": group, "valid": bool(split.valid[i]), "truncated": bool(split.truncated[i]),
-                             "tokens": int(split.lengths[i]), "caption_tokens": int(split.boundary[i]),
-                             "text": split.texts[i]})
-        # the G rollouts, then the teacher demonstration, of this prompt
-        prompts += [record.prompt] * (num_generations + 1)
-        responses += split.texts + [record.teacher.response]
-        images += [list(record.images)] * (num_generations + 1)
-        groups.append(group)
-
-    scores = disc.score_texts(prompts, responses, images if vision and disc.config.is_vision else None)
-    per_group = num_generations + 1
-    rollout_rows = torch.tensor([g * per_group + i for g in groups for i in range(num_generations)])
-    teacher_rows = torch.tensor([g * per_group + num_generations for g in groups]).repeat_interleave(num_generations)
     segments = [s for s in weights]
-    student = {s: scores[s][rollout_rows] for s in segments}
-    teacher = {s: scores[s][teacher_rows] for s in segments}
-    valid = torch.tensor([r["valid"] for r in rollouts])
-    group_index = torch.tensor([r["group"] for r in rollouts])
-    advantages = segment_advantage(student, weights, valid, group_index, format_penalty=format_penalty)
+    scored = sample_and_score(policy, processor, disc, records, vision=vision, num_generations=num_generations,
+                              max_new_tokens=max_new_tokens, temperature=temperature, segments=segments)
+    rollouts, student, teacher, valid = scored.rollouts, scored.student, scored.teacher, scored.valid
+    advantages = segment_advantage(student, weights, valid, scored.group, format_penalty=format_penalty)
     loss, metrics = discriminator_loss(
         {s: torch.nan_to_num(t) for s, t in teacher.items()}, {s: torch.nan_to_num(v) for s, v in student.items()},
         valid,
