@@ -13,8 +13,9 @@ from safetensors.torch import load_file
 CLI = str(Path(sys.executable).with_name("llamafactory-cli"))
 
 
-def run_align(tmp_path: Path, tiny_dir: Path, policy: Path, disc: Path, **overrides) -> tuple[Path, list[dict]]:
-    out = tmp_path / "align"
+def run_align(tmp_path: Path, tiny_dir: Path, policy: Path, disc: Path, env_extra: dict | None = None,
+              **overrides) -> tuple[Path, list[dict]]:
+    out = Path(overrides.pop("output_dir", tmp_path / "align"))
     config = {
         "model_name_or_path": str(policy), "stage": "prism_align", "do_train": True, "finetuning_type": "full",
         "prism_discriminator": str(disc), "prism_num_generations": 4, "prism_max_new_tokens": 96,
@@ -26,11 +27,13 @@ def run_align(tmp_path: Path, tiny_dir: Path, policy: Path, disc: Path, **overri
     config.update(overrides)
     path = tmp_path / "align.yaml"
     path.write_text(json.dumps(config))
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_WAIT_POLICY": "PASSIVE"}
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_WAIT_POLICY": "PASSIVE",
+           "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}", **(env_extra or {})}
     proc = subprocess.run([CLI, "train", str(path)], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
+    (out / "run.log").write_text(proc.stdout + proc.stderr)
     history = json.loads((out / "trainer_state.json").read_text())["log_history"]
-    return out, [entry for entry in history if "policy/loss" in entry]
+    return out, [entry for entry in history if "policy/skipped" in entry]
 
 
 def test_align_updates_policy_and_discriminator_and_logs_the_game(tmp_path, tiny_dir, tiny_sft_run,
@@ -72,7 +75,8 @@ def test_align_with_a_fixed_scorer_and_one_epoch(tmp_path, tiny_dir, tiny_sft_ru
                            prism_update_discriminator=False, prism_segments=["response"],
                            prism_segment_weights=[1.0], max_steps=2)
     assert all("disc/loss" not in step for step in steps)
-    assert all(step["policy/ratio_mean"] == pytest.approx(1.0) for step in steps)  # one on-policy step per batch
+    assert all(step["policy/ratio_mean"] == pytest.approx(1.0) for step in steps)
+    assert all(step["nonfinite_skips/scores"] == 0.0 for step in steps)  # one on-policy step per batch
     assert all("response/teacher_score" in step for step in steps)  # GAD: one whole-response segment
     disc_before = AutoModel.from_pretrained(tiny_discriminator_dir)
     disc_after = AutoModel.from_pretrained(out / "discriminator")
@@ -89,3 +93,90 @@ def test_align_without_discriminator_is_a_clear_error(tmp_path, tiny_dir):
     proc = subprocess.run([CLI, "train", str(path)], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode != 0
     assert "needs `prism_discriminator: DIR`" in proc.stderr
+
+
+def test_resume_restores_policy_and_discriminator_state(tmp_path, tiny_dir, tiny_sft_run, tiny_discriminator_dir):
+    out, _ = run_align(tmp_path, tiny_dir, tiny_sft_run[0], tiny_discriminator_dir, max_steps=2,
+                       save_strategy="steps", save_steps=1)
+    checkpoint = out / "checkpoint-2"
+    assert (checkpoint / "discriminator" / "model.safetensors").is_file()
+    assert (checkpoint / "discriminator" / "prism_disc_state.pt").is_file()
+    resumed, steps = run_align(tmp_path, tiny_dir, tiny_sft_run[0], tiny_discriminator_dir, max_steps=3,
+                               output_dir=tmp_path / "resumed", resume_from_checkpoint=str(checkpoint))
+    log = (resumed / "run.log").read_text()
+    assert f"resuming the discriminator from {checkpoint / 'discriminator'}" in log
+    assert f"discriminator optimiser state restored from {checkpoint}" in log
+    assert "Resuming training from checkpoint with epoch 0 and global step 2" in log
+    assert [step["step"] for step in steps] == [1, 2, 3]  # the checkpoint's history, then step 3
+
+
+def test_non_finite_scores_skip_the_updates(tmp_path, tiny_dir, tiny_sft_run, tiny_discriminator_dir):
+    from transformers import AutoModel
+
+    import prism_plugin.discriminator  # noqa: F401
+
+    broken = AutoModel.from_pretrained(tiny_discriminator_dir)
+    with torch.no_grad():
+        for head in broken.heads.values():
+            head.weight.fill_(float("nan"))
+    broken.save_pretrained(tmp_path / "nan_disc")
+    for name in ("tokenizer.json", "tokenizer_config.json", "processor_config.json", "chat_template.jinja"):
+        if (tiny_discriminator_dir / name).is_file():
+            (tmp_path / "nan_disc" / name).write_bytes((tiny_discriminator_dir / name).read_bytes())
+    policy = tiny_sft_run[0]
+    out, steps = run_align(tmp_path, tiny_dir, policy, tmp_path / "nan_disc", max_steps=2)
+    assert all(step["policy/skipped"] == 1.0 for step in steps)
+    assert steps[-1]["nonfinite_skips/scores"] == 2.0
+    before = load_file(str(policy / "model.safetensors"))
+    after = load_file(str(out / "model.safetensors"))
+    assert all(torch.equal(before[k], after[k]) for k in before)  # nothing moved, nothing became NaN
+    assert "non-finite discriminator scores" in (out / "run.log").read_text()
+
+
+def test_align_under_torchrun_with_two_processes(tmp_path, tiny_dir, tiny_sft_run, tiny_discriminator_dir):
+    out, steps = run_align(tmp_path, tiny_dir, tiny_sft_run[0], tiny_discriminator_dir, max_steps=2,
+                           per_device_train_batch_size=1,
+                           env_extra={"FORCE_TORCHRUN": "1", "NPROC_PER_NODE": "2"})
+    log = (out / "run.log").read_text()
+    assert "world size: 2" in log
+    assert len(steps) == 2 and all(s["policy/skipped"] == 0.0 for s in steps)
+    assert (out / "discriminator" / "model.safetensors").is_file()
+
+
+def test_discriminator_loss_with_shared_teacher_rows_equals_per_pair_rows(tiny_dir, tiny_discriminator_dir):
+    """The update scores each group's teacher once; the loss must equal scoring a teacher row per rollout."""
+    from transformers import AutoModel
+
+    from prism_plugin.data.records import load_pairs
+    from prism_plugin.discriminator.texts import TextScorer
+    from prism_plugin.llamafactory.align_data import AlignItem
+    from prism_plugin.llamafactory.align_trainer import AlignSettings, PrismAlignTrainer
+    from prism_plugin.llamafactory.pairs import PairCollator, PairEncoder, PairFeatures
+    from prism_plugin.losses import discriminator_loss
+
+    disc = AutoModel.from_pretrained(tiny_discriminator_dir).eval()
+    encoder = PairEncoder(TextScorer(disc), ["caption", "reasoning"], cutoff_len=1024)
+    records = load_pairs(tiny_dir / "data" / "pairs.jsonl").records[:2]
+    items, students = [], []
+    for record in records:
+        feat = encoder.encode(record, "pairs.jsonl")
+        items.append(AlignItem([], {}, feat.prompt, feat.teacher, None, record.row, "pairs.jsonl"))
+        other = encoder.segment_ids(records[1 - records.index(record)].student, "student")
+        students += [feat.student, other, feat.student]  # G = 3 rollouts per prompt
+    valid = torch.tensor([True, False, True, True, True, False])
+    trainer = PrismAlignTrainer.__new__(PrismAlignTrainer)
+    trainer.settings = AlignSettings(segment_weights={"caption": 0.5, "reasoning": 0.5}, num_generations=3)
+    trainer.segments, trainer.discriminator = ["caption", "reasoning"], disc
+    trainer.disc_tokenizer = encoder.scorer.tokenizer
+    with torch.no_grad():
+        loss, metrics, _ = trainer._disc_loss(items, students, valid)
+        pairs = [PairFeatures(items[i // 3].disc_prompt, items[i // 3].teacher, students[i], i)
+                 for i in range(6) if valid[i]]
+        scores = disc(**PairCollator(["caption", "reasoning"], encoder.scorer.tokenizer.pad_token_id)(pairs)).scores
+        scores = scores.view(-1, 2, 2)
+        ref, ref_metrics = discriminator_loss({"caption": scores[:, 0, 0], "reasoning": scores[:, 1, 0]},
+                                              {"caption": scores[:, 0, 1], "reasoning": scores[:, 1, 1]},
+                                              torch.ones(4, dtype=torch.bool))
+    assert loss.item() == pytest.approx(ref.item(), abs=1e-5)
+    assert metrics["caption/accuracy"] == ref_metrics["caption/accuracy"]
+    assert metrics["num_pairs"] == 4

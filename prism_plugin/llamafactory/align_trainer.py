@@ -16,14 +16,19 @@ from typing import Any
 
 import torch
 from transformers import Trainer
+from transformers.utils import logging
 
 from prism_plugin.advantage import segment_advantage
 from prism_plugin.discriminator.scoring import SegmentQuery, score
 from prism_plugin.format import split_segments
 from prism_plugin.llamafactory.align_data import AlignItem
 from prism_plugin.llamafactory.metrics import MetricsLogMixin
-from prism_plugin.llamafactory.pairs import PairCollator, PairFeatures
+from prism_plugin.llamafactory.pairs import collate_rows
 from prism_plugin.losses import discriminator_loss, get_policy_loss
+
+DISCRIMINATOR_DIR = "discriminator"
+DISC_STATE_FILE = "prism_disc_state.pt"
+logger = logging.get_logger(__name__)
 
 VISION_SPECIAL_TOKENS = ("<|vision_start|>", "<|vision_end|>", "<|vision_pad|>", "<|image_pad|>", "<|video_pad|>")
 
@@ -41,6 +46,7 @@ class AlignSettings:
     score_reg_coef: float = 0.001
     router_aux_coef: float = 0.01
     update_discriminator: bool = True
+    disc_update_every: int = 1
     disc_max_grad_norm: float = 1.0
     policy_loss: str = "grpo"
     clip_low: float = 0.2
@@ -86,10 +92,11 @@ class PrismAlignTrainer(MetricsLogMixin, Trainer):
         self.eot_id = _end_of_turn_id(tokenizer)
         self.suppress_ids = [i for i in tokenizer.convert_tokens_to_ids(list(VISION_SPECIAL_TOKENS))
                              if isinstance(i, int) and i != tokenizer.unk_token_id]
-        self.pair_collator = PairCollator(self.segments, pad_id=disc_tokenizer.pad_token_id or 0)
         self.model_accepts_loss_kwargs = False
         self._buffer: dict[int, list[RolloutGroup]] = {}
         self._micro_step = 0
+        self._rollout_batches = 0
+        self.nonfinite_skips = {"scores": 0, "disc_loss": 0, "policy_loss": 0}
         self._init_metrics()
 
     # ------------------------------------------------------------------ data plumbing
@@ -167,7 +174,18 @@ class PrismAlignTrainer(MetricsLogMixin, Trainer):
             {s: scores[s] for s in self.segments}, self.settings.segment_weights, valid, group_index,
             format_penalty=self.settings.format_penalty,
         )
-        disc_metrics = self._update_discriminator(items, students, valid) if self.settings.update_discriminator else {}
+        finite = bool(torch.isfinite(advantages).all()) and all(
+            bool(torch.isfinite(scores[f"teacher_{s}"]).all()) for s in self.segments
+        )
+        if not finite:  # a broken scorer must not steer the policy: this batch trains nothing
+            self.nonfinite_skips["scores"] += 1
+            logger.warning("prism_align: non-finite discriminator scores; skipping this batch's updates")
+            advantages = torch.full_like(advantages, float("nan"))
+        self._rollout_batches += 1
+        update_now = self.settings.update_discriminator and finite and (
+            (self._rollout_batches - 1) % self.settings.disc_update_every == 0
+        )
+        disc_metrics = self._update_discriminator(items, students, valid) if update_now else {}
 
         groups = []
         for k, (item, completions, mask, mm) in enumerate(rollouts):
@@ -217,7 +235,6 @@ class PrismAlignTrainer(MetricsLogMixin, Trainer):
 
     def _update_discriminator(self, items: list[AlignItem], students: list[dict], valid: torch.Tensor) -> dict:
         """One optimiser step on teacher ≻ rollout over the valid rollouts; skipped when no rank has one."""
-        G = self.settings.num_generations
         n_local = int(valid.sum())
         n_total = n_local
         distributed = torch.distributed.is_available() and torch.distributed.is_initialized()
@@ -232,19 +249,15 @@ class PrismAlignTrainer(MetricsLogMixin, Trainer):
         self.disc_optimizer.zero_grad(set_to_none=True)
         metrics: dict[str, float] = {"disc/skipped": 0.0}
         if n_local:
-            features = [PairFeatures(items[i // G].disc_prompt, items[i // G].teacher, students[i], i)
-                        for i in range(len(students)) if valid[i]]
-            batch = self.pair_collator(features)
-            batch = {k: v.to(disc.device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
-            out = disc(**batch, output_router_logits=True)
-            scores = out.scores.view(-1, len(self.segments), 2)
-            teacher = {s: scores[:, j, 0] for j, s in enumerate(self.segments)}
-            student = {s: scores[:, j, 1] for j, s in enumerate(self.segments)}
-            ones = torch.ones(scores.shape[0], dtype=torch.bool, device=scores.device)
-            loss, bt_metrics = discriminator_loss(teacher, student, ones, self.settings.score_reg_coef)
-            if out.aux_loss is not None:
-                loss = loss + self.settings.router_aux_coef * out.aux_loss
-                metrics["disc/router_aux_loss"] = float(out.aux_loss.detach())
+            loss, bt_metrics, aux = self._disc_loss(items, students, valid)
+            if aux is not None:
+                loss = loss + self.settings.router_aux_coef * aux
+                metrics["disc/router_aux_loss"] = float(aux.detach())
+            if not torch.isfinite(loss):  # keep the collectives below in step; the gradient is dropped
+                self.nonfinite_skips["disc_loss"] += 1
+                logger.warning("prism_align: non-finite discriminator loss; skipping its update")
+                loss = loss.nan_to_num(0.0, 0.0, 0.0) * 0.0
+                metrics["disc/skipped"] = 1.0
             (loss * n_local / n_total * (torch.distributed.get_world_size() if distributed else 1)).backward()
             metrics.update({f"disc/{k}": v for k, v in bt_metrics.items() if k != "num_pairs"})
         if distributed:  # every rank joins the same collectives, also with no valid rollout of its own
@@ -256,9 +269,39 @@ class PrismAlignTrainer(MetricsLogMixin, Trainer):
                     torch.distributed.all_reduce(param.grad)
                     param.grad /= world
         grad_norm = torch.nn.utils.clip_grad_norm_(disc.parameters(), self.settings.disc_max_grad_norm)
-        self.disc_optimizer.step()
+        if metrics["disc/skipped"] == 0.0 and torch.isfinite(grad_norm):
+            self.disc_optimizer.step()
+        else:
+            metrics["disc/skipped"] = 1.0
+        self.disc_optimizer.zero_grad(set_to_none=True)
         metrics["disc/grad_norm"] = float(grad_norm)
         return metrics
+
+    def _disc_loss(self, items: list[AlignItem], students: list[dict], valid: torch.Tensor):
+        """Bradley–Terry + score regulariser over the valid rollouts, in train mode with gradients.
+
+        One forward holds each group's teacher segments once and every valid rollout's segments;
+        teacher scores are then indexed per rollout (autograd sums the reuse), which gives the loss of
+        scoring a (teacher, rollout) pair per rollout at a fraction of the rows.
+        """
+        G = self.settings.num_generations
+        disc = self.discriminator
+        rollouts = [i for i in range(len(students)) if valid[i]]
+        groups = sorted({i // G for i in rollouts})
+        rows = [(items[g].disc_prompt, items[g].teacher[s], s) for g in groups for s in self.segments]
+        rows += [(items[i // G].disc_prompt, students[i][s], s) for i in rollouts for s in self.segments]
+        batch = collate_rows(rows, self.disc_tokenizer.pad_token_id or 0)
+        batch = {k: v.to(disc.device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+        out = disc(**batch, output_router_logits=True)
+        S = len(self.segments)
+        teacher_scores = out.scores[: len(groups) * S].view(len(groups), S)
+        student_scores = out.scores[len(groups) * S :].view(len(rollouts), S)
+        slot = torch.tensor([groups.index(i // G) for i in rollouts], device=out.scores.device)
+        teacher = {s: teacher_scores[slot, j] for j, s in enumerate(self.segments)}
+        student = {s: student_scores[:, j] for j, s in enumerate(self.segments)}
+        ones = torch.ones(len(rollouts), dtype=torch.bool, device=out.scores.device)
+        loss, metrics = discriminator_loss(teacher, student, ones, self.settings.score_reg_coef)
+        return loss, metrics, out.aux_loss
 
     # ------------------------------------------------------------------ policy loss
 
@@ -288,7 +331,15 @@ class PrismAlignTrainer(MetricsLogMixin, Trainer):
             loss = loss + group_loss * share
             for key, value in group_metrics.items():
                 metrics[f"policy/{key}"] = metrics.get(f"policy/{key}", 0.0) + value * share
-        metrics["policy/loss"] = float(loss.detach())
+        if not torch.isfinite(loss):  # no parameter gets a gradient, so the optimiser leaves them as they are
+            self.nonfinite_skips["policy_loss"] += 1
+            logger.warning("prism_align: non-finite policy loss (or scores); skipping this policy update")
+            loss = torch.zeros((), device=self.accelerator.device, requires_grad=True)
+            metrics = {"policy/skipped": 1.0}
+        else:
+            metrics["policy/loss"] = float(loss.detach())
+            metrics["policy/skipped"] = 0.0
+        metrics.update({f"nonfinite_skips/{k}": float(v) for k, v in self.nonfinite_skips.items()})
         self.record_metrics("train", metrics)
         return (loss, None) if return_outputs else loss
 
@@ -318,16 +369,36 @@ class PrismAlignTrainer(MetricsLogMixin, Trainer):
         self.record_metrics("train", metrics)
 
     def save_model(self, output_dir: str | None = None, _internal_call: bool = False) -> None:
-        """Save the policy (Trainer) and the discriminator with its processor under ``output_dir/discriminator``."""
+        """Save the policy (Trainer) and the discriminator with its processor and optimiser state under
+        ``output_dir/discriminator`` — in checkpoints too, so ``resume_from_checkpoint`` restores both."""
         super().save_model(output_dir, _internal_call)
         if self.is_world_process_zero():
             import os
 
-            target = os.path.join(output_dir or self.args.output_dir, "discriminator")
+            target = os.path.join(output_dir or self.args.output_dir, DISCRIMINATOR_DIR)
             self.discriminator.save_pretrained(target)
             processor = getattr(self, "disc_processor", None)
             if processor is not None:
                 processor.save_pretrained(target)
+            if self.disc_optimizer is not None:
+                torch.save(
+                    {"optimizer": self.disc_optimizer.state_dict(), "rollout_batches": self._rollout_batches,
+                     "nonfinite_skips": self.nonfinite_skips},
+                    os.path.join(target, DISC_STATE_FILE),
+                )
+
+    def load_discriminator_state(self, checkpoint_dir: str) -> bool:
+        """Restore the discriminator optimiser and counters saved by :meth:`save_model`; False if absent."""
+        import os
+
+        path = os.path.join(checkpoint_dir, DISCRIMINATOR_DIR, DISC_STATE_FILE)
+        if self.disc_optimizer is None or not os.path.isfile(path):
+            return False
+        state = torch.load(path, map_location="cpu", weights_only=False)
+        self.disc_optimizer.load_state_dict(state["optimizer"])
+        self._rollout_batches = state["rollout_batches"]
+        self.nonfinite_skips.update(state["nonfinite_skips"])
+        return True
 
 
 def _end_of_turn_id(tokenizer: Any) -> int:

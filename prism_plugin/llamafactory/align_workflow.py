@@ -8,6 +8,7 @@ names alignment files (``dataset_info.json`` entries in ``dataset_dir``, or path
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 from prism_plugin.llamafactory.pairs import PairEncoder, resolve_dataset_files
@@ -29,12 +30,25 @@ def _settings(finetuning_args: Any) -> Any:
         score_reg_coef=finetuning_args.prism_score_reg_coef,
         router_aux_coef=finetuning_args.prism_router_aux_coef,
         update_discriminator=finetuning_args.prism_update_discriminator,
+        disc_update_every=finetuning_args.prism_disc_update_every,
         disc_max_grad_norm=finetuning_args.prism_disc_max_grad_norm,
         policy_loss=finetuning_args.prism_policy_loss,
         clip_low=finetuning_args.prism_clip_low,
         clip_high=finetuning_args.prism_clip_high,
         policy_epochs=finetuning_args.prism_policy_epochs,
     )
+
+
+def _resume_dir(training_args: Any) -> str | None:
+    """The checkpoint directory ``resume_from_checkpoint`` points at (``true``: the last one in output_dir)."""
+    resume = training_args.resume_from_checkpoint
+    if not resume:
+        return None
+    if str(resume).lower() == "true":
+        from transformers.trainer_utils import get_last_checkpoint
+
+        return get_last_checkpoint(training_args.output_dir)
+    return str(resume)
 
 
 def _same_vocab(a: Any, b: Any) -> bool:
@@ -52,16 +66,21 @@ def run_prism_align(
 
     from prism_plugin.discriminator.texts import TextScorer
     from prism_plugin.llamafactory.align_data import AlignEncoder, encode_align
-    from prism_plugin.llamafactory.align_trainer import PrismAlignTrainer
+    from prism_plugin.llamafactory.align_trainer import DISCRIMINATOR_DIR, PrismAlignTrainer
     from prism_plugin.llamafactory.disc_workflow import load_discriminator, train_and_save
 
-    logger = logging.get_logger(__name__)
+    logger = logging.get_logger(f"llamafactory.{__name__}")  # under LLaMA-Factory's configured root logger
     if not finetuning_args.prism_discriminator:
         raise ValueError("stage prism_align needs `prism_discriminator: DIR` (a prism_disc output or upcycled model)")
     tokenizer_module = load_tokenizer(model_args)
     tokenizer, processor = tokenizer_module["tokenizer"], tokenizer_module["processor"]
     template = get_template_and_fix_tokenizer(tokenizer, data_args)
-    discriminator = load_discriminator(finetuning_args.prism_discriminator)
+    checkpoint = _resume_dir(training_args)
+    disc_path = finetuning_args.prism_discriminator
+    if checkpoint and (Path(checkpoint) / DISCRIMINATOR_DIR / "config.json").is_file():
+        disc_path = str(Path(checkpoint) / DISCRIMINATOR_DIR)
+        logger.info_rank0(f"prism_align: resuming the discriminator from {disc_path}")
+    discriminator = load_discriminator(disc_path)
     scorer = TextScorer(discriminator)
     segments = list(finetuning_args.prism_segments)
     pair_encoder = PairEncoder(scorer, segments, data_args.cutoff_len)
@@ -104,4 +123,6 @@ def run_prism_align(
         same_vocab=same_vocab,
     )
     trainer.disc_processor = scorer.processor
+    if checkpoint and trainer.load_discriminator_state(checkpoint):
+        logger.info_rank0(f"prism_align: discriminator optimiser state restored from {checkpoint}")
     train_and_save(trainer, training_args, finetuning_args, reports, PLOT_KEYS)

@@ -49,7 +49,7 @@ def run_prism_disc(model_args: Any, data_args: Any, training_args: Any, finetuni
     from prism_plugin.discriminator.texts import TextScorer
     from prism_plugin.llamafactory.disc_trainer import PrismDiscTrainer
 
-    logger = logging.get_logger(__name__)
+    logger = logging.get_logger(f"llamafactory.{__name__}")  # under LLaMA-Factory's configured root logger
     segments = list(finetuning_args.prism_segments)
     model = load_discriminator(model_args.model_name_or_path)
     scorer = TextScorer(model)

@@ -131,6 +131,29 @@ def encode_pairs(
     return encode_files(files, load_pairs, encoder.encode, skip_invalid, media_dir, "warm-up pairs")
 
 
+def collate_rows(rows: list[tuple[PromptInputs, list[int], str]], pad_id: int) -> dict[str, Any]:
+    """One padded discriminator forward over (prompt, segment ids, segment name) rows, images included."""
+    sequences, names, pixel_values, grids = [], [], [], []
+    for prompt, ids, name in rows:
+        prompt_ids = torch.as_tensor(prompt.input_ids, dtype=torch.long).reshape(-1)
+        sequences.append(torch.cat([prompt_ids, torch.tensor(ids, dtype=torch.long)]))
+        names.append(name)
+        if prompt.pixel_values is not None:
+            pixel_values.append(prompt.pixel_values)
+            grids.append(prompt.image_grid_thw)
+    width = max(len(seq) for seq in sequences)
+    input_ids = torch.full((len(sequences), width), pad_id, dtype=torch.long)
+    attention_mask = torch.zeros((len(sequences), width), dtype=torch.long)
+    for i, seq in enumerate(sequences):
+        input_ids[i, : len(seq)] = seq
+        attention_mask[i, : len(seq)] = 1
+    batch: dict[str, Any] = {"input_ids": input_ids, "attention_mask": attention_mask, "segments": names}
+    if pixel_values:
+        batch["pixel_values"] = torch.cat(pixel_values)
+        batch["image_grid_thw"] = torch.cat(grids)
+    return batch
+
+
 class PairCollator:
     """Batches pairs into one padded forward: rows [teacher s1, student s1, teacher s2, …] per pair."""
 
@@ -138,24 +161,6 @@ class PairCollator:
         self.segments, self.pad_id = segments, pad_id
 
     def __call__(self, features: list[PairFeatures]) -> dict[str, Any]:
-        rows, row_segments, pixel_values, grids = [], [], [], []
-        for feat in features:
-            prompt_ids = torch.as_tensor(feat.prompt.input_ids, dtype=torch.long).reshape(-1)
-            for name in self.segments:
-                for side in (feat.teacher, feat.student):
-                    rows.append(torch.cat([prompt_ids, torch.tensor(side[name], dtype=torch.long)]))
-                    row_segments.append(name)
-                    if feat.prompt.pixel_values is not None:
-                        pixel_values.append(feat.prompt.pixel_values)
-                        grids.append(feat.prompt.image_grid_thw)
-        width = max(len(r) for r in rows)
-        input_ids = torch.full((len(rows), width), self.pad_id, dtype=torch.long)
-        attention_mask = torch.zeros((len(rows), width), dtype=torch.long)
-        for i, row in enumerate(rows):
-            input_ids[i, : len(row)] = row
-            attention_mask[i, : len(row)] = 1
-        batch: dict[str, Any] = {"input_ids": input_ids, "attention_mask": attention_mask, "segments": row_segments}
-        if pixel_values:
-            batch["pixel_values"] = torch.cat(pixel_values)
-            batch["image_grid_thw"] = torch.cat(grids)
-        return batch
+        rows = [(feat.prompt, side[name], name) for feat in features for name in self.segments
+                for side in (feat.teacher, feat.student)]
+        return collate_rows(rows, self.pad_id)
