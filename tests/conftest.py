@@ -53,7 +53,7 @@ def tiny_discriminator_dir(tiny_dir: Path, tmp_path_factory: pytest.TempPathFact
 
 @pytest.fixture(scope="session")
 def tiny_sft_run(tiny_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
-    """Stage 1 on the tiny default: a real ``llamafactory-cli train`` SFT (80 steps, PRISM template).
+    """Stage 1 on the tiny default: a real ``llamafactory-cli train`` SFT (160 steps, PRISM template).
 
     Returns the output directory (the SFT policy) and the run's log. Tests that need a policy
     producing the layout (the alignment stage) start from it.
@@ -69,7 +69,7 @@ def tiny_sft_run(tiny_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> tu
         "finetuning_type": "full", "dataset": "prism_tiny_sft", "dataset_dir": str(tiny_dir / "data"),
         "template": "prism_qwen3_vl", "cutoff_len": 512, "overwrite_cache": True, "preprocessing_num_workers": 1,
         "dataloader_num_workers": 0, "output_dir": str(out), "logging_steps": 10, "save_strategy": "steps",
-        "save_steps": 40, "max_steps": 80, "per_device_train_batch_size": 8, "learning_rate": 3.0e-3,
+        "save_steps": 80, "max_steps": 160, "per_device_train_batch_size": 8, "learning_rate": 3.0e-3,
         "lr_scheduler_type": "cosine", "warmup_ratio": 0.05, "bf16": False, "report_to": "none", "seed": 0,
     }
     yaml_path = work / "sft.yaml"

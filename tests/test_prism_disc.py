@@ -147,7 +147,6 @@ def test_prism_disc_refuses_a_plain_language_model(tmp_path, tiny_dir):
     assert "prism-plugin upcycle" in out.stderr
 
 
-@pytest.mark.slow
 def test_prism_disc_under_torchrun_with_two_processes(tmp_path, tiny_dir, tiny_discriminator_dir):
     yaml_path = warmup_yaml(tmp_path, tiny_dir, tiny_discriminator_dir, max_steps=2)
     out = run_cli([str(yaml_path)], cwd=tmp_path, FORCE_TORCHRUN="1", NPROC_PER_NODE="2")

@@ -371,11 +371,11 @@ def test_llamafactory_sft_on_tiny_vl_policy(tiny_sft_run) -> None:
     out, log = tiny_sft_run
     assert "<|image_pad|>" in log  # the example dump shows the expanded image placeholder
     assert "First describe the image inside <caption>" in log  # the PRISM template's system prompt
-    checkpoint = out / "checkpoint-40"
+    checkpoint = out / "checkpoint-80"
     assert (checkpoint / "model.safetensors").is_file()
     assert (out / "model.safetensors").is_file() and (out / "processor_config.json").is_file()
     state = json.loads((out / "trainer_state.json").read_text())
-    assert state["global_step"] == 80
+    assert state["global_step"] == 160
     losses = [entry["loss"] for entry in state["log_history"] if "loss" in entry]
     assert all(loss == loss and loss > 0 for loss in losses)
     assert losses[-1] < losses[0] / 5

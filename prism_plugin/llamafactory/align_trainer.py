@@ -113,29 +113,54 @@ class PrismAlignTrainer(MetricsLogMixin, Trainer):
     # ------------------------------------------------------------------ one alignment step
 
     @torch.no_grad()
-    def _rollouts(self, item: AlignItem) -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
-        """G sampled completions (G, T) of one prompt, their mask, and the repeated multimodal inputs."""
+    def _rollouts(self, items: list[AlignItem]) -> list[tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]]:
+        """G sampled completions per prompt, from one ``generate`` call over the left-padded prompts.
+
+        Returns, per prompt: completions (G, T), their mask (up to the first end-of-turn token) and the
+        prompt's multimodal inputs repeated for its G rollouts.
+        """
         policy = self.accelerator.unwrap_model(self.model)
         device = self.accelerator.device
         G = self.settings.num_generations
-        prompt = torch.tensor([item.prompt_ids], device=device)
-        mm = {k: v.to(device) for k, v in item.mm_inputs.items()}
-        if "pixel_values" in mm and "mm_token_type_ids" not in mm and hasattr(policy.config, "image_token_id"):
-            mm["mm_token_type_ids"] = (prompt == policy.config.image_token_id).long()
+        width = max(len(item.prompt_ids) for item in items)
+        prompts = torch.full((len(items), width), self.policy_tokenizer.pad_token_id or 0, dtype=torch.long)
+        attention = torch.zeros_like(prompts)
+        for k, item in enumerate(items):
+            prompts[k, width - len(item.prompt_ids):] = torch.tensor(item.prompt_ids)
+            attention[k, width - len(item.prompt_ids):] = 1
+        prompts, attention = prompts.to(device), attention.to(device)
+        per_item = [self._mm_inputs(policy, item, device) for item in items]
+        batch_mm = {key: torch.cat([mm[key] for mm in per_item if key in mm])
+                    for key in ("pixel_values", "image_grid_thw") if any(key in mm for mm in per_item)}
+        if "pixel_values" in batch_mm and hasattr(policy.config, "image_token_id"):
+            batch_mm["mm_token_type_ids"] = (prompts == policy.config.image_token_id).long()
         was_training = policy.training
         policy.eval()
         out = policy.generate(
-            input_ids=prompt, attention_mask=torch.ones_like(prompt), **mm,
+            input_ids=prompts, attention_mask=attention, **batch_mm,
             do_sample=True, temperature=self.settings.temperature, top_k=0, top_p=1.0,
             max_new_tokens=self.settings.max_new_tokens, num_return_sequences=G, use_cache=True,
             eos_token_id=self.eot_id, pad_token_id=self.policy_tokenizer.pad_token_id,
             suppress_tokens=self.suppress_ids or None,
         )
         policy.train(was_training)
-        completions = out[:, prompt.shape[1]:]
-        is_eot = completions == self.eot_id
-        mask = ((is_eot.cumsum(-1) - is_eot.long()) == 0).long()
-        return completions, mask, _repeat_mm(mm, G)
+        results = []
+        for k in range(len(items)):
+            completions = out[k * G : (k + 1) * G, width:]
+            is_eot = completions == self.eot_id
+            mask = ((is_eot.cumsum(-1) - is_eot.long()) == 0).long()
+            length = max(int(mask.sum(-1).max()), 1)  # drop columns past every rollout's end
+            results.append((completions[:, :length], mask[:, :length], _repeat_mm(per_item[k], G)))
+        return results
+
+    @staticmethod
+    def _mm_inputs(policy: Any, item: AlignItem, device: torch.device) -> dict[str, torch.Tensor]:
+        """One prompt's multimodal inputs on ``device``, with Qwen-VL's token types for its own prompt ids."""
+        mm = {k: v.to(device) for k, v in item.mm_inputs.items() if k != "mm_token_type_ids"}
+        if "pixel_values" in mm and hasattr(policy.config, "image_token_id"):
+            ids = torch.tensor([item.prompt_ids], device=device)
+            mm["mm_token_type_ids"] = (ids == policy.config.image_token_id).long()
+        return mm
 
     def _disc_segments(self, completion: torch.Tensor, split: Any, row: int, text: str) -> dict[str, list[int]]:
         """A valid rollout's segment ids for the discriminator: the policy's own ids when vocabularies match."""
@@ -156,8 +181,7 @@ class PrismAlignTrainer(MetricsLogMixin, Trainer):
         G = self.settings.num_generations
         device = self.accelerator.device
         rollouts, groups_valid, texts, students = [], [], [], []
-        for item in items:
-            completions, mask, mm = self._rollouts(item)
+        for item, (completions, mask, mm) in zip(items, self._rollouts(items), strict=True):
             split = split_segments(completions.cpu(), self.policy_tokenizer, mask.cpu(), eos_token_ids=self.eot_id)
             rollouts.append((item, completions, mask, mm))
             groups_valid.append(split.valid)
