@@ -133,8 +133,43 @@ def _to_easyr1(args: argparse.Namespace) -> int:
     return 0
 
 
+def _make_pairs(args: argparse.Namespace) -> int:
+    import sys
+
+    from prism_plugin.data.make_pairs import make_pairs
+
+    report = make_pairs(
+        args.policy, args.data, args.out, num_samples=args.num_samples, max_new_tokens=args.max_new_tokens,
+        temperature=args.temperature, seed=args.seed, batch_size=args.batch_size, media_dir=args.image_dir,
+        skip_invalid=args.skip_invalid, device=args.device,
+    )
+    details = report.details()
+    if details:
+        print(details, file=sys.stderr)
+    print(json.dumps(report.summary()))
+    return 0
+
+
+def _add_make_pairs(data_sub: argparse._SubParsersAction) -> None:
+    q = data_sub.add_parser(
+        "make-pairs", help="sample student responses from a policy and pair them with the teacher's (warm-up pairs)",
+    )
+    q.add_argument("--policy", required=True, help="policy checkpoint directory (e.g. the SFT output)")
+    q.add_argument("--data", required=True, help="prompts with teacher segments (.jsonl/.json/.parquet, align format)")
+    q.add_argument("--out", required=True, help="output pairs .jsonl (image paths written absolute)")
+    q.add_argument("--num-samples", type=int, default=1, help="student samples per prompt (default 1)")
+    q.add_argument("--max-new-tokens", type=int, default=512, help="longest sample in tokens (default 512)")
+    q.add_argument("--temperature", type=float, default=1.0, help="sampling temperature (default 1.0)")
+    q.add_argument("--seed", type=int, default=0, help="sampling seed (default 0)")
+    q.add_argument("--batch-size", type=int, default=8, help="prompts per generate call (default 8)")
+    q.add_argument("--image-dir", help="folder relative image paths resolve against (default: the input's folder)")
+    q.add_argument("--device", help="torch device (default: cuda if available, else cpu)")
+    q.add_argument("--skip-invalid", action="store_true", help="leave bad input rows out (counted, listed)")
+    q.set_defaults(func=_make_pairs)
+
+
 def _add_data(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("data", help="convert PRISM datasets for the training toolkits")
+    p = sub.add_parser("data", help="convert PRISM datasets for the training toolkits; build warm-up pairs")
     data_sub = p.add_subparsers(dest="data_command", metavar="DATA_COMMAND", required=True)
     q = data_sub.add_parser("to-easyr1", help="PRISM alignment/RLVR rows -> EasyR1 parquet (prompt, images, answer)")
     q.add_argument("input", help="rows: .jsonl / .json / .parquet (prompt, images, answer or ground_truth)")
@@ -143,6 +178,7 @@ def _add_data(sub: argparse._SubParsersAction) -> None:
     q.add_argument("--skip-invalid", action="store_true", help="leave bad rows out (counted, listed)")
     q.add_argument("--embed-images", action="store_true", help="store image bytes instead of absolute paths")
     q.set_defaults(func=_to_easyr1)
+    _add_make_pairs(data_sub)
 
 
 # Sub-command registrars: each adds one parser and sets ``func``; add new ones here.

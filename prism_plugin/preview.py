@@ -24,7 +24,8 @@ def load_policy_processor(policy_dir: str | Path, vision: bool, **kwargs: Any) -
     return (AutoProcessor if vision else AutoTokenizer).from_pretrained(policy_dir, **kwargs)
 
 
-def _load_policy(policy_dir: str | Path) -> tuple[Any, Any, bool]:
+def load_policy(policy_dir: str | Path) -> tuple[Any, Any, bool]:
+    """The policy in ``policy_dir`` (vision-language or text-only), its processor, and whether it has vision."""
     from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForImageTextToText
 
     config = AutoConfig.from_pretrained(policy_dir)
@@ -33,18 +34,36 @@ def _load_policy(policy_dir: str | Path) -> tuple[Any, Any, bool]:
     return model_class.from_pretrained(policy_dir), load_policy_processor(policy_dir, vision), vision
 
 
-def _policy_inputs(processor: Any, vision: bool, prompt: str, images: tuple[str, ...]) -> dict[str, torch.Tensor]:
+def policy_batch_inputs(
+    processor: Any, vision: bool, prompts: Sequence[tuple[str, Sequence[str]]]
+) -> dict[str, torch.Tensor]:
+    """Model inputs for (prompt, image paths) pairs: the PRISM system prompt and the chat template, left-padded.
+
+    Left padding lets one ``generate`` call continue every prompt from the same last column.
+    """
     from prism_plugin.data.prompts import SYSTEM_PROMPT
     from prism_plugin.discriminator.texts import IMAGE_PLACEHOLDER, _load_images, _user_content
 
     tokenizer = getattr(processor, "tokenizer", processor)
-    loaded = _load_images(list(images)) if vision else []
-    content: Any = _user_content(prompt, len(loaded)) if vision else prompt.replace(IMAGE_PLACEHOLDER, "")
-    messages = [{"role": "system", "content": SYSTEM_PROMPT}, {"role": "user", "content": content}]
-    text = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
-    if loaded:
-        return dict(processor(text=[text], images=loaded, return_tensors="pt"))
-    return dict(tokenizer([text], return_tensors="pt", add_special_tokens=False))
+    texts, loaded = [], []
+    for prompt, images in prompts:
+        row_images = _load_images(list(images)) if vision else []
+        content: Any = _user_content(prompt, len(row_images)) if vision else prompt.replace(IMAGE_PLACEHOLDER, "")
+        messages = [{"role": "system", "content": SYSTEM_PROMPT}, {"role": "user", "content": content}]
+        texts.append(tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False))
+        loaded += row_images
+    padding = len(texts) > 1
+    side, tokenizer.padding_side = tokenizer.padding_side, "left"
+    try:
+        if loaded:
+            return dict(processor(text=texts, images=loaded, return_tensors="pt", padding=padding))
+        return dict(tokenizer(texts, return_tensors="pt", add_special_tokens=False, padding=padding))
+    finally:
+        tokenizer.padding_side = side
+
+
+def _policy_inputs(processor: Any, vision: bool, prompt: str, images: tuple[str, ...]) -> dict[str, torch.Tensor]:
+    return policy_batch_inputs(processor, vision, [(prompt, images)])
 
 
 def _completion_mask(completions: torch.Tensor, eos_id: int) -> torch.Tensor:
@@ -52,6 +71,39 @@ def _completion_mask(completions: torch.Tensor, eos_id: int) -> torch.Tensor:
     is_eos = completions == eos_id
     after_first = (is_eos.cumsum(-1) - is_eos.long()) > 0
     return (~after_first).long()
+
+
+def sample_responses(
+    policy: Any,
+    processor: Any,
+    prompts: Sequence[tuple[str, Sequence[str]]],
+    *,
+    vision: bool,
+    num_generations: int,
+    max_new_tokens: int,
+    temperature: float = 1.0,
+) -> Any:
+    """``num_generations`` samples per (prompt, image paths) pair from one ``generate`` call, split into segments.
+
+    Returns the :class:`prism_plugin.format.SegmentBatch` of the completions, prompt-major
+    (``num_generations`` rows per prompt). Vision special tokens are suppressed; sampling uses the
+    global torch RNG. The caller puts the policy in eval mode and disables gradients.
+    """
+    from prism_plugin.discriminator.texts import end_of_turn_id
+    from prism_plugin.format import split_segments
+
+    tokenizer = getattr(processor, "tokenizer", processor)
+    eos_id = end_of_turn_id(tokenizer)
+    suppress = [i for i in tokenizer.convert_tokens_to_ids(list(VISION_SPECIAL_TOKENS)) if i != tokenizer.unk_token_id]
+    device = next(policy.parameters()).device
+    inputs = {k: v.to(device) for k, v in policy_batch_inputs(processor, vision, prompts).items()}
+    out = policy.generate(
+        **inputs, do_sample=True, temperature=temperature, top_k=0, top_p=1.0,
+        max_new_tokens=max_new_tokens, num_return_sequences=num_generations, use_cache=True,
+        suppress_tokens=suppress or None, eos_token_id=eos_id, pad_token_id=tokenizer.pad_token_id,
+    )
+    completions = out[:, inputs["input_ids"].shape[1]:].cpu()
+    return split_segments(completions, tokenizer, _completion_mask(completions, eos_id), eos_token_ids=eos_id)
 
 
 @dataclass
@@ -89,14 +141,7 @@ def sample_and_score(
     the samples and each prompt's teacher demonstration in one call. Sampling uses the global torch
     RNG; the policy runs in eval mode under ``no_grad`` and gets its train/eval mode back.
     """
-    from prism_plugin.discriminator.texts import end_of_turn_id
-    from prism_plugin.format import split_segments
-
     segments = list(segments or discriminator.config.segments)
-    tokenizer = getattr(processor, "tokenizer", processor)
-    eos_id = end_of_turn_id(tokenizer)
-    suppress = [i for i in tokenizer.convert_tokens_to_ids(list(VISION_SPECIAL_TOKENS)) if i != tokenizer.unk_token_id]
-    device = next(policy.parameters()).device
     was_training = policy.training
     policy.eval()
 
@@ -104,16 +149,10 @@ def sample_and_score(
     prompts, responses, images, groups = [], [], [], []
     try:
         for group, record in enumerate(records):
-            inputs = _policy_inputs(processor, vision, record.prompt, record.images)
-            inputs = {k: v.to(device) for k, v in inputs.items()}
             with torch.no_grad():
-                out = policy.generate(
-                    **inputs, do_sample=True, temperature=temperature, top_k=0, top_p=1.0,
-                    max_new_tokens=max_new_tokens, num_return_sequences=num_generations, use_cache=True,
-                    suppress_tokens=suppress or None, eos_token_id=eos_id, pad_token_id=tokenizer.pad_token_id,
-                )
-            completions = out[:, inputs["input_ids"].shape[1]:].cpu()
-            split = split_segments(completions, tokenizer, _completion_mask(completions, eos_id), eos_token_ids=eos_id)
+                split = sample_responses(policy, processor, [(record.prompt, record.images)], vision=vision,
+                                         num_generations=num_generations, max_new_tokens=max_new_tokens,
+                                         temperature=temperature)
             for i in range(num_generations):
                 rollouts.append({"group": group, "valid": bool(split.valid[i]), "truncated": bool(split.truncated[i]),
                                  "tokens": int(split.lengths[i]), "caption_tokens": int(split.boundary[i]),
@@ -167,7 +206,7 @@ def preview_alignment_step(
     weights = dict(weights or {"caption": 0.5, "reasoning": 0.5})
     torch.manual_seed(seed)
     records = load_align(align_file).records[:num_prompts]
-    policy, processor, vision = _load_policy(policy_dir)
+    policy, processor, vision = load_policy(policy_dir)
     policy.eval()
     disc = AutoModel.from_pretrained(discriminator_dir).eval()
 
