@@ -172,11 +172,15 @@ def sample_and_score(
     rollout_rows = torch.tensor([g * per_group + i for g in groups for i in range(num_generations)], dtype=torch.long)
     teacher_rows = torch.tensor([g * per_group + num_generations for g in groups],
                                 dtype=torch.long).repeat_interleave(num_generations)
+    valid = torch.tensor([r["valid"] for r in rollouts], dtype=torch.bool)
+    nan = torch.tensor(float("nan"))
     return ScoredRollouts(
         rollouts=rollouts,
-        student={s: scores[s][rollout_rows] for s in segments},
+        # a rollout truncated at the token limit may still read as a complete layout once re-tokenised
+        # with an end-of-turn token: the policy's own split decides validity, as in the alignment stage
+        student={s: torch.where(valid, scores[s][rollout_rows], nan) for s in segments},
         teacher={s: scores[s][teacher_rows] for s in segments},
-        valid=torch.tensor([r["valid"] for r in rollouts], dtype=torch.bool),
+        valid=valid,
         group=torch.tensor([r["group"] for r in rollouts], dtype=torch.long),
     )
 

@@ -58,10 +58,6 @@ def tiny_sft_run(tiny_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> tu
     Returns the output directory (the SFT policy) and the run's log. Tests that need a policy
     producing the layout (the alignment stage) start from it.
     """
-    import json
-    import subprocess
-    import sys
-
     work = tmp_path_factory.mktemp("sft")
     out = work / "out"
     config = {
@@ -72,13 +68,9 @@ def tiny_sft_run(tiny_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> tu
         "save_steps": 80, "max_steps": 160, "per_device_train_batch_size": 8, "learning_rate": 3.0e-3,
         "lr_scheduler_type": "cosine", "warmup_ratio": 0.05, "bf16": False, "report_to": "none", "seed": 0,
     }
-    yaml_path = work / "sft.yaml"
-    yaml_path.write_text(json.dumps(config, indent=2))  # JSON is valid YAML
-    cli = Path(sys.executable).with_name("llamafactory-cli")
-    env = os.environ | {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "OMP_WAIT_POLICY": "PASSIVE"}
-    env.pop("FORCE_TORCHRUN", None)
-    proc = subprocess.run([str(cli), "train", str(yaml_path)], cwd=work, env=env, capture_output=True, text=True,
-                          timeout=600)
+    from tests.lf_runs import llamafactory_train
+
+    proc = llamafactory_train(config, work)
     log = proc.stdout + proc.stderr
     assert proc.returncode == 0, log[-4000:]
     return out, log

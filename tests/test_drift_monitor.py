@@ -5,12 +5,11 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+
+from tests.lf_runs import llamafactory_train
 
 DRIFT_KEYS = ("drift/valid_ratio", "drift/caption_gap", "drift/reasoning_gap", "drift/caption_policy_score",
               "drift/reasoning_policy_score", "drift/teacher_caption_score", "drift/teacher_reasoning_score")
@@ -18,14 +17,7 @@ DRIFT_KEYS = ("drift/valid_ratio", "drift/caption_gap", "drift/reasoning_gap", "
 
 def run_sft(work: Path, config: dict) -> tuple[Path, str]:
     """One real ``llamafactory-cli train`` of ``config`` in ``work``; returns output_dir and the log."""
-    work.mkdir(parents=True, exist_ok=True)
-    yaml_path = work / "sft.yaml"
-    yaml_path.write_text(json.dumps(config, indent=2))  # JSON is valid YAML
-    cli = Path(sys.executable).with_name("llamafactory-cli")
-    env = os.environ | {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "OMP_WAIT_POLICY": "PASSIVE"}
-    env.pop("FORCE_TORCHRUN", None)
-    proc = subprocess.run([str(cli), "train", str(yaml_path)], cwd=work, env=env, capture_output=True, text=True,
-                          timeout=600)
+    proc = llamafactory_train(config, work)
     log = proc.stdout + proc.stderr
     assert proc.returncode == 0, log[-4000:]
     return Path(config["output_dir"]), log

@@ -1,16 +1,13 @@
 """Stage prism_align: the alignment game as a real LLaMA-Factory run from the tiny SFT policy."""
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 from safetensors.torch import load_file
 
-CLI = str(Path(sys.executable).with_name("llamafactory-cli"))
+from tests.lf_runs import llamafactory_train
 
 
 def run_align(tmp_path: Path, tiny_dir: Path, policy: Path, disc: Path, env_extra: dict | None = None,
@@ -25,11 +22,7 @@ def run_align(tmp_path: Path, tiny_dir: Path, policy: Path, disc: Path, env_extr
         "max_steps": 3, "bf16": False, "seed": 0, "overwrite_output_dir": True,
     }
     config.update(overrides)
-    path = tmp_path / "align.yaml"
-    path.write_text(json.dumps(config))
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_WAIT_POLICY": "PASSIVE",
-           "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}", **(env_extra or {})}
-    proc = subprocess.run([CLI, "train", str(path)], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    proc = llamafactory_train(config, tmp_path, **(env_extra or {}))
     assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
     (out / "run.log").write_text(proc.stdout + proc.stderr)
     history = json.loads((out / "trainer_state.json").read_text())["log_history"]
@@ -87,10 +80,7 @@ def test_align_without_discriminator_is_a_clear_error(tmp_path, tiny_dir):
     config = {"model_name_or_path": str(tiny_dir / "qwen3_vl_policy"), "stage": "prism_align", "do_train": True,
               "dataset": "prism_tiny_align", "dataset_dir": str(tiny_dir / "data"), "template": "prism_qwen3_vl",
               "output_dir": str(tmp_path / "o"), "report_to": "none"}
-    path = tmp_path / "a.yaml"
-    path.write_text(json.dumps(config))
-    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
-    proc = subprocess.run([CLI, "train", str(path)], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    proc = llamafactory_train(config, tmp_path)
     assert proc.returncode != 0
     assert "needs `prism_discriminator: DIR`" in proc.stderr
 

@@ -1,27 +1,17 @@
 """Stage prism_disc: the discriminator warm-up as a real LLaMA-Factory run, its loss and its data checks."""
 
 import json
-import os
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 
 from prism_plugin.data.records import DatasetRowError
-
-CLI = str(Path(sys.executable).with_name("llamafactory-cli"))
-
-
-def run_cli(args: list[str], cwd: Path, **env) -> subprocess.CompletedProcess:
-    full_env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_WAIT_POLICY": "PASSIVE",
-                "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}", **env}
-    return subprocess.run([CLI, "train", *args], cwd=cwd, capture_output=True, text=True, env=full_env, timeout=600)
+from tests.lf_runs import llamafactory_train
 
 
-def warmup_yaml(tmp_path: Path, tiny_dir: Path, disc_dir: Path, **overrides) -> Path:
+def warmup_config(tmp_path: Path, tiny_dir: Path, disc_dir: Path, **overrides) -> dict:
     config = {
         "model_name_or_path": str(disc_dir), "stage": "prism_disc", "do_train": True, "finetuning_type": "full",
         "dataset": "prism_tiny_pairs", "dataset_dir": str(tiny_dir / "data"), "cutoff_len": 1024,
@@ -30,9 +20,7 @@ def warmup_yaml(tmp_path: Path, tiny_dir: Path, disc_dir: Path, **overrides) -> 
         "overwrite_output_dir": True, "plot_loss": True,
     }
     config.update(overrides)
-    path = tmp_path / "warmup.yaml"
-    path.write_text("\n".join(f"{k}: {json.dumps(v)}" for k, v in config.items()), encoding="utf-8")
-    return path
+    return config
 
 
 @pytest.fixture(scope="module")
@@ -48,7 +36,7 @@ def encoder(tiny_discriminator_dir):
 
 
 def test_llamafactory_cli_runs_prism_disc_and_saves_a_discriminator(tmp_path, tiny_dir, tiny_discriminator_dir):
-    out = run_cli([str(warmup_yaml(tmp_path, tiny_dir, tiny_discriminator_dir))], cwd=tmp_path)
+    out = llamafactory_train(warmup_config(tmp_path, tiny_dir, tiny_discriminator_dir), tmp_path)
     assert out.returncode == 0, out.stderr[-3000:]
     saved = tmp_path / "out"
     config = json.loads((saved / "config.json").read_text())
@@ -142,14 +130,14 @@ def test_bad_rows_stop_the_run_or_are_skipped_and_counted(tmp_path, tiny_dir, en
 
 
 def test_prism_disc_refuses_a_plain_language_model(tmp_path, tiny_dir):
-    out = run_cli([str(warmup_yaml(tmp_path, tiny_dir, tiny_dir / "qwen3_vl_dense"))], cwd=tmp_path)
+    out = llamafactory_train(warmup_config(tmp_path, tiny_dir, tiny_dir / "qwen3_vl_dense"), tmp_path)
     assert out.returncode != 0
     assert "prism-plugin upcycle" in out.stderr
 
 
 def test_prism_disc_under_torchrun_with_two_processes(tmp_path, tiny_dir, tiny_discriminator_dir):
-    yaml_path = warmup_yaml(tmp_path, tiny_dir, tiny_discriminator_dir, max_steps=2)
-    out = run_cli([str(yaml_path)], cwd=tmp_path, FORCE_TORCHRUN="1", NPROC_PER_NODE="2")
+    config = warmup_config(tmp_path, tiny_dir, tiny_discriminator_dir, max_steps=2)
+    out = llamafactory_train(config, tmp_path, FORCE_TORCHRUN="1", NPROC_PER_NODE="2")
     assert out.returncode == 0, out.stderr[-3000:]
     assert "world size: 2" in out.stderr + out.stdout
     assert (tmp_path / "out" / "model.safetensors").is_file()
