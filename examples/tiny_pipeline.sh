@@ -11,14 +11,14 @@ OUT=outputs/tiny
 echo "== 1/5 tiny tokenizer, models and toy data -> $TINY/"
 prism-plugin make-tiny "$TINY"
 
-echo "== 2/5 Stage 1: SFT with the PRISM template (llamafactory-cli train yaml/sft_tiny.yaml)"
-llamafactory-cli train yaml/sft_tiny.yaml
+echo "== 2/5 Stage 1: SFT with the PRISM template (llamafactory-cli train yaml/sft_qwen3vl_tiny.yaml)"
+llamafactory-cli train yaml/sft_qwen3vl_tiny.yaml
 
 echo "== 3/5 Stage 2a: upcycle the dense tiny VLM into a 4-expert MoE discriminator"
 prism-plugin upcycle "$TINY/qwen3_vl_dense" "$OUT/discriminator" --num-experts 4 --top-k 2
 
 echo "== 4/5 Stage 2a: discriminator warm-up on teacher/student pairs (stage prism_disc)"
-llamafactory-cli train yaml/disc_warmup_tiny.yaml
+llamafactory-cli train yaml/prism_disc_warmup_tiny.yaml
 
 echo "== 5/5 Stage 2: PRISM alignment, policy vs discriminator (stage prism_align)"
 llamafactory-cli train yaml/prism_align_tiny.yaml
