@@ -50,7 +50,8 @@ def _ids(x: torch.Tensor | Sequence[int]) -> torch.Tensor:
     return torch.as_tensor(x, dtype=torch.long).reshape(-1)
 
 
-def _pad_right(rows: list[torch.Tensor], pad_id: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+def pad_right(rows: list[torch.Tensor], pad_id: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """Right-padded (B, L) ids and attention mask of variable-length id rows."""
     width = max(len(r) for r in rows)
     ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
     mask = torch.zeros((len(rows), width), dtype=torch.long)
@@ -116,7 +117,7 @@ def _score_full(model, prompts, queries, batch_size: int) -> torch.Tensor:
     for start in range(0, len(queries), batch_size):
         chunk = queries[start : start + batch_size]
         rows = [torch.cat([_ids(prompts[q.prompt].input_ids), _ids(q.token_ids)]) for q in chunk]
-        ids, mask = _pad_right(rows, _pad_id(model), device)
+        ids, mask = pad_right(rows, _pad_id(model), device)
         pixel_values, grid = _images(prompts, [q.prompt for q in chunk], device, dtype)
         result = model(
             input_ids=ids,
@@ -154,7 +155,7 @@ def _score_with_prefix(model, prompts, queries, batch_size: int) -> torch.Tensor
     scores = torch.empty(len(queries), dtype=torch.float32, device=device)
     for start in range(0, len(keys), batch_size):
         block = keys[start : start + batch_size]
-        ids, mask = _pad_right([_ids(prompts[p].input_ids) for p, _ in block], pad_id, device)
+        ids, mask = pad_right([_ids(prompts[p].input_ids) for p, _ in block], pad_id, device)
         pixel_values, grid = _images(prompts, [p for p, _ in block], device, dtype)
         positions, next_pos = model.position_ids(ids, mask, grid)
         prefix, _ = model.encode(
@@ -170,7 +171,7 @@ def _score_with_prefix(model, prompts, queries, batch_size: int) -> torch.Tensor
         for c_start in range(0, len(members), batch_size):
             chunk = members[c_start : c_start + batch_size]
             local = torch.tensor([row_of[n] - start for n in chunk], device=device)
-            cont, cont_mask = _pad_right([_ids(queries[n].token_ids) for n in chunk], pad_id, device)
+            cont, cont_mask = pad_right([_ids(queries[n].token_ids) for n in chunk], pad_id, device)
             pos = next_pos.index_select(0, local)[:, None] + torch.arange(cont.shape[1], device=device)
             if model.config.is_vision:
                 pos = pos.unsqueeze(0).expand(3, -1, -1)

@@ -17,7 +17,7 @@ from typing import Any
 import torch
 
 from prism_plugin.data.records import DatasetRowError, LoadReport, PairRecord, Segments, load_pairs
-from prism_plugin.discriminator.scoring import PromptInputs
+from prism_plugin.discriminator.scoring import PromptInputs, pad_right
 
 
 @dataclass(frozen=True)
@@ -141,12 +141,7 @@ def collate_rows(rows: list[tuple[PromptInputs, list[int], str]], pad_id: int) -
         if prompt.pixel_values is not None:
             pixel_values.append(prompt.pixel_values)
             grids.append(prompt.image_grid_thw)
-    width = max(len(seq) for seq in sequences)
-    input_ids = torch.full((len(sequences), width), pad_id, dtype=torch.long)
-    attention_mask = torch.zeros((len(sequences), width), dtype=torch.long)
-    for i, seq in enumerate(sequences):
-        input_ids[i, : len(seq)] = seq
-        attention_mask[i, : len(seq)] = 1
+    input_ids, attention_mask = pad_right(sequences, pad_id, torch.device("cpu"))
     batch: dict[str, Any] = {"input_ids": input_ids, "attention_mask": attention_mask, "segments": names}
     if pixel_values:
         batch["pixel_values"] = torch.cat(pixel_values)
