@@ -14,8 +14,6 @@ from typing import Any
 
 import torch
 
-VISION_SPECIAL_TOKENS = ("<|vision_start|>", "<|vision_end|>", "<|vision_pad|>", "<|image_pad|>", "<|video_pad|>")
-
 
 def load_policy_processor(policy_dir: str | Path, vision: bool, **kwargs: Any) -> Any:
     """What renders prompts for the policy in ``policy_dir``: its processor (vision) or tokenizer (text)."""
@@ -42,13 +40,13 @@ def policy_batch_inputs(
     Left padding lets one ``generate`` call continue every prompt from the same last column.
     """
     from prism_plugin.data.prompts import SYSTEM_PROMPT
-    from prism_plugin.discriminator.texts import IMAGE_PLACEHOLDER, _load_images, _user_content
+    from prism_plugin.discriminator.texts import IMAGE_PLACEHOLDER, load_images, user_content
 
     tokenizer = getattr(processor, "tokenizer", processor)
     texts, loaded = [], []
     for prompt, images in prompts:
-        row_images = _load_images(list(images)) if vision else []
-        content: Any = _user_content(prompt, len(row_images)) if vision else prompt.replace(IMAGE_PLACEHOLDER, "")
+        row_images = load_images(list(images)) if vision else []
+        content: Any = user_content(prompt, len(row_images)) if vision else prompt.replace(IMAGE_PLACEHOLDER, "")
         messages = [{"role": "system", "content": SYSTEM_PROMPT}, {"role": "user", "content": content}]
         texts.append(tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False))
         loaded += row_images
@@ -64,13 +62,6 @@ def policy_batch_inputs(
 
 def _policy_inputs(processor: Any, vision: bool, prompt: str, images: tuple[str, ...]) -> dict[str, torch.Tensor]:
     return policy_batch_inputs(processor, vision, [(prompt, images)])
-
-
-def _completion_mask(completions: torch.Tensor, eos_id: int) -> torch.Tensor:
-    """1 up to and including the first end-of-turn token of each row, 0 after it."""
-    is_eos = completions == eos_id
-    after_first = (is_eos.cumsum(-1) - is_eos.long()) > 0
-    return (~after_first).long()
 
 
 def sample_responses(
@@ -89,12 +80,12 @@ def sample_responses(
     (``num_generations`` rows per prompt). Vision special tokens are suppressed; sampling uses the
     global torch RNG. The caller puts the policy in eval mode and disables gradients.
     """
-    from prism_plugin.discriminator.texts import end_of_turn_id
     from prism_plugin.format import split_segments
+    from prism_plugin.generation import completion_mask, end_of_turn_id, vision_suppress_ids
 
     tokenizer = getattr(processor, "tokenizer", processor)
     eos_id = end_of_turn_id(tokenizer)
-    suppress = [i for i in tokenizer.convert_tokens_to_ids(list(VISION_SPECIAL_TOKENS)) if i != tokenizer.unk_token_id]
+    suppress = vision_suppress_ids(tokenizer)
     device = next(policy.parameters()).device
     inputs = {k: v.to(device) for k, v in policy_batch_inputs(processor, vision, prompts).items()}
     out = policy.generate(
@@ -103,7 +94,7 @@ def sample_responses(
         suppress_tokens=suppress or None, eos_token_id=eos_id, pad_token_id=tokenizer.pad_token_id,
     )
     completions = out[:, inputs["input_ids"].shape[1]:].cpu()
-    return split_segments(completions, tokenizer, _completion_mask(completions, eos_id), eos_token_ids=eos_id)
+    return split_segments(completions, tokenizer, completion_mask(completions, eos_id), eos_token_ids=eos_id)
 
 
 @dataclass
@@ -145,33 +136,34 @@ def sample_and_score(
     was_training = policy.training
     policy.eval()
 
-    rollouts: list[dict[str, Any]] = []
-    prompts, responses, images, groups = [], [], [], []
     try:
-        for group, record in enumerate(records):
-            with torch.no_grad():
-                split = sample_responses(policy, processor, [(record.prompt, record.images)], vision=vision,
-                                         num_generations=num_generations, max_new_tokens=max_new_tokens,
-                                         temperature=temperature)
-            for i in range(num_generations):
-                rollouts.append({"group": group, "valid": bool(split.valid[i]), "truncated": bool(split.truncated[i]),
-                                 "tokens": int(split.lengths[i]), "caption_tokens": int(split.boundary[i]),
-                                 "text": split.texts[i]})
-            # the G rollouts, then the teacher demonstration, of this prompt
-            prompts += [record.prompt] * (num_generations + 1)
-            responses += split.texts + [record.teacher.response]
-            images += [list(record.images)] * (num_generations + 1)
-            groups.append(group)
+        with torch.no_grad():  # every prompt's samples from one left-padded generate call
+            split = sample_responses(policy, processor, [(r.prompt, r.images) for r in records], vision=vision,
+                                     num_generations=num_generations, max_new_tokens=max_new_tokens,
+                                     temperature=temperature)
     finally:
         policy.train(was_training)
+
+    rollouts: list[dict[str, Any]] = []
+    prompts, responses, images = [], [], []
+    for group, record in enumerate(records):
+        rows = range(group * num_generations, (group + 1) * num_generations)
+        for i in rows:
+            rollouts.append({"group": group, "valid": bool(split.valid[i]), "truncated": bool(split.truncated[i]),
+                             "tokens": int(split.lengths[i]), "caption_tokens": int(split.boundary[i]),
+                             "text": split.texts[i]})
+        # the G rollouts, then the teacher demonstration, of this prompt
+        prompts += [record.prompt] * (num_generations + 1)
+        responses += [split.texts[i] for i in rows] + [record.teacher.response]
+        images += [list(record.images)] * (num_generations + 1)
 
     with torch.no_grad():
         scores = discriminator.score_texts(prompts, responses, images if vision and discriminator.config.is_vision
                                            else None)
     per_group = num_generations + 1
-    rollout_rows = torch.tensor([g * per_group + i for g in groups for i in range(num_generations)], dtype=torch.long)
-    teacher_rows = torch.tensor([g * per_group + num_generations for g in groups],
-                                dtype=torch.long).repeat_interleave(num_generations)
+    starts = torch.arange(len(records)).repeat_interleave(num_generations) * per_group
+    rollout_rows = starts + torch.arange(num_generations).repeat(len(records))
+    teacher_rows = starts + num_generations
     valid = torch.tensor([r["valid"] for r in rollouts], dtype=torch.bool)
     nan = torch.tensor(float("nan"))
     return ScoredRollouts(

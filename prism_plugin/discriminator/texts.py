@@ -18,9 +18,9 @@ import torch
 from prism_plugin.data.prompts import SYSTEM_PROMPT
 from prism_plugin.discriminator.scoring import PromptInputs, SegmentQuery, score
 from prism_plugin.format import split_segments
+from prism_plugin.generation import end_of_turn_id
 
 IMAGE_PLACEHOLDER = "<image>"
-END_OF_TURN = "<|im_end|>"
 ImageLike = Any  # a path, or a PIL image
 
 
@@ -78,17 +78,6 @@ def user_content(prompt: str, num_images: int) -> list[dict[str, str]]:
         if piece:
             content.append({"type": "text", "text": piece})
     return content
-
-
-# Older names, kept for callers that imported them.
-_load_images = load_images
-_user_content = user_content
-
-
-def end_of_turn_id(tokenizer: Any) -> int:
-    """Id of ``<|im_end|>`` (the end-of-turn token a policy emits), else the tokenizer's eos id."""
-    idx = tokenizer.convert_tokens_to_ids(END_OF_TURN)
-    return int(idx) if isinstance(idx, int) and idx != tokenizer.unk_token_id else int(tokenizer.eos_token_id)
 
 
 class TextScorer:

@@ -21,6 +21,7 @@ from transformers.utils import logging
 from prism_plugin.advantage import segment_advantage
 from prism_plugin.discriminator.scoring import SegmentQuery, score
 from prism_plugin.format import split_segments
+from prism_plugin.generation import completion_mask, end_of_turn_id, vision_suppress_ids
 from prism_plugin.llamafactory.align_data import AlignItem
 from prism_plugin.llamafactory.metrics import MetricsLogMixin
 from prism_plugin.llamafactory.pairs import collate_rows
@@ -30,7 +31,6 @@ DISCRIMINATOR_DIR = "discriminator"
 DISC_STATE_FILE = "prism_disc_state.pt"
 logger = logging.get_logger(__name__)
 
-VISION_SPECIAL_TOKENS = ("<|vision_start|>", "<|vision_end|>", "<|vision_pad|>", "<|image_pad|>", "<|video_pad|>")
 
 
 @dataclass
@@ -89,9 +89,8 @@ class PrismAlignTrainer(MetricsLogMixin, Trainer):
         self.policy_loss_fn = get_policy_loss(settings.policy_loss)
         tokenizer = getattr(self.processing_class, "tokenizer", self.processing_class)
         self.policy_tokenizer = tokenizer
-        self.eot_id = _end_of_turn_id(tokenizer)
-        self.suppress_ids = [i for i in tokenizer.convert_tokens_to_ids(list(VISION_SPECIAL_TOKENS))
-                             if isinstance(i, int) and i != tokenizer.unk_token_id]
+        self.eot_id = end_of_turn_id(tokenizer)
+        self.suppress_ids = vision_suppress_ids(tokenizer)
         self.model_accepts_loss_kwargs = False
         self._buffer: dict[int, list[RolloutGroup]] = {}
         self._micro_step = 0
@@ -147,8 +146,7 @@ class PrismAlignTrainer(MetricsLogMixin, Trainer):
         results = []
         for k in range(len(items)):
             completions = out[k * G : (k + 1) * G, width:]
-            is_eot = completions == self.eot_id
-            mask = ((is_eot.cumsum(-1) - is_eot.long()) == 0).long()
+            mask = completion_mask(completions, self.eot_id)
             length = max(int(mask.sum(-1).max()), 1)  # drop columns past every rollout's end
             results.append((completions[:, :length], mask[:, :length], _repeat_mm(per_item[k], G)))
         return results
@@ -173,7 +171,7 @@ class PrismAlignTrainer(MetricsLogMixin, Trainer):
 
         if layout_parts(text) is None:
             return {}
-        ids = self.disc_tokenizer(text, add_special_tokens=False)["input_ids"] + [_end_of_turn_id(self.disc_tokenizer)]
+        ids = self.disc_tokenizer(text, add_special_tokens=False)["input_ids"] + [end_of_turn_id(self.disc_tokenizer)]
         resplit = split_segments(ids, self.disc_tokenizer, eos_token_ids=ids[-1])
         return {name: ids[slice(*resplit.span(name))] for name in self.segments}
 
@@ -423,11 +421,6 @@ class PrismAlignTrainer(MetricsLogMixin, Trainer):
         self._rollout_batches = state["rollout_batches"]
         self.nonfinite_skips.update(state["nonfinite_skips"])
         return True
-
-
-def _end_of_turn_id(tokenizer: Any) -> int:
-    idx = tokenizer.convert_tokens_to_ids("<|im_end|>")
-    return int(idx) if isinstance(idx, int) and idx != tokenizer.unk_token_id else int(tokenizer.eos_token_id)
 
 
 def _repeat_mm(mm: dict[str, torch.Tensor], times: int) -> dict[str, torch.Tensor]:

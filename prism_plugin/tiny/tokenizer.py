@@ -35,8 +35,6 @@ SPECIAL_TOKENS = (
 )
 EOS_TOKEN = "<|im_end|>"
 PAD_TOKEN = "<|endoftext|>"
-# Tokens a random-weight VL policy must never sample: they break the image-feature bookkeeping.
-VISION_SPECIAL_TOKENS = ("<|vision_start|>", "<|vision_end|>", "<|vision_pad|>", "<|image_pad|>", "<|video_pad|>")
 
 # Qwen2's pre-tokenisation regex: `>` may merge with the newlines after it (`>\n`).
 PRETOKENIZE_REGEX = (
