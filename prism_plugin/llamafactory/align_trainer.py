@@ -167,13 +167,9 @@ class PrismAlignTrainer(MetricsLogMixin, Trainer):
             cut = int(split.boundary[row])
             spans = {"caption": ids[:cut], "reasoning": ids[cut:], "response": ids}
             return {name: spans[name] for name in self.segments}
-        from prism_plugin.layout import layout_parts
-
-        if layout_parts(text) is None:
-            return {}
         ids = self.disc_tokenizer(text, add_special_tokens=False)["input_ids"] + [end_of_turn_id(self.disc_tokenizer)]
         resplit = split_segments(ids, self.disc_tokenizer, eos_token_ids=ids[-1])
-        return {name: ids[slice(*resplit.span(name))] for name in self.segments}
+        return {name: ids[slice(*resplit.span(name))] for name in self.segments} if resplit.valid else {}
 
     def _generate_and_score(self, items: list[AlignItem]) -> list[RolloutGroup]:
         G = self.settings.num_generations

@@ -9,6 +9,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 KNOWN_SEGMENTS = ("caption", "reasoning", "response")
+COUNT_KEYS = (
+    "prism_num_generations", "prism_policy_epochs", "prism_disc_update_every", "prism_drift_every",
+    "prism_drift_num_prompts", "prism_drift_num_generations", "prism_drift_max_new_tokens",
+)
 
 
 @dataclass
@@ -87,8 +91,9 @@ class PrismArguments:
                 f"prism_segment_weights needs one weight per segment: {self.prism_segments} vs "
                 f"{self.prism_segment_weights}"
             )
-        if min(self.prism_num_generations, self.prism_policy_epochs, self.prism_disc_update_every) < 1:
-            raise ValueError("prism_num_generations, prism_policy_epochs and prism_disc_update_every must be >= 1")
+        counts = {name: getattr(self, name) for name in COUNT_KEYS}
+        if min(counts.values()) < 1:
+            raise ValueError(f"these keys must be >= 1: {', '.join(f'{k}={v}' for k, v in counts.items() if v < 1)}")
         if self.prism_drift_monitor and not self.prism_drift_data:
             raise ValueError("prism_drift_monitor needs prism_drift_data (held-out prompts with teacher segments)")
         parent_post_init = getattr(super(), "__post_init__", None)

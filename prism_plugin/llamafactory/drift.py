@@ -72,11 +72,7 @@ def add_drift_monitor(args: dict[str, Any] | list[str] | tuple[str, ...], callba
     """
     from prism_plugin.data.records import load_align
 
-    prism, stock = parse_drift_args(args)
-    counts = {k: getattr(prism, k) for k in ("prism_drift_every", "prism_drift_num_prompts",
-                                              "prism_drift_num_generations", "prism_drift_max_new_tokens")}
-    if min(counts.values()) < 1:
-        raise ValueError(f"prism_drift_monitor: these keys must be >= 1: {counts}")
+    prism, stock = parse_drift_args(args)  # PrismArguments validates the keys (counts >= 1, data given)
     report = load_align(prism.prism_drift_data, skip_invalid=prism.prism_skip_invalid_rows, media_dir=stock.media_dir)
     monitor = DriftMonitorCallback(
         prism.prism_drift_monitor,
