@@ -39,16 +39,13 @@ def policy_batch_inputs(
 
     Left padding lets one ``generate`` call continue every prompt from the same last column.
     """
-    from prism_plugin.data.prompts import SYSTEM_PROMPT
-    from prism_plugin.discriminator.texts import IMAGE_PLACEHOLDER, load_images, user_content
+    from prism_plugin.discriminator.texts import chat_prompt_text, load_images
 
     tokenizer = getattr(processor, "tokenizer", processor)
     texts, loaded = [], []
     for prompt, images in prompts:
         row_images = load_images(list(images)) if vision else []
-        content: Any = user_content(prompt, len(row_images)) if vision else prompt.replace(IMAGE_PLACEHOLDER, "")
-        messages = [{"role": "system", "content": SYSTEM_PROMPT}, {"role": "user", "content": content}]
-        texts.append(tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False))
+        texts.append(chat_prompt_text(tokenizer, prompt, len(row_images), vision))
         loaded += row_images
     padding = len(texts) > 1
     side, tokenizer.padding_side = tokenizer.padding_side, "left"

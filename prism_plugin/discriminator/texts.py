@@ -80,6 +80,18 @@ def user_content(prompt: str, num_images: int) -> list[dict[str, str]]:
     return content
 
 
+def chat_prompt_text(
+    tokenizer: Any, prompt: str, num_images: int, vision: bool, system_prompt: str = SYSTEM_PROMPT
+) -> str:
+    """The chat-rendered prompt (system prompt, user turn, generation prompt) as text.
+
+    With ``vision`` the ``<image>`` markers become image items; without, they are dropped.
+    """
+    content: Any = user_content(prompt, num_images) if vision else prompt.replace(IMAGE_PLACEHOLDER, "")
+    messages = [{"role": "system", "content": system_prompt}, {"role": "user", "content": content}]
+    return tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+
+
 class TextScorer:
     """Renders prompts with the PRISM system prompt and scores responses in the layout."""
 
@@ -106,14 +118,7 @@ class TextScorer:
         A text-only discriminator ignores images (the "text-only discriminator" ablation).
         """
         loaded = load_images(images) if self.vision else []
-        if not self.vision:
-            prompt = prompt.replace(IMAGE_PLACEHOLDER, "")
-        messages: list[dict[str, Any]] = [{"role": "system", "content": self.system_prompt}]
-        if self.vision:
-            messages.append({"role": "user", "content": user_content(prompt, len(loaded))})
-        else:
-            messages.append({"role": "user", "content": prompt})
-        text = self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+        text = chat_prompt_text(self.tokenizer, prompt, len(loaded), self.vision, self.system_prompt)
         if not loaded:
             return PromptInputs(self.tokenizer(text, add_special_tokens=False)["input_ids"])
         enc = self.processor(text=[text], images=loaded, return_tensors="pt")
