@@ -29,7 +29,7 @@ from typing import Any
 
 import torch
 
-from prism_plugin.data.records import DatasetRowError, RowReader, _parse_pair, load_align
+from prism_plugin.data.records import DatasetRowError, RowReader, load_align, parse_pair
 from prism_plugin.layout import layout_parts
 
 SKIP_REASONS = ("truncated", "invalid_layout")
@@ -106,7 +106,7 @@ def pair_row(record: Any, caption: str, cot: str) -> dict[str, Any]:
 def _accepted(row: dict[str, Any], out_file: Path, row_no: int) -> bool:
     """Whether ``row`` passes the checks :func:`load_pairs` applies (the output's contract)."""
     try:
-        _parse_pair(RowReader(out_file, row_no, row, out_file.parent))
+        parse_pair(RowReader(out_file, row_no, row, out_file.parent))
     except DatasetRowError:
         return False
     return True

@@ -229,7 +229,8 @@ def load_rows(path: str | Path, parse, skip_invalid: bool, media_dir: str | Path
     return report
 
 
-def _parse_pair(row: RowReader) -> PairRecord:
+def parse_pair(row: RowReader) -> PairRecord:
+    """One warm-up row as a :class:`PairRecord`; raises :class:`DatasetRowError` naming the bad field."""
     prompt, prompt_field = prompt_text(row)
     images = row.images("images", "image")
     prompt = row.check_markers(prompt, images, prompt_field)
@@ -243,7 +244,8 @@ def _parse_pair(row: RowReader) -> PairRecord:
     return PairRecord(prompt=prompt, images=images, teacher=teacher, student=student, row=row.row_no)
 
 
-def _parse_align(row: RowReader) -> AlignRecord:
+def parse_align(row: RowReader) -> AlignRecord:
+    """One alignment row as an :class:`AlignRecord`; raises :class:`DatasetRowError` naming the bad field."""
     prompt, prompt_field = prompt_text(row)
     images = row.images("images", "image")
     prompt = row.check_markers(prompt, images, prompt_field)
@@ -264,11 +266,11 @@ def load_pairs(path: str | Path, *, skip_invalid: bool = False, media_dir: str |
     """Warm-up pairs: ``prompt``/``question``, optional ``image(s)``, teacher/student caption + cot
     (two comparisons per row) or teacher/student response (one). Image paths are relative to
     ``media_dir`` (default: the file's folder)."""
-    return load_rows(path, _parse_pair, skip_invalid, media_dir)
+    return load_rows(path, parse_pair, skip_invalid, media_dir)
 
 
 def load_align(path: str | Path, *, skip_invalid: bool = False, media_dir: str | Path | None = None) -> LoadReport:
     """Alignment prompts: ``prompt`` (string with ``<image>`` markers or chat messages), ``images``,
     ``teacher_caption``, ``teacher_cot``, optional ``ground_truth`` / ``answer`` /
     ``reward_model.ground_truth``."""
-    return load_rows(path, _parse_align, skip_invalid, media_dir)
+    return load_rows(path, parse_align, skip_invalid, media_dir)
