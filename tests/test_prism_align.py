@@ -10,6 +10,13 @@ from safetensors.torch import load_file
 from tests.lf_runs import llamafactory_train
 
 
+def failure_excerpt(log: str) -> str:
+    """The lines that say why a run failed (any rank), then the log's tail."""
+    markers = ("Error", "error:", "terminate", "Traceback", "Aborted", "what()")
+    causes = [line for line in log.splitlines() if any(m in line for m in markers)]
+    return "\n".join(causes[:40]) + "\n...\n" + log[-3000:]
+
+
 def run_align(tmp_path: Path, tiny_dir: Path, policy: Path, disc: Path, env_extra: dict | None = None,
               **overrides) -> tuple[Path, list[dict]]:
     out = Path(overrides.pop("output_dir", tmp_path / "align"))
@@ -23,8 +30,10 @@ def run_align(tmp_path: Path, tiny_dir: Path, policy: Path, disc: Path, env_extr
     }
     config.update(overrides)
     proc = llamafactory_train(config, tmp_path, **(env_extra or {}))
-    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
-    (out / "run.log").write_text(proc.stdout + proc.stderr)
+    log = proc.stdout + proc.stderr
+    (tmp_path / "run.log").write_text(log)
+    assert proc.returncode == 0, failure_excerpt(log)
+    (out / "run.log").write_text(log)
     history = json.loads((out / "trainer_state.json").read_text())["log_history"]
     return out, [entry for entry in history if "policy/skipped" in entry]
 

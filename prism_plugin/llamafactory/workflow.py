@@ -25,3 +25,13 @@ def run_prism_stage(config: dict[str, Any]) -> None:
         run_prism_align(model_args, data_args, training_args, finetuning_args, generating_args, callbacks)
     else:
         raise ValueError(f"unknown PRISM stage {stage!r}")
+    release_process_group()
+
+
+def release_process_group() -> None:
+    """Destroy the distributed process group as LLaMA-Factory does after its own stages: a rank that exits
+    with a live gloo/NCCL group can abort in the group's destructor while its peers are still saving."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
