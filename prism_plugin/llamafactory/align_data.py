@@ -16,6 +16,7 @@ import torch
 
 from prism_plugin.data.records import AlignRecord, DatasetRowError, LoadReport, load_align
 from prism_plugin.discriminator.scoring import PromptInputs
+from prism_plugin.llamafactory.align_rewards import segment_texts
 from prism_plugin.llamafactory.pairs import PairEncoder, encode_files
 
 
@@ -25,7 +26,7 @@ class AlignItem:
 
     prompt_ids: list[int]
     mm_inputs: dict[str, torch.Tensor]
-    disc_prompt: PromptInputs
+    disc_prompt: PromptInputs | None  # None without a discriminator
     teacher: dict[str, list[int]]
     ground_truth: str | None
     row: int
@@ -37,10 +38,13 @@ class AlignEncoder:
     """Encodes :class:`AlignRecord` rows; a prompt that leaves no room for ``max_new_tokens`` is an error."""
 
     def __init__(
-        self, template: Any, tokenizer: Any, processor: Any, pairs: PairEncoder, cutoff_len: int, max_new_tokens: int
+        self, template: Any, tokenizer: Any, processor: Any, pairs: PairEncoder | None, cutoff_len: int,
+        max_new_tokens: int, require_ground_truth: bool = False,
     ) -> None:
+        """``pairs`` is None when no discriminator scores the rollouts (``prism_reward`` is a rule)."""
         self.template, self.tokenizer, self.processor = template, tokenizer, processor
         self.pairs, self.cutoff_len, self.max_new_tokens = pairs, cutoff_len, max_new_tokens
+        self.require_ground_truth = require_ground_truth
 
     def policy_prompt(self, record: AlignRecord) -> tuple[list[int], dict[str, torch.Tensor]]:
         """Prompt ids and multimodal inputs rendered by the LLaMA-Factory template, as in SFT."""
@@ -64,6 +68,15 @@ class AlignEncoder:
                 f"{len(prompt_ids)} prompt tokens + prism_max_new_tokens {self.max_new_tokens} exceed "
                 f"cutoff_len {self.cutoff_len}",
             )
+        if self.require_ground_truth and not record.ground_truth:
+            raise DatasetRowError(path, record.row, "ground_truth", "prism_reward: verifiable needs a ground truth")
+        if self.pairs is None:
+            try:
+                teacher_text = segment_texts(record.teacher.response)
+            except ValueError as exc:
+                raise DatasetRowError(path, record.row, "teacher_caption", f"teacher {exc}") from None
+            return AlignItem(prompt_ids, mm_inputs, None, {}, record.ground_truth, record.row, path,
+                             {"teacher_text": teacher_text})
         disc_prompt = self.pairs.scorer.render_prompt(record.prompt, list(record.images) or None)
         try:
             teacher = self.pairs.segment_ids(record.teacher, "teacher")

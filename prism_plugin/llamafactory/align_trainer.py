@@ -23,6 +23,7 @@ from prism_plugin.discriminator.scoring import SegmentQuery, score
 from prism_plugin.format import split_segments
 from prism_plugin.generation import completion_mask, end_of_turn_id, vision_suppress_ids
 from prism_plugin.llamafactory.align_data import AlignItem
+from prism_plugin.llamafactory.align_rewards import RuleScorer
 from prism_plugin.llamafactory.metrics import MetricsLogMixin
 from prism_plugin.llamafactory.pairs import collate_rows
 from prism_plugin.losses import discriminator_loss, get_policy_loss
@@ -72,15 +73,19 @@ class PrismAlignTrainer(MetricsLogMixin, Trainer):
     def __init__(
         self,
         *args: Any,
-        discriminator: torch.nn.Module,
+        discriminator: torch.nn.Module | None,
         disc_optimizer: torch.optim.Optimizer | None,
         disc_tokenizer: Any,
         settings: AlignSettings,
         same_vocab: bool,
+        rule_scorer: RuleScorer | None = None,
         **kwargs: Any,
     ) -> None:
+        """Scores come from ``discriminator``, or from ``rule_scorer`` when one is given (then
+        ``discriminator`` is None and nothing but the policy trains)."""
         super().__init__(*args, **kwargs)
         self.discriminator = discriminator
+        self.rule_scorer = rule_scorer
         self.disc_optimizer = disc_optimizer
         self.disc_tokenizer = disc_tokenizer
         self.settings = settings
@@ -180,27 +185,35 @@ class PrismAlignTrainer(MetricsLogMixin, Trainer):
             rollouts.append((item, completions, mask, mm))
             groups_valid.append(split.valid)
             texts += split.texts
+            if self.rule_scorer is not None:
+                continue
             for row in range(G):
                 seg = (self._disc_segments(completions[row].cpu(), split, row, split.texts[row])
                        if split.valid[row] else {})
                 students.append(seg if seg and all(len(v) for v in seg.values()) else {})
-        valid = torch.cat(groups_valid) & torch.tensor([bool(s) for s in students])
         group_index = torch.arange(len(items)).repeat_interleave(G)
-
-        scores = self._score(items, students, valid)
+        if self.rule_scorer is None:
+            valid = torch.cat(groups_valid) & torch.tensor([bool(s) for s in students])
+            scores = self._score(items, students, valid)
+        else:
+            valid = torch.cat(groups_valid)
+            scores = self.rule_scorer(texts, valid, [item.extra.get("teacher_text") for item in items],
+                                      [item.ground_truth for item in items], G)
+            if not self.rule_scorer.gated:  # the reward applies its own format gate to every rollout
+                valid = torch.ones_like(valid)
         advantages = segment_advantage(
             {s: scores[s] for s in self.segments}, self.settings.segment_weights, valid, group_index,
             format_penalty=self.settings.format_penalty,
         )
         finite = bool(torch.isfinite(advantages).all()) and all(
-            bool(torch.isfinite(scores[f"teacher_{s}"]).all()) for s in self.segments
+            bool(torch.isfinite(scores[f"teacher_{s}"]).all()) for s in self.segments if f"teacher_{s}" in scores
         )
         if not finite:  # a broken scorer must not steer the policy: this batch trains nothing
             self.nonfinite_skips["scores"] += 1
             logger.warning("prism_align: non-finite discriminator scores; skipping this batch's updates")
             advantages = torch.full_like(advantages, float("nan"))
         self._rollout_batches += 1
-        update_now = self.settings.update_discriminator and finite and (
+        update_now = self.discriminator is not None and self.settings.update_discriminator and finite and (
             (self._rollout_batches - 1) % self.settings.disc_update_every == 0
         )
         disc_metrics = self._update_discriminator(items, students, valid) if update_now else {}
@@ -372,10 +385,13 @@ class PrismAlignTrainer(MetricsLogMixin, Trainer):
                    "advantage_mean": float(advantages.mean()), "advantage_std": float(advantages.std())}
         for name in self.segments:
             student = scores[name][valid]
+            if len(student):
+                metrics[f"{name}/student_score"] = float(student.mean())
+            if f"teacher_{name}" not in scores:  # a rule scorer scores the rollouts only
+                continue
             teacher = scores[f"teacher_{name}"]
             metrics[f"{name}/teacher_score"] = float(teacher.mean())
             if len(student):
-                metrics[f"{name}/student_score"] = float(student.mean())
                 teacher_per_rollout = teacher.repeat_interleave(G)[valid]
                 metrics[f"{name}/score_gap"] = float((teacher_per_rollout - student).mean())
         golds = [item.ground_truth for item in items]
@@ -390,7 +406,7 @@ class PrismAlignTrainer(MetricsLogMixin, Trainer):
         """Save the policy (Trainer) and the discriminator with its processor and optimiser state under
         ``output_dir/discriminator`` — in checkpoints too, so ``resume_from_checkpoint`` restores both."""
         super().save_model(output_dir, _internal_call)
-        if self.is_world_process_zero():
+        if self.discriminator is not None and self.is_world_process_zero():
             import os
 
             target = os.path.join(output_dir or self.args.output_dir, DISCRIMINATOR_DIR)

@@ -11,17 +11,18 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from prism_plugin.llamafactory.align_rewards import DISCRIMINATOR, VERIFIABLE, RuleScorer
 from prism_plugin.llamafactory.pairs import PairEncoder, resolve_dataset_files
 
 PLOT_KEYS = ["loss", "valid_ratio", "reward", "disc/loss", "disc/accuracy", "caption/score_gap",
              "reasoning/score_gap", "response/score_gap", "response_length"]
 
 
-def _settings(finetuning_args: Any) -> Any:
+def _settings(finetuning_args: Any, verifiable: bool) -> Any:
     from prism_plugin.llamafactory.align_trainer import AlignSettings
 
     return AlignSettings(
-        segment_weights=finetuning_args.segment_weights,
+        segment_weights={"response": 1.0} if verifiable else finetuning_args.segment_weights,
         num_generations=finetuning_args.prism_num_generations,
         max_new_tokens=finetuning_args.prism_max_new_tokens,
         temperature=finetuning_args.prism_temperature,
@@ -29,7 +30,8 @@ def _settings(finetuning_args: Any) -> Any:
         score_clip=finetuning_args.prism_score_clip,
         score_reg_coef=finetuning_args.prism_score_reg_coef,
         router_aux_coef=finetuning_args.prism_router_aux_coef,
-        update_discriminator=finetuning_args.prism_update_discriminator,
+        update_discriminator=(finetuning_args.prism_update_discriminator
+                              and finetuning_args.prism_reward == DISCRIMINATOR),
         disc_update_every=finetuning_args.prism_disc_update_every,
         disc_max_grad_norm=finetuning_args.prism_disc_max_grad_norm,
         policy_loss=finetuning_args.prism_policy_loss,
@@ -70,22 +72,29 @@ def run_prism_align(
     from prism_plugin.llamafactory.disc_workflow import load_discriminator, train_and_save
 
     logger = logging.get_logger(f"llamafactory.{__name__}")  # under LLaMA-Factory's configured root logger
-    if not finetuning_args.prism_discriminator:
+    reward = finetuning_args.prism_reward
+    use_discriminator = reward == DISCRIMINATOR
+    if use_discriminator and not finetuning_args.prism_discriminator:
         raise ValueError("stage prism_align needs `prism_discriminator: DIR` (a prism_disc output or upcycled model)")
+    segments = list(finetuning_args.prism_segments)
+    rule_scorer = None if use_discriminator else RuleScorer(reward, segments)
     tokenizer_module = load_tokenizer(model_args)
     tokenizer, processor = tokenizer_module["tokenizer"], tokenizer_module["processor"]
     template = get_template_and_fix_tokenizer(tokenizer, data_args)
     checkpoint = _resume_dir(training_args)
-    disc_path = finetuning_args.prism_discriminator
-    if checkpoint and (Path(checkpoint) / DISCRIMINATOR_DIR / "config.json").is_file():
-        disc_path = str(Path(checkpoint) / DISCRIMINATOR_DIR)
-        logger.info_rank0(f"prism_align: resuming the discriminator from {disc_path}")
-    discriminator = load_discriminator(disc_path)
-    scorer = TextScorer(discriminator)
-    segments = list(finetuning_args.prism_segments)
-    pair_encoder = PairEncoder(scorer, segments, data_args.cutoff_len)
+    discriminator = scorer = pair_encoder = None
+    if use_discriminator:
+        disc_path = finetuning_args.prism_discriminator
+        if checkpoint and (Path(checkpoint) / DISCRIMINATOR_DIR / "config.json").is_file():
+            disc_path = str(Path(checkpoint) / DISCRIMINATOR_DIR)
+            logger.info_rank0(f"prism_align: resuming the discriminator from {disc_path}")
+        discriminator = load_discriminator(disc_path)
+        scorer = TextScorer(discriminator)
+        pair_encoder = PairEncoder(scorer, segments, data_args.cutoff_len)
+    elif finetuning_args.prism_discriminator:
+        logger.warning_rank0(f"prism_reward is {reward!r}: prism_discriminator is not used")
     encoder = AlignEncoder(template, tokenizer, processor, pair_encoder, data_args.cutoff_len,
-                           finetuning_args.prism_max_new_tokens)
+                           finetuning_args.prism_max_new_tokens, require_ground_truth=reward == VERIFIABLE)
     files = resolve_dataset_files(list(data_args.dataset or []), data_args.dataset_dir)
     items, reports = encode_align(files, encoder, finetuning_args.prism_skip_invalid_rows,
                                   getattr(data_args, "media_dir", None))
@@ -93,20 +102,21 @@ def run_prism_align(
         logger.info_rank0(report.summary())
 
     model = load_model(tokenizer, model_args, finetuning_args, training_args.do_train)
-    discriminator.to(training_args.device)
     disc_optimizer = None
-    if finetuning_args.prism_update_discriminator:
+    if discriminator is not None:
+        discriminator.to(training_args.device)
+    if discriminator is not None and finetuning_args.prism_update_discriminator:
         disc_optimizer = torch.optim.AdamW(
             [p for p in discriminator.parameters() if p.requires_grad],
             lr=finetuning_args.prism_disc_learning_rate, weight_decay=finetuning_args.prism_disc_weight_decay,
         )
-    same_vocab = _same_vocab(tokenizer, scorer.tokenizer)
+    same_vocab = scorer is None or _same_vocab(tokenizer, scorer.tokenizer)
     if not same_vocab:
         logger.warning_rank0("policy and discriminator tokenizers differ: rollouts are re-tokenised for scoring")
-    settings = _settings(finetuning_args)
+    settings = _settings(finetuning_args, reward == VERIFIABLE)
     logger.info_rank0(
-        f"prism_align: {len(items)} prompts, G={settings.num_generations}, segments {settings.segment_weights}, "
-        f"policy loss {settings.policy_loss} × {settings.policy_epochs} epoch(s)"
+        f"prism_align: {len(items)} prompts, reward {reward}, G={settings.num_generations}, "
+        f"segments {settings.segment_weights}, policy loss {settings.policy_loss} × {settings.policy_epochs} epoch(s)"
     )
     training_args.remove_unused_columns = False
     trainer = PrismAlignTrainer(
@@ -118,11 +128,12 @@ def run_prism_align(
         callbacks=callbacks,
         discriminator=discriminator,
         disc_optimizer=disc_optimizer,
-        disc_tokenizer=scorer.tokenizer,
+        disc_tokenizer=scorer.tokenizer if scorer is not None else None,
         settings=settings,
         same_vocab=same_vocab,
+        rule_scorer=rule_scorer,
     )
-    trainer.disc_processor = scorer.processor
+    trainer.disc_processor = scorer.processor if scorer is not None else None
     if checkpoint and trainer.load_discriminator_state(checkpoint):
         logger.info_rank0(f"prism_align: discriminator optimiser state restored from {checkpoint}")
     train_and_save(trainer, training_args, finetuning_args, reports, PLOT_KEYS)

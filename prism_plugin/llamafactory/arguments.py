@@ -36,6 +36,11 @@ class PrismArguments:
     prism_discriminator: str | None = field(
         default=None, metadata={"help": "prism_align: path of the (warmed-up) PRISM discriminator."}
     )
+    prism_reward: str = field(
+        default="discriminator",
+        metadata={"help": "prism_align: what scores rollouts — discriminator (PRISM), verifiable (the rule-based "
+                          "answer reward on the whole response: GRPO/RLVR) or FILE.py:FUNCTION (per-segment scores)."},
+    )
     prism_num_generations: int = field(default=16, metadata={"help": "prism_align: rollouts per prompt (G)."})
     prism_max_new_tokens: int = field(default=6144, metadata={"help": "prism_align: rollout length limit."})
     prism_temperature: float = field(default=1.0, metadata={"help": "prism_align: sampling temperature."})
@@ -94,6 +99,9 @@ class PrismArguments:
         counts = {name: getattr(self, name) for name in COUNT_KEYS}
         if min(counts.values()) < 1:
             raise ValueError(f"these keys must be >= 1: {', '.join(f'{k}={v}' for k, v in counts.items() if v < 1)}")
+        reward = self.prism_reward
+        if reward not in ("discriminator", "verifiable") and not (".py:" in reward and not reward.endswith(":")):
+            raise ValueError(f"prism_reward must be discriminator, verifiable or FILE.py:FUNCTION; got {reward!r}")
         if self.prism_drift_monitor and not self.prism_drift_data:
             raise ValueError("prism_drift_monitor needs prism_drift_data (held-out prompts with teacher segments)")
         parent_post_init = getattr(super(), "__post_init__", None)

@@ -1,0 +1,109 @@
+"""``prism_reward``: the verifiable reward (GRPO) and user segment scorers in place of the discriminator."""
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from prism_plugin.llamafactory.align_rewards import RuleScorer, load_score_function, segment_texts
+from prism_plugin.rewards import compute_score
+from tests.test_prism_align import run_align
+
+GOOD = "<caption> red 3 blue 2 </caption>\n<think> red 3 + blue 2 = 5 </think>\n<answer> 5 </answer>"
+WRONG = "<caption> red 1 blue 2 </caption>\n<think> red 1 + blue 2 = 3 </think>\n<answer> 3 </answer>"
+BROKEN = "<caption> red 3 </caption> 5"
+
+SCORER_FILE = '''
+def caption_exact(rollouts, teacher, ground_truths):
+    """1 when a rollout's caption equals its teacher's; reasoning: 1 when the answer is the ground truth."""
+    return {
+        "caption": [float(r.split() == t.split()) for r, t in zip(rollouts["caption"], teacher["caption"])],
+        "reasoning": [float(f"<answer> {g} </answer>" in r) for r, g in zip(rollouts["reasoning"], ground_truths)],
+    }
+
+def wrong_length(rollouts, teacher, ground_truths):
+    return {"caption": [1.0], "reasoning": [1.0]}
+'''
+
+
+def test_segment_texts_splits_the_layout_and_rejects_other_text():
+    parts = segment_texts(GOOD)
+    assert parts["caption"] == "<caption> red 3 blue 2 </caption>"
+    assert parts["reasoning"] == "<think> red 3 + blue 2 = 5 </think>\n<answer> 5 </answer>"
+    assert parts["response"] == GOOD
+    with pytest.raises(ValueError, match="layout"):
+        segment_texts(BROKEN)
+
+
+def test_verifiable_reward_is_compute_score_on_every_rollout():
+    scorer = RuleScorer("verifiable", ["caption", "reasoning"])
+    assert scorer.segments == ["response"] and not scorer.gated
+    texts = [GOOD, WRONG, BROKEN, GOOD]
+    scores = scorer(texts, torch.tensor([True, True, False, True]), [None, None], ["5", "3"], group_size=2)
+    expected = [compute_score(t, g)["overall"] for t, g in zip(texts, ["5", "5", "3", "3"], strict=True)]
+    assert scores["response"].tolist() == pytest.approx(expected)
+    assert expected == pytest.approx([1.0, 0.2, 0.0, 0.2])  # right, wrong answer in format, broken, wrong
+
+
+def test_function_scorer_scores_valid_rollouts_against_their_own_teacher(tmp_path):
+    (tmp_path / "scorers.py").write_text(SCORER_FILE)
+    scorer = RuleScorer(f"{tmp_path / 'scorers.py'}:caption_exact", ["caption", "reasoning"])
+    assert scorer.gated
+    teachers = [segment_texts(GOOD), segment_texts(WRONG)]
+    texts = [GOOD, WRONG, BROKEN, WRONG]
+    scores = scorer(texts, torch.tensor([True, True, False, True]), teachers, ["5", "3"], group_size=2)
+    assert scores["caption"][[0, 1, 3]].tolist() == [1.0, 0.0, 1.0]
+    assert scores["reasoning"][[0, 1, 3]].tolist() == [1.0, 0.0, 1.0]
+    assert math.isnan(scores["caption"][2]) and math.isnan(scores["reasoning"][2])
+
+
+def test_function_scorer_errors_name_the_problem(tmp_path):
+    (tmp_path / "scorers.py").write_text(SCORER_FILE)
+    scorer = RuleScorer(f"{tmp_path / 'scorers.py'}:wrong_length", ["caption", "reasoning"])
+    teachers = [segment_texts(GOOD)]
+    with pytest.raises(ValueError, match="expected 2 'caption' scores, got 1"):
+        scorer([GOOD, GOOD], torch.tensor([True, True]), teachers, ["5"], group_size=2)
+    with pytest.raises(AttributeError, match="no function 'missing'"):
+        load_score_function(f"{tmp_path / 'scorers.py'}:missing")
+    with pytest.raises(FileNotFoundError, match="nope.py"):
+        load_score_function(f"{tmp_path / 'nope.py'}:f")
+    with pytest.raises(ValueError, match="FILE.py:FUNCTION"):
+        load_score_function("scorers:f")
+
+
+def test_prism_reward_key_is_validated():
+    from prism_plugin.llamafactory.arguments import PrismArguments
+
+    with pytest.raises(ValueError, match="prism_reward must be"):
+        PrismArguments(prism_reward="oracle")
+    assert PrismArguments(prism_reward="my_scorer.py:score").prism_reward == "my_scorer.py:score"
+
+
+def test_verifiable_reward_run_trains_the_policy_without_a_discriminator(tmp_path, tiny_dir, tiny_sft_run):
+    policy = tiny_sft_run[0]
+    out, steps = run_align(tmp_path, tiny_dir, policy, Path("unused"), prism_discriminator=None,
+                           prism_reward="verifiable", max_steps=2)
+    assert len(steps) == 2 and all("reward" in s and "response/student_score" in s for s in steps)
+    for step in steps:  # the advantage is the group-normalised reward: mean 0 in every group
+        assert step["advantage_mean"] == pytest.approx(0.0, abs=1e-5)
+        assert step["response/student_score"] == pytest.approx(step["reward"])
+        assert "disc/loss" not in step and "caption/teacher_score" not in step
+    assert not (out / "discriminator").exists()
+    before, after = load_file(str(policy / "model.safetensors")), load_file(str(out / "model.safetensors"))
+    assert any(not torch.equal(before[k], after[k]) for k in before)
+    assert "reward verifiable" in (out / "run.log").read_text()
+
+
+def test_function_scorer_run_logs_per_segment_scores(tmp_path, tiny_dir, tiny_sft_run):
+    (tmp_path / "scorers.py").write_text(SCORER_FILE)
+    out, steps = run_align(tmp_path, tiny_dir, tiny_sft_run[0], Path("unused"), prism_discriminator=None,
+                           prism_reward=f"{tmp_path / 'scorers.py'}:caption_exact", max_steps=2)
+    valid_steps = [s for s in steps if s["valid_ratio"] > 0]
+    assert valid_steps, "the SFT policy should produce some layout-valid rollouts"
+    for step in valid_steps:
+        assert 0.0 <= step["caption/student_score"] <= 1.0 and 0.0 <= step["reasoning/student_score"] <= 1.0
+    state = json.loads((out / "trainer_state.json").read_text())
+    assert state["global_step"] == 2
