@@ -1,6 +1,7 @@
 """Stage prism_align: the alignment game as a real LLaMA-Factory run from the tiny SFT policy."""
 
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -179,3 +180,85 @@ def test_discriminator_loss_with_shared_teacher_rows_equals_per_pair_rows(tiny_d
     assert loss.item() == pytest.approx(ref.item(), abs=1e-5)
     assert metrics["caption/accuracy"] == ref_metrics["caption/accuracy"]
     assert metrics["num_pairs"] == 4
+
+
+
+# Loaded as ``sitecustomize`` in the run's processes: records every PeftModelForCausalLM.generate call
+# (the wrapper's class, whether its LoRA layers are active and their B matrices trained, what is trainable).
+GENERATE_PROBE = """
+import json, os, sys
+
+class _Finder:
+    def find_spec(self, fullname, path=None, target=None):
+        if fullname != "peft.peft_model":
+            return None
+        for finder in sys.meta_path:
+            if finder is not self and hasattr(finder, "find_spec"):
+                spec = finder.find_spec(fullname, path, target)
+                if spec is not None:
+                    run = spec.loader.exec_module
+
+                    def exec_module(module, run=run):
+                        run(module)
+                        cls = module.PeftModelForCausalLM
+                        generate = cls.generate
+
+                        def probed(self, *args, **kwargs):
+                            from peft.tuners.tuners_utils import BaseTunerLayer
+
+                            layers = [m for m in self.modules() if isinstance(m, BaseTunerLayer)]
+                            trained = any(p.abs().max() > 0 for n, p in self.named_parameters() if "lora_B" in n)
+                            trainable = [n for n, p in self.named_parameters() if p.requires_grad]
+                            with open(os.environ["PRISM_GENERATE_PROBE"], "a") as f:
+                                f.write(json.dumps({"wrapper": type(self).__name__, "lora_layers": len(layers),
+                                                    "enabled": not any(m.disable_adapters for m in layers),
+                                                    "trained": bool(trained), "trainable": trainable}) + "\\n")
+                            return generate(self, *args, **kwargs)
+
+                        cls.generate = probed
+
+                    spec.loader.exec_module = exec_module
+                    return spec
+        return None
+
+sys.meta_path.insert(0, _Finder())
+"""
+
+
+def test_align_with_a_lora_policy(tmp_path, tiny_dir, tiny_sft_run, tiny_discriminator_dir):
+    from transformers import AutoModel
+
+    import prism_plugin.discriminator  # noqa: F401
+
+    probe_dir, calls = tmp_path / "probe", tmp_path / "generate_calls.jsonl"
+    probe_dir.mkdir()
+    (probe_dir / "sitecustomize.py").write_text(GENERATE_PROBE)
+    env = {"PYTHONPATH": os.pathsep.join(filter(None, [str(probe_dir), os.environ.get("PYTHONPATH")])),
+           "PRISM_GENERATE_PROBE": str(calls)}
+    out, steps = run_align(tmp_path, tiny_dir, tiny_sft_run[0], tiny_discriminator_dir, env_extra=env,
+                           finetuning_type="lora", lora_target="all", lora_rank=4, learning_rate=1e-2,
+                           prism_policy_epochs=2, max_steps=3)
+    assert "Fine-tuning method: LoRA" in (out / "run.log").read_text()
+    # one generate call per fresh batch (steps 1 and 3), through the PEFT wrapper with its LoRA layers on;
+    # the second one samples from the adapter trained by steps 1 and 2
+    generated = [json.loads(line) for line in calls.read_text().splitlines()]
+    assert [g["wrapper"] for g in generated] == ["PeftModelForCausalLM"] * 2
+    assert all(g["lora_layers"] > 0 and g["enabled"] for g in generated)
+    assert [g["trained"] for g in generated] == [False, True]
+    assert all(g["trainable"] and all(".lora_A." in n or ".lora_B." in n for n in g["trainable"]) for g in generated)
+    assert len(steps) == 3 and all(s["policy/skipped"] == 0.0 for s in steps)
+    fresh = [steps[0], steps[2]]
+    assert all("valid_ratio" in s for s in fresh) and any(s["valid_ratio"] > 0 for s in fresh)
+    # step 2 reuses step 1's rollouts: their old log-probs came from the adapter before its first update
+    assert steps[1]["policy/ratio_max"] > 1.0 or steps[1]["policy/ratio_min"] < 1.0
+    # the adapter is what the run saves, not the full policy
+    assert (out / "adapter_model.safetensors").is_file() and (out / "adapter_config.json").is_file()
+    assert not (out / "model.safetensors").exists()
+    adapter = load_file(str(out / "adapter_model.safetensors"))
+    assert adapter and all("lora_A" in k or "lora_B" in k for k in adapter)
+    lora_b = [v for k, v in adapter.items() if "lora_B" in k]
+    assert lora_b and any(v.abs().max() > 0 for v in lora_b)  # B starts at zero: the adapter was trained
+    assert all(torch.isfinite(v).all() for v in adapter.values())
+    disc_before = AutoModel.from_pretrained(tiny_discriminator_dir)
+    disc_after = AutoModel.from_pretrained(out / "discriminator")
+    assert any(not torch.equal(a, b) for a, b in zip(disc_before.parameters(), disc_after.parameters(), strict=True))
