@@ -16,7 +16,15 @@ GOOD = "<caption> red 3 blue 2 </caption>\n<think> red 3 + blue 2 = 5 </think>\n
 WRONG = "<caption> red 1 blue 2 </caption>\n<think> red 1 + blue 2 = 3 </think>\n<answer> 3 </answer>"
 BROKEN = "<caption> red 3 </caption> 5"
 
-SCORER_FILE = '''
+SCORER_FILE = '''from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass
+class Tally:  # a module-level dataclass needs its module registered while the file loads
+    hits: int = 0
+
 def caption_exact(rollouts, teacher, ground_truths):
     """1 when a rollout's caption equals its teacher's; reasoning: 1 when the answer is the ground truth."""
     return {

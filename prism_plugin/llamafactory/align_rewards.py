@@ -10,6 +10,7 @@
 from __future__ import annotations
 
 import importlib.util
+import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -41,8 +42,10 @@ def load_score_function(spec: str) -> ScoreFunction:
     file = Path(path).expanduser()
     if not file.is_file():
         raise FileNotFoundError(f"prism_reward: no such file {file}")
-    module_spec = importlib.util.spec_from_file_location(f"prism_reward_{file.stem}", file)
+    module_name = f"prism_reward_{file.stem}"
+    module_spec = importlib.util.spec_from_file_location(module_name, file)
     module = importlib.util.module_from_spec(module_spec)
+    sys.modules[module_name] = module  # dataclasses and pickling look their module up by name
     module_spec.loader.exec_module(module)
     function = getattr(module, name, None)
     if not callable(function):
