@@ -78,7 +78,7 @@ def align_config(model: str, tiny: Path, out: Path, seed: int, args: argparse.Na
               "prism_max_new_tokens": args.max_new_tokens, "per_device_train_batch_size": args.prompts,
               "learning_rate": args.policy_lr, "lr_scheduler_type": "constant", "max_steps": steps,
               "save_strategy": "steps", "save_steps": save_every, "save_only_model": True,
-              "prism_disc_learning_rate": args.disc_lr}
+              "prism_disc_learning_rate": args.disc_lr, "logging_steps": 1}
     if disc:
         config["prism_discriminator"] = disc
     return config
