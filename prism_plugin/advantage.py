@@ -20,11 +20,13 @@ def _group_ids(group_index: torch.Tensor | list) -> tuple[torch.Tensor, int]:
 
 
 def group_normalize(
-    values: torch.Tensor, group_index: torch.Tensor | list, eps: float = 1e-6
+    values: torch.Tensor, group_index: torch.Tensor | list, eps: float = 1e-6, scale: bool = True
 ) -> torch.Tensor:
     """``(z − mean_g z) / (std_g z + eps)`` per group, unbiased std; a group of one uses mean 0, std 1.
 
     ``group_index`` holds any hashable-as-tensor group ids (one per sample), like verl's ``index``.
+    ``scale=False`` only centres (``z − mean_g z``, Dr. GRPO): score differences keep their size
+    instead of being blown up to unit variance when a group's scores barely differ.
     """
     values = values.float()
     groups, num_groups = _group_ids(group_index)
@@ -36,7 +38,8 @@ def group_normalize(
     singleton = counts == 1
     means = torch.where(singleton, torch.zeros_like(means), means)
     stds = torch.where(singleton, torch.ones_like(stds), stds)
-    return (values - means[groups]) / (stds[groups] + eps)
+    centred = values - means[groups]
+    return centred / (stds[groups] + eps) if scale else centred
 
 
 def fill_invalid_scores(
@@ -60,11 +63,13 @@ def segment_advantage(
     group_index: torch.Tensor | list,
     format_penalty: float = 1.5,
     eps: float = 1e-6,
+    scale: bool = True,
 ) -> torch.Tensor:
     """Per-rollout advantage ``Σ_s w_s·GN(s̃)_i − λ·F_i``; a group with no valid member gets ``−λ``.
 
     ``scores`` and ``weights`` share their segment names; ``valid`` is a bool tensor (B,).
-    Scores of invalid rollouts are ignored (they may be anything, NaN included).
+    Scores of invalid rollouts are ignored (they may be anything, NaN included). ``scale=False``
+    centres each segment's scores per group without dividing by their std (see :func:`group_normalize`).
     """
     if set(scores) != set(weights):
         raise ValueError(
@@ -77,7 +82,7 @@ def segment_advantage(
     advantage = torch.zeros(valid.shape[0], dtype=torch.float32)
     for name, weight in weights.items():
         filled = fill_invalid_scores(scores[name], valid, groups)
-        advantage = advantage + weight * group_normalize(filled, groups, eps=eps)
+        advantage = advantage + weight * group_normalize(filled, groups, eps=eps, scale=scale)
     advantage = advantage - format_penalty * (~valid).float()
     valid_per_group = torch.zeros(num_groups, dtype=torch.long).index_add_(0, groups, valid.long())
     all_invalid = valid_per_group[groups] == 0

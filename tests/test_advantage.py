@@ -89,3 +89,20 @@ def test_singleton_valid_group_uses_raw_scores():
 def test_mismatched_segment_names_are_rejected():
     with pytest.raises(ValueError, match="same segments"):
         segment_advantage({"caption": torch.zeros(2)}, {"reasoning": 1.0}, torch.ones(2, dtype=torch.bool), [0, 0])
+
+
+def test_unscaled_advantages_only_centre_each_group():
+    # near-equal scores stay near zero instead of being stretched to unit variance
+    values = torch.tensor([0.50, 0.51, 0.49, 3.0, 1.0])
+    close(group_normalize(values, [0, 0, 0, 1, 1], scale=False), [0.0, 0.01, -0.01, 1.0, -1.0])
+    stretched = group_normalize(values, [0, 0, 0, 1, 1])
+    assert abs(stretched[1].item()) > 0.99  # the scaled version: ±1 for a 0.01 difference
+
+
+def test_segment_advantage_without_scaling_hand_computed():
+    scores = {"caption": torch.tensor([1.0, 2.0, float("nan")]), "reasoning": torch.tensor([0.0, 0.4, 9.0])}
+    valid = torch.tensor([True, True, False])
+    # caption~ = [1, 2, 0] (invalid: group min - 1), mean 1 -> [0, 1, -1]
+    # reasoning~ = [0, 0.4, -1], mean -0.2 -> [0.2, 0.6, -0.8]
+    out = segment_advantage(scores, {"caption": 0.5, "reasoning": 0.5}, valid, [0, 0, 0], scale=False)
+    close(out, [0.1, 0.8, -0.9 - 1.5])

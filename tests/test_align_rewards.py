@@ -115,3 +115,17 @@ def test_function_scorer_run_logs_per_segment_scores(tmp_path, tiny_dir, tiny_sf
         assert 0.0 <= step["caption/student_score"] <= 1.0 and 0.0 <= step["reasoning/student_score"] <= 1.0
     state = json.loads((out / "trainer_state.json").read_text())
     assert state["global_step"] == 2
+
+
+def test_align_settings_carry_every_reward_and_advantage_key():
+    from prism_plugin.llamafactory.align_workflow import _settings
+    from prism_plugin.llamafactory.arguments import PrismArguments
+
+    args = PrismArguments(prism_scale_advantages=False, prism_reward="verifiable", prism_update_discriminator=True)
+    settings = _settings(args, verifiable=True)
+    assert settings.scale_advantages is False
+    assert settings.segment_weights == {"response": 1.0}  # GRPO: one whole-response reward
+    assert settings.update_discriminator is False  # nothing to update without a discriminator
+    default = _settings(PrismArguments(), verifiable=False)
+    assert default.scale_advantages is True and default.segment_weights == {"caption": 0.5, "reasoning": 0.5}
+    assert default.update_discriminator is True

@@ -43,6 +43,7 @@ class AlignSettings:
     max_new_tokens: int = 6144
     temperature: float = 1.0
     format_penalty: float = 1.5
+    scale_advantages: bool = True
     score_clip: float = 10.0
     score_reg_coef: float = 0.001
     router_aux_coef: float = 0.01
@@ -203,7 +204,7 @@ class PrismAlignTrainer(MetricsLogMixin, Trainer):
                 valid = torch.ones_like(valid)
         advantages = segment_advantage(
             {s: scores[s] for s in self.segments}, self.settings.segment_weights, valid, group_index,
-            format_penalty=self.settings.format_penalty,
+            format_penalty=self.settings.format_penalty, scale=self.settings.scale_advantages,
         )
         finite = bool(torch.isfinite(advantages).all()) and all(
             bool(torch.isfinite(scores[f"teacher_{s}"]).all()) for s in self.segments if f"teacher_{s}" in scores

@@ -27,6 +27,7 @@ def _settings(finetuning_args: Any, verifiable: bool) -> Any:
         max_new_tokens=finetuning_args.prism_max_new_tokens,
         temperature=finetuning_args.prism_temperature,
         format_penalty=finetuning_args.prism_format_penalty,
+        scale_advantages=finetuning_args.prism_scale_advantages,
         score_clip=finetuning_args.prism_score_clip,
         score_reg_coef=finetuning_args.prism_score_reg_coef,
         router_aux_coef=finetuning_args.prism_router_aux_coef,

@@ -47,6 +47,11 @@ class PrismArguments:
     prism_format_penalty: float = field(
         default=1.5, metadata={"help": "prism_align: advantage penalty λ for a rollout outside the layout."}
     )
+    prism_scale_advantages: bool = field(
+        default=True,
+        metadata={"help": "prism_align: divide each segment's group-centred scores by the group's std (GRPO); "
+                          "false only centres them (Dr. GRPO), so near-equal scores give near-zero advantages."},
+    )
     prism_score_clip: float = field(default=10.0, metadata={"help": "prism_align: clip discriminator scores to ±this."})
     prism_disc_learning_rate: float = field(
         default=1e-6, metadata={"help": "prism_align: discriminator AdamW learning rate (constant)."}
