@@ -1,0 +1,34 @@
+"""The efficacy study's task metrics and oracle scorer (benchmarks/efficacy/task.py)."""
+
+import pytest
+
+from benchmarks.efficacy.task import caption_counts, oracle_scores, reasoning_consistent
+
+TEACHER_CAPTION = "<caption> red 3 green 0 blue 2 yellow 1 </caption>"
+
+
+def test_caption_counts_reads_every_colour():
+    assert caption_counts(TEACHER_CAPTION) == {"red": 3, "green": 0, "blue": 2, "yellow": 1}
+
+
+@pytest.mark.parametrize(("caption", "reasoning", "expected"), [
+    (TEACHER_CAPTION, "<think> red 3 + blue 2 = 5 </think><answer> 5 </answer>", True),
+    # wrong caption, but the sum follows it: consistent (perception error, not reasoning error)
+    ("<caption> red 1 green 0 blue 2 yellow 1 </caption>", "<think> red 1 + blue 2 = 3 </think><answer> 3 </answer>",
+     True),
+    (TEACHER_CAPTION, "<think> red 3 + blue 1 = 4 </think><answer> 4 </answer>", False),  # count not from caption
+    (TEACHER_CAPTION, "<think> red 3 + blue 2 = 6 </think><answer> 6 </answer>", False),  # bad arithmetic
+    (TEACHER_CAPTION, "<think> red 3 + blue 2 = 5 </think><answer> 4 </answer>", False),  # answer is not the total
+    (TEACHER_CAPTION, "<think> five </think><answer> 5 </answer>", False),
+])
+def test_reasoning_consistency(caption, reasoning, expected):
+    assert reasoning_consistent(caption, reasoning) is expected
+
+
+def test_oracle_scores_per_segment():
+    rollouts = {"caption": [TEACHER_CAPTION, "<caption> red 1 green 0 blue 2 yellow 2 </caption>"],
+                "reasoning": ["<think> red 3 + blue 2 = 5 </think>\n<answer> 5 </answer>",
+                              "<think> red 1 + blue 2 = 4 </think>\n<answer> 4 </answer>"]}
+    teacher = {"caption": [TEACHER_CAPTION] * 2, "reasoning": ["unused"] * 2}
+    scores = oracle_scores(rollouts, teacher, ["5", "5"])
+    assert scores == {"caption": [1.0, 0.5], "reasoning": [1.0, 0.0]}
