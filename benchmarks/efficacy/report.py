@@ -72,10 +72,16 @@ def paired_table(results: list[dict]) -> list[str]:
         low, high = bootstrap_ci(diffs)
         lines.append(f"| {LABELS[arm]} − {LABELS['grpo']} | " + ", ".join(f"{d:+.3f}" for d in diffs)
                      + f" | {sum(diffs) / len(diffs):+.3f} | [{low:+.3f}, {high:+.3f}] |")
-    diffs = [r["curves"]["prism"][str(final)]["accuracy"] - r["curves"]["sft"][str(final)]["accuracy"] for r in results]
-    low, high = bootstrap_ci(diffs)
-    lines.append(f"| {LABELS['prism']} − {LABELS['sft']} | " + ", ".join(f"{d:+.3f}" for d in diffs)
-                 + f" | {sum(diffs) / len(diffs):+.3f} | [{low:+.3f}, {high:+.3f}] |")
+    rows = [("prism", "sft", results, ""),
+            ("prism", "grpo", [r for r in results if r["gate"]["passed"]], " (gate-passed seeds only)")]
+    for arm, base, subset, note in rows:
+        if not subset:
+            lines.append(f"| {LABELS[arm]} − {LABELS[base]}{note} | no seed | — | — |")
+            continue
+        diffs = [r["curves"][arm][str(final)]["accuracy"] - r["curves"][base][str(final)]["accuracy"] for r in subset]
+        low, high = bootstrap_ci(diffs)
+        lines.append(f"| {LABELS[arm]} − {LABELS[base]}{note} | " + ", ".join(f"{d:+.3f}" for d in diffs)
+                     + f" | {sum(diffs) / len(diffs):+.3f} | [{low:+.3f}, {high:+.3f}] |")
     return lines
 
 
