@@ -51,8 +51,9 @@ def test_align_updates_policy_and_discriminator_and_logs_the_game(tmp_path, tiny
     assert len(steps) == 3
     fresh = [steps[0], steps[2]]  # with 2 policy epochs, steps 1 and 3 sample new rollouts; step 2 reuses them
     for key in ("valid_ratio", "response_length", "advantage_mean", "caption/teacher_score", "reasoning/teacher_score",
-                "reward", "disc/skipped"):
+                "reward", "disc/skipped", "disc/batch_accuracy", "policy/gated"):
         assert all(key in step for step in fresh) and key not in steps[1], key
+    assert all(step["policy/gated"] == 0.0 for step in fresh)  # prism_min_disc_accuracy defaults to 0: never
     assert all("policy/clip_frac" in step and "policy/ratio_mean" in step for step in steps)
     assert any(step["valid_ratio"] > 0 for step in fresh), "the SFT policy should produce some layout-valid rollouts"
     updated = [step for step in fresh if step["disc/skipped"] == 0.0]
@@ -291,6 +292,29 @@ def test_align_with_deepspeed_zero2_on_two_processes(tmp_path, tiny_dir, tiny_sf
     assert any(not torch.equal(before[k], after[k]) for k in before)
     assert all(torch.isfinite(v).all() for v in after.values())
     assert (out / "checkpoint-2" / "discriminator" / "prism_disc_state.pt").is_file()
+    disc_before = AutoModel.from_pretrained(tiny_discriminator_dir)
+    disc_after = AutoModel.from_pretrained(out / "discriminator")
+    assert any(not torch.equal(a, b) for a, b in zip(disc_before.parameters(), disc_after.parameters(), strict=True))
+
+
+def test_policy_updates_are_gated_on_discriminator_accuracy(tmp_path, tiny_dir, tiny_sft_run, tiny_discriminator_dir):
+    """prism_min_disc_accuracy: a batch on which the discriminator does not rank the teacher above enough fresh
+    rollouts trains the discriminator but not the policy."""
+    from transformers import AutoModel
+
+    import prism_plugin.discriminator  # noqa: F401
+
+    policy = tiny_sft_run[0]
+    out, _ = run_align(tmp_path, tiny_dir, policy, tiny_discriminator_dir, prism_min_disc_accuracy=1.0, max_steps=2)
+    history = json.loads((out / "trainer_state.json").read_text())["log_history"]
+    steps = [entry for entry in history if "valid_ratio" in entry]
+    assert len(steps) == 2
+    for step in steps:  # the untrained tiny discriminator is far from ranking every teacher first
+        assert 0.0 <= step["disc/batch_accuracy"] < 1.0 and step["policy/gated"] == 1.0
+        assert "policy/loss" not in step and step["disc/skipped"] == 0.0
+    before = load_file(str(policy / "model.safetensors"))
+    after = load_file(str(out / "model.safetensors"))
+    assert all(torch.equal(before[k], after[k]) for k in before), "a gated batch must not move the policy"
     disc_before = AutoModel.from_pretrained(tiny_discriminator_dir)
     disc_after = AutoModel.from_pretrained(out / "discriminator")
     assert any(not torch.equal(a, b) for a, b in zip(disc_before.parameters(), disc_after.parameters(), strict=True))

@@ -54,6 +54,7 @@ class AlignSettings:
     clip_low: float = 0.2
     clip_high: float | None = None
     policy_epochs: int = 1
+    min_disc_accuracy: float = 0.0
 
 
 @dataclass
@@ -66,6 +67,7 @@ class RolloutGroup:
     mm_inputs: dict[str, torch.Tensor]
     advantages: torch.Tensor  # (G,)
     old_log_probs: torch.Tensor | None  # (G, T), None when the policy takes one step per batch
+    gated: bool = False  # the discriminator lost to the policy on this batch: no policy update from it
 
 
 class PrismAlignTrainer(MetricsLogMixin, Trainer):
@@ -213,11 +215,20 @@ class PrismAlignTrainer(MetricsLogMixin, Trainer):
             self.nonfinite_skips["scores"] += 1
             logger.warning("prism_align: non-finite discriminator scores; skipping this batch's updates")
             advantages = torch.full_like(advantages, float("nan"))
+        disc_metrics: dict[str, float] = {}
+        gated = False
+        if self.rule_scorer is None:
+            accuracy = self._batch_accuracy(scores, valid)
+            if accuracy is not None:
+                disc_metrics["disc/batch_accuracy"] = accuracy
+                gated = accuracy < self.settings.min_disc_accuracy
+            disc_metrics["policy/gated"] = float(gated)
         self._rollout_batches += 1
         update_now = self.discriminator is not None and self.settings.update_discriminator and finite and (
             (self._rollout_batches - 1) % self.settings.disc_update_every == 0
         )
-        disc_metrics = self._update_discriminator(items, students, valid) if update_now else {}
+        if update_now:
+            disc_metrics.update(self._update_discriminator(items, students, valid))
 
         groups = []
         for k, (item, completions, mask, mm) in enumerate(rollouts):
@@ -231,8 +242,9 @@ class PrismAlignTrainer(MetricsLogMixin, Trainer):
                 mm_inputs=mm,
                 advantages=advantages[k * G : (k + 1) * G].to(device),
                 old_log_probs=None,
+                gated=gated,
             )
-            if self.settings.policy_epochs > 1:
+            if self.settings.policy_epochs > 1 and not gated:
                 with torch.no_grad():
                     group.old_log_probs = self._log_probs(self.model, group)
             groups.append(group)
@@ -264,6 +276,20 @@ class PrismAlignTrainer(MetricsLogMixin, Trainer):
             (out if side == "student" else teacher)[name][idx] = value
         out.update({f"teacher_{name}": teacher[name] for name in self.segments})
         return out
+
+    def _batch_accuracy(self, scores: dict[str, torch.Tensor], valid: torch.Tensor) -> float | None:
+        """Share of (valid rollout, segment) pairs where the current discriminator ranks the teacher
+        above the rollout, on rollouts it has not trained on yet; over all ranks; None without any."""
+        G = self.settings.num_generations
+        counts = torch.zeros(2, dtype=torch.float64)
+        for name in self.segments:
+            teacher = scores[f"teacher_{name}"].repeat_interleave(G)[valid]
+            counts[0] += float((teacher > scores[name][valid]).sum())
+            counts[1] += int(valid.sum())
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            counts = counts.to(self.accelerator.device)
+            torch.distributed.all_reduce(counts)
+        return float(counts[0] / counts[1]) if counts[1] > 0 else None
 
     def _update_discriminator(self, items: list[AlignItem], students: list[dict], valid: torch.Tensor) -> dict:
         """One optimiser step on teacher ≻ rollout over the valid rollouts; skipped when no rank has one."""
@@ -348,6 +374,10 @@ class PrismAlignTrainer(MetricsLogMixin, Trainer):
 
     def compute_loss(self, model, inputs: list[RolloutGroup], return_outputs=False, num_items_in_batch=None):
         """Token-mean of the registered policy loss over every rollout token of the micro-batch."""
+        if any(group.gated for group in inputs):  # no parameter gets a gradient: the optimiser skips them all
+            self.record_metrics("train", {"policy/gated": 1.0})
+            loss = torch.zeros((), device=self.accelerator.device, requires_grad=True)
+            return (loss, None) if return_outputs else loss
         total_tokens = sum(float(g.completion_mask.sum()) for g in inputs)
         loss = torch.zeros((), device=self.accelerator.device)
         metrics: dict[str, float] = {}

@@ -39,6 +39,7 @@ def _settings(finetuning_args: Any, verifiable: bool) -> Any:
         clip_low=finetuning_args.prism_clip_low,
         clip_high=finetuning_args.prism_clip_high,
         policy_epochs=finetuning_args.prism_policy_epochs,
+        min_disc_accuracy=finetuning_args.prism_min_disc_accuracy,
     )
 
 

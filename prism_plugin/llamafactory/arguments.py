@@ -71,6 +71,11 @@ class PrismArguments:
     prism_policy_epochs: int = field(
         default=1, metadata={"help": "prism_align: policy updates per batch of rollouts (>1 makes the clip bind)."}
     )
+    prism_min_disc_accuracy: float = field(
+        default=0.0,
+        metadata={"help": "prism_align: skip the policy update of a batch on which the discriminator ranks the "
+                          "teacher above fewer than this share of the fresh rollouts (0 = never skip)."},
+    )
     prism_disc_update_every: int = field(
         default=1, metadata={"help": "prism_align: update the discriminator every N rollout batches."}
     )
@@ -104,6 +109,8 @@ class PrismArguments:
         counts = {name: getattr(self, name) for name in COUNT_KEYS}
         if min(counts.values()) < 1:
             raise ValueError(f"these keys must be >= 1: {', '.join(f'{k}={v}' for k, v in counts.items() if v < 1)}")
+        if not 0.0 <= self.prism_min_disc_accuracy <= 1.0:
+            raise ValueError(f"prism_min_disc_accuracy must be in [0, 1]; got {self.prism_min_disc_accuracy}")
         reward = self.prism_reward
         if reward not in ("discriminator", "verifiable") and not (".py:" in reward and not reward.endswith(":")):
             raise ValueError(f"prism_reward must be discriminator, verifiable or FILE.py:FUNCTION; got {reward!r}")
