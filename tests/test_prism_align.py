@@ -318,3 +318,22 @@ def test_policy_updates_are_gated_on_discriminator_accuracy(tmp_path, tiny_dir, 
     disc_before = AutoModel.from_pretrained(tiny_discriminator_dir)
     disc_after = AutoModel.from_pretrained(out / "discriminator")
     assert any(not torch.equal(a, b) for a, b in zip(disc_before.parameters(), disc_after.parameters(), strict=True))
+
+
+def test_batch_accuracy_counts_ties_as_half_and_ignores_invalid_rollouts():
+    from types import SimpleNamespace
+
+    from prism_plugin.llamafactory.align_trainer import AlignSettings, PrismAlignTrainer
+
+    trainer = object.__new__(PrismAlignTrainer)
+    trainer.settings = AlignSettings(segment_weights={"caption": 0.5, "reasoning": 0.5}, num_generations=2)
+    trainer.segments = ["caption", "reasoning"]
+    trainer.accelerator = SimpleNamespace(device=torch.device("cpu"))
+    scores = {  # two prompts × two rollouts; the last rollout is invalid (its NaN scores must not count)
+        "caption": torch.tensor([0.0, 1.0, 2.0, float("nan")]), "teacher_caption": torch.tensor([1.0, 1.0]),
+        "reasoning": torch.tensor([-1.0, 3.0, 0.0, float("nan")]), "teacher_reasoning": torch.tensor([2.0, 0.5]),
+    }
+    valid = torch.tensor([True, True, True, False])
+    # caption: teacher 1 > 0 (1), 1 == 1 (½), 1 < 2 (0); reasoning: 2 > -1 (1), 2 < 3 (0), 0.5 > 0 (1)
+    assert trainer._batch_accuracy(scores, valid) == pytest.approx(3.5 / 6)
+    assert trainer._batch_accuracy(scores, torch.zeros(4, dtype=torch.bool)) is None

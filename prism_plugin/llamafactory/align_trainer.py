@@ -279,12 +279,16 @@ class PrismAlignTrainer(MetricsLogMixin, Trainer):
 
     def _batch_accuracy(self, scores: dict[str, torch.Tensor], valid: torch.Tensor) -> float | None:
         """Share of (valid rollout, segment) pairs where the current discriminator ranks the teacher
-        above the rollout, on rollouts it has not trained on yet; over all ranks; None without any."""
+        above the rollout, on rollouts it has not trained on yet; over all ranks; None without any.
+
+        A tie counts one half (AUC convention): a rollout that repeats the teacher's segment gets the
+        teacher's score, and must count as a coin flip, not as a loss of the discriminator."""
         G = self.settings.num_generations
         counts = torch.zeros(2, dtype=torch.float64)
         for name in self.segments:
             teacher = scores[f"teacher_{name}"].repeat_interleave(G)[valid]
-            counts[0] += float((teacher > scores[name][valid]).sum())
+            student = scores[name][valid]
+            counts[0] += float((teacher > student).sum()) + 0.5 * float((teacher == student).sum())
             counts[1] += int(valid.sum())
         if torch.distributed.is_available() and torch.distributed.is_initialized():
             counts = counts.to(self.accelerator.device)
