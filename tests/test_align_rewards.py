@@ -8,7 +8,12 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from prism_plugin.llamafactory.align_rewards import RuleScorer, load_score_function, segment_texts
+from prism_plugin.llamafactory.align_rewards import (
+    RuleScorer,
+    load_score_function,
+    segment_texts,
+    verifiable_rewards,
+)
 from prism_plugin.rewards import compute_score
 from tests.test_prism_align import run_align
 
@@ -48,18 +53,22 @@ def test_segment_texts_splits_the_layout_and_rejects_other_text():
 
 def test_verifiable_reward_is_compute_score_on_every_rollout():
     scorer = RuleScorer("verifiable", ["caption", "reasoning"])
-    assert scorer.segments == ["response"] and not scorer.gated
+    assert scorer.segments == ["response"] and scorer.verifiable
     texts = [GOOD, WRONG, BROKEN, GOOD]
     scores = scorer(texts, torch.tensor([True, True, False, True]), [None, None], ["5", "3"], group_size=2)
     expected = [compute_score(t, g)["overall"] for t, g in zip(texts, ["5", "5", "3", "3"], strict=True)]
     assert scores["response"].tolist() == pytest.approx(expected)
     assert expected == pytest.approx([1.0, 0.2, 0.0, 0.2])  # right, wrong answer in format, broken, wrong
+    rewards = verifiable_rewards(texts, ["5", "3"], group_size=2)
+    assert rewards["accuracy"].tolist() == pytest.approx([1.0, 0.0, 0.0, 0.0])
+    assert scorer(texts, None, [None, None], ["5", "3"], 2, rewards=rewards)["response"] is rewards["overall"]
+    assert verifiable_rewards(texts, ["5", None], group_size=2) is None  # a prompt without ground truth
 
 
 def test_function_scorer_scores_valid_rollouts_against_their_own_teacher(tmp_path):
     (tmp_path / "scorers.py").write_text(SCORER_FILE)
     scorer = RuleScorer(f"{tmp_path / 'scorers.py'}:caption_exact", ["caption", "reasoning"])
-    assert scorer.gated
+    assert not scorer.verifiable
     teachers = [segment_texts(GOOD), segment_texts(WRONG)]
     texts = [GOOD, WRONG, BROKEN, WRONG]
     scores = scorer(texts, torch.tensor([True, True, False, True]), teachers, ["5", "3"], group_size=2)

@@ -34,11 +34,33 @@ def segment_texts(text: str) -> dict[str, str]:
     return {"caption": f"<caption>{caption}</caption>", "reasoning": reasoning, "response": text}
 
 
-def load_score_function(spec: str) -> ScoreFunction:
-    """Import ``FUNCTION`` from ``FILE.py`` (EasyR1's ``reward_function`` convention); clear errors."""
+def check_reward_spec(spec: str) -> tuple[str, str] | None:
+    """Validate a ``prism_reward`` value; ``(FILE.py, FUNCTION)`` for a scorer file, else None."""
+    if spec in (DISCRIMINATOR, VERIFIABLE):
+        return None
     path, sep, name = spec.rpartition(":")
     if not sep or not path.endswith(".py") or not name:
         raise ValueError(f"prism_reward must be 'discriminator', 'verifiable' or 'FILE.py:FUNCTION'; got {spec!r}")
+    return path, name
+
+
+def verifiable_rewards(texts: list[str], golds: list, group_size: int) -> dict[str, torch.Tensor] | None:
+    """``overall`` and ``accuracy`` of :func:`compute_score` per rollout (rollout ``i`` answers prompt
+    ``i // group_size``); None unless every prompt has a ground truth."""
+    if any(gold is None for gold in golds):
+        return None
+    from prism_plugin.rewards import compute_score
+
+    results = [compute_score(text, golds[i // group_size]) for i, text in enumerate(texts)]
+    return {key: torch.tensor([r[key] for r in results], dtype=torch.float32) for key in ("overall", "accuracy")}
+
+
+def load_score_function(spec: str) -> ScoreFunction:
+    """Import ``FUNCTION`` from ``FILE.py`` (EasyR1's ``reward_function`` convention); clear errors."""
+    parsed = check_reward_spec(spec)
+    if parsed is None:
+        raise ValueError(f"prism_reward {spec!r} names no scorer file")
+    path, name = parsed
     file = Path(path).expanduser()
     if not file.is_file():
         raise FileNotFoundError(f"prism_reward: no such file {file}")
@@ -54,25 +76,25 @@ def load_score_function(spec: str) -> ScoreFunction:
 
 
 class RuleScorer:
-    """Scores a batch of rollouts without a discriminator; ``gated`` says whether the layout gate and
-    format penalty apply (true for segment scorers; the verifiable reward gates format itself)."""
+    """Scores a batch of rollouts without a discriminator. ``verifiable``: the whole-response reward of
+    :func:`verifiable_rewards` (which gates format itself, so every rollout counts as valid);
+    otherwise a scorer file's per-segment scores of the layout-valid rollouts."""
 
     def __init__(self, spec: str, segments: list[str]) -> None:
         self.spec = spec
         self.verifiable = spec == VERIFIABLE
         self.segments = ["response"] if self.verifiable else list(segments)
-        self.gated = not self.verifiable
         self.function = None if self.verifiable else load_score_function(spec)
 
     def __call__(
-        self, texts: list[str], valid: torch.Tensor, teachers: list[dict[str, str]], golds: list, group_size: int
+        self, texts: list[str], valid: torch.Tensor, teachers: list[dict[str, str]], golds: list, group_size: int,
+        rewards: dict[str, torch.Tensor] | None = None,
     ) -> dict[str, torch.Tensor]:
-        """Per-segment scores (NaN where a gated rollout is invalid), one per rollout in ``texts``."""
+        """Per-segment scores (NaN where a rollout outside the layout is not scored), one per rollout;
+        the verifiable reward reuses ``rewards`` when the caller already computed them."""
         if self.verifiable:
-            from prism_plugin.rewards import compute_score
-
-            rewards = [compute_score(text, golds[i // group_size])["overall"] for i, text in enumerate(texts)]
-            return {"response": torch.tensor(rewards, dtype=torch.float32)}
+            rewards = rewards if rewards is not None else verifiable_rewards(texts, golds, group_size)
+            return {"response": rewards["overall"]}
         rows = [i for i in range(len(texts)) if valid[i]]
         out = {name: torch.full((len(texts),), float("nan")) for name in self.segments}
         if not rows:

@@ -23,7 +23,7 @@ from prism_plugin.discriminator.scoring import SegmentQuery, score
 from prism_plugin.format import split_segments
 from prism_plugin.generation import completion_mask, end_of_turn_id, vision_suppress_ids
 from prism_plugin.llamafactory.align_data import AlignItem
-from prism_plugin.llamafactory.align_rewards import RuleScorer
+from prism_plugin.llamafactory.align_rewards import RuleScorer, verifiable_rewards
 from prism_plugin.llamafactory.metrics import MetricsLogMixin
 from prism_plugin.llamafactory.pairs import collate_rows
 from prism_plugin.losses import discriminator_loss, get_policy_loss
@@ -195,14 +195,16 @@ class PrismAlignTrainer(MetricsLogMixin, Trainer):
                        if split.valid[row] else {})
                 students.append(seg if seg and all(len(v) for v in seg.values()) else {})
         group_index = torch.arange(len(items)).repeat_interleave(G)
+        golds = [item.ground_truth for item in items]
+        rewards = verifiable_rewards(texts, golds, G)  # once: the verifiable reward's scores and the metrics
         if self.rule_scorer is None:
             valid = torch.cat(groups_valid) & torch.tensor([bool(s) for s in students])
             scores = self._score(items, students, valid)
         else:
             valid = torch.cat(groups_valid)
-            scores = self.rule_scorer(texts, valid, [item.extra.get("teacher_text") for item in items],
-                                      [item.ground_truth for item in items], G)
-            if not self.rule_scorer.gated:  # the reward applies its own format gate to every rollout
+            scores = self.rule_scorer(texts, valid, [item.extra.get("teacher_text") for item in items], golds, G,
+                                      rewards)
+            if self.rule_scorer.verifiable:  # the reward applies its own format gate to every rollout
                 valid = torch.ones_like(valid)
         advantages = segment_advantage(
             {s: scores[s] for s in self.segments}, self.settings.segment_weights, valid, group_index,
@@ -248,7 +250,7 @@ class PrismAlignTrainer(MetricsLogMixin, Trainer):
                 with torch.no_grad():
                     group.old_log_probs = self._log_probs(self.model, group)
             groups.append(group)
-        self._record_step_metrics(items, texts, valid, scores, advantages, rollouts, disc_metrics)
+        self._record_step_metrics(valid, scores, advantages, rollouts, rewards, disc_metrics)
         return groups
 
     @torch.no_grad()
@@ -411,9 +413,7 @@ class PrismAlignTrainer(MetricsLogMixin, Trainer):
 
     # ------------------------------------------------------------------ metrics and saving
 
-    def _record_step_metrics(self, items, texts, valid, scores, advantages, rollouts, disc_metrics) -> None:
-        from prism_plugin.rewards import compute_score
-
+    def _record_step_metrics(self, valid, scores, advantages, rollouts, rewards, disc_metrics) -> None:
         G = self.settings.num_generations
         lengths = torch.cat([mask.sum(-1).cpu() for _, _, mask, _ in rollouts]).float()
         metrics = {"valid_ratio": float(valid.float().mean()), "response_length": float(lengths.mean()),
@@ -429,11 +429,9 @@ class PrismAlignTrainer(MetricsLogMixin, Trainer):
             if len(student):
                 teacher_per_rollout = teacher.repeat_interleave(G)[valid]
                 metrics[f"{name}/score_gap"] = float((teacher_per_rollout - student).mean())
-        golds = [item.ground_truth for item in items]
-        if all(g is not None for g in golds):
-            rewards = [compute_score(text, golds[i // G]) for i, text in enumerate(texts)]
-            metrics["reward"] = sum(r["overall"] for r in rewards) / len(rewards)
-            metrics["accuracy_reward"] = sum(r["accuracy"] for r in rewards) / len(rewards)
+        if rewards is not None:
+            metrics["reward"] = float(rewards["overall"].mean())
+            metrics["accuracy_reward"] = float(rewards["accuracy"].mean())
         metrics.update(disc_metrics)
         self.record_metrics("train", metrics)
 

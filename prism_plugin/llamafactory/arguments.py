@@ -111,9 +111,9 @@ class PrismArguments:
             raise ValueError(f"these keys must be >= 1: {', '.join(f'{k}={v}' for k, v in counts.items() if v < 1)}")
         if not 0.0 <= self.prism_min_disc_accuracy <= 1.0:
             raise ValueError(f"prism_min_disc_accuracy must be in [0, 1]; got {self.prism_min_disc_accuracy}")
-        reward = self.prism_reward
-        if reward not in ("discriminator", "verifiable") and not (".py:" in reward and not reward.endswith(":")):
-            raise ValueError(f"prism_reward must be discriminator, verifiable or FILE.py:FUNCTION; got {reward!r}")
+        from prism_plugin.llamafactory.align_rewards import check_reward_spec
+
+        check_reward_spec(self.prism_reward)
         if self.prism_drift_monitor and not self.prism_drift_data:
             raise ValueError("prism_drift_monitor needs prism_drift_data (held-out prompts with teacher segments)")
         parent_post_init = getattr(super(), "__post_init__", None)
