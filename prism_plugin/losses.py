@@ -34,7 +34,8 @@ def discriminator_loss(
     ``L = Σ_s Σ_i v_i·[−log σ(t_s,i − s_s,i)] / n + coef · mean(t², s²)`` with ``n = Σ v_i``; the
     regulariser averages the squared teacher and student scores of every segment over the valid
     pairs. With no valid pair the loss is a graph-connected zero and ``num_pairs`` is 0, so a
-    caller can skip the optimizer step while distributed ranks stay in lock-step.
+    caller can skip the optimizer step while distributed ranks stay in lock-step. ``accuracy``
+    counts a tie (a student segment identical to the teacher's) as one half, the AUC convention.
     """
     if set(teacher) != set(student):
         raise ValueError(f"teacher and student must name the same segments; got {sorted(teacher)}, {sorted(student)}")
@@ -54,7 +55,7 @@ def discriminator_loss(
         bt = (-F.logsigmoid(margin) * v).sum() / n
         bt_total = bt_total + bt
         squares += [t[valid] ** 2, s[valid] ** 2]
-        won = (margin[valid] > 0).float()
+        won = (margin[valid] > 0).float() + 0.5 * (margin[valid] == 0).float()  # a tie is a coin flip
         correct.append(won)
         metrics[f"{name}/bt_loss"] = bt.item()
         metrics[f"{name}/accuracy"] = won.mean().item()

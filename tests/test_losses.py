@@ -46,6 +46,15 @@ def test_discriminator_loss_ignores_invalid_pairs():
     assert m["caption/accuracy"] == 1.0 and m["reasoning/accuracy"] == 0.0
 
 
+def test_discriminator_accuracy_counts_a_tie_as_one_half():
+    teacher = {"caption": torch.tensor([1.0, 2.0, 0.5]), "reasoning": torch.tensor([0.0, 1.0, 1.0])}
+    student = {"caption": torch.tensor([1.0, 1.0, 0.5]), "reasoning": torch.tensor([1.0, 1.0, 1.0])}
+    _, m = discriminator_loss(teacher, student, torch.tensor([True, True, True]))
+    assert m["caption/accuracy"] == pytest.approx((0.5 + 1 + 0.5) / 3)
+    assert m["reasoning/accuracy"] == pytest.approx((0 + 0.5 + 0.5) / 3)
+    assert m["accuracy"] == pytest.approx(3 / 6)
+
+
 def test_discriminator_loss_gradient_pushes_teacher_up_student_down():
     t = torch.tensor([0.0], requires_grad=True)
     s = torch.tensor([0.0], requires_grad=True)
