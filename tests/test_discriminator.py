@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -17,10 +18,13 @@ from prism_plugin.discriminator import (
     PrismDiscriminatorConfig,
     SegmentQuery,
     score,
+    score_with_aux,
     upcycle,
 )
 from prism_plugin.discriminator.routing import find_routers, routing_from_logits
+from prism_plugin.discriminator.scoring import pad_right
 from prism_plugin.discriminator.texts import TextScorer
+from prism_plugin.losses import discriminator_loss
 
 DENSE = {"vl": "qwen3_vl_dense", "text": "qwen3_dense"}
 MOE_BACKBONE = {"vl": "Qwen3VLMoeModel", "text": "Qwen3MoeModel"}
@@ -229,6 +233,7 @@ def test_dense_discriminator_ablation(discs, tiny_dir: Path) -> None:
     with torch.no_grad():
         naive = score(model, prompts, queries, reuse_prefix=False)
         fast = score(model, prompts, queries, reuse_prefix=True, batch_size=3)
+        assert score_with_aux(model, prompts, queries)[1] is None  # no router: no aux loss
     assert (naive - fast).abs().max() <= 1e-4
     with pytest.raises(ValueError, match="shared"):
         upcycle(tiny_dir / DENSE["text"], tiny_dir / "never", num_experts=0, expert_mode="dedicated")
@@ -365,6 +370,148 @@ def test_dedicated_routing_survives_gradient_checkpointing(discs, tiny_dir: Path
     assert torch.allclose(values[0], values[1], atol=1e-5)
     for name, grad in grads[0].items():
         assert torch.allclose(grad, grads[1][name], atol=1e-5), name
+
+
+@contextmanager
+def _training_without_dropout(model: PrismDiscriminator):
+    """Train mode (as the discriminator update runs) with every dropout off, so two paths are comparable."""
+    drops = [m for m in model.modules() if isinstance(m, torch.nn.Dropout)]
+    saved = [m.p for m in drops]
+    model.train()
+    for m in drops:
+        m.p = 0.0
+    try:
+        yield
+    finally:
+        for m, p in zip(drops, saved, strict=True):
+            m.p = p
+        model.zero_grad(set_to_none=True)
+        model.eval()
+
+
+def _bt_loss(scores: torch.Tensor) -> torch.Tensor:
+    """Bradley–Terry (+ regulariser) of teacher ≻ student over ``_queries``' layout (teacher c, r, student c, r)."""
+    scores = scores.view(-1, 2, 2)
+    teacher = {"caption": scores[:, 0, 0], "reasoning": scores[:, 0, 1]}
+    student = {"caption": scores[:, 1, 0], "reasoning": scores[:, 1, 1]}
+    loss, _ = discriminator_loss(teacher, student, torch.ones(scores.shape[0], dtype=torch.bool))
+    return loss
+
+
+@pytest.mark.parametrize(("kind", "mode"), [("vl", "shared"), ("vl", "dedicated"), ("text", "shared"),
+                                            ("text", "dedicated")])
+def test_prefix_path_bt_loss_and_gradients_equal_full_forwards(discs, tiny_dir: Path, kind: str, mode: str) -> None:
+    """The discriminator update's path: in train mode, the Bradley–Terry loss through the shared prefix and
+    the gradient of every parameter equal those of one full forward per (prompt ⊕ segment) row."""
+    model = discs(kind, mode, router_std=1.0)
+    prompts, queries = _queries(model, tiny_dir, num_prompts=2, text_only_prompt=False)
+    # One teacher and one student response (caption + reasoning each) per prompt, as ``_bt_loss`` reads them.
+    losses, grads = [], []
+    with _training_without_dropout(model):
+        for reuse in (False, True):
+            model.zero_grad(set_to_none=True)
+            scores, aux = score_with_aux(model, prompts, queries, reuse_prefix=reuse, batch_size=64)
+            assert aux is not None and scores.requires_grad
+            loss = _bt_loss(scores)
+            loss.backward()
+            losses.append(loss.detach())
+            grads.append({n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None})
+    assert torch.allclose(losses[0], losses[1], atol=1e-5), losses
+    assert any("visual" in n for n in grads[1]) == (kind == "vl")
+    # The tiny VL model injects its last deepstack level after its last layer: it reaches image-position outputs
+    # only, never a score, so the full path gives those parameters a zero gradient and the prefix path none.
+    only_one = set(grads[0]) ^ set(grads[1])
+    assert all(not (grads[0].get(n, grads[1].get(n))).any() for n in only_one), only_one
+    for name, grad in grads[0].items():
+        other = grads[1].get(name, torch.zeros_like(grad))
+        assert torch.allclose(grad, other, atol=1e-5), (name, (grad - other).abs().max())
+
+
+def _router_logits_alone(model: PrismDiscriminator, ids: torch.Tensor, segment: str, prompt, keep: int):
+    """Per-layer router logits of the last ``keep`` tokens of ``ids`` run alone (batch 1, no padding)."""
+    out = model(
+        input_ids=ids[None],
+        pixel_values=prompt.pixel_values,
+        image_grid_thw=prompt.image_grid_thw,
+        segments=segment,
+        output_router_logits=True,
+    )
+    return [layer[-keep:] for layer in out.router_logits]
+
+
+@pytest.mark.parametrize("mode", ["shared", "dedicated"])
+def test_prefix_aux_loss_is_the_switch_loss_over_the_distinct_tokens(discs, tiny_dir: Path, mode: str) -> None:
+    """The prefix path's aux loss is ``load_balancing_loss_func`` over the router logits of each prompt's
+    tokens once per (prompt, routing) plus every segment's tokens, built here from unpadded single forwards;
+    the full path's is that of one padded forward over all rows, however it is chunked."""
+    from transformers.models.qwen3_moe.modeling_qwen3_moe import load_balancing_loss_func
+
+    model = discs("vl", mode, router_std=1.0)
+    prompts, queries = _queries(model, tiny_dir, num_prompts=2)
+    config = model.config
+    top_k = int(config.backbone_text_config.num_experts_per_tok)
+    with _training_without_dropout(model):
+        _, aux = score_with_aux(model, prompts, queries, reuse_prefix=True, batch_size=3)
+        assert aux is not None and aux.requires_grad and torch.isfinite(aux) and aux > 0
+        with torch.no_grad():
+            layers: list[list[torch.Tensor]] = []
+            seen = set()
+            for q in queries:
+                prompt = prompts[q.prompt]
+                prompt_ids = torch.as_tensor(prompt.input_ids).reshape(-1)
+                key = (q.prompt, q.segment if mode == "dedicated" else None)
+                parts = []
+                if key not in seen:  # the prompt's tokens, once per routing
+                    seen.add(key)
+                    parts.append(_router_logits_alone(model, prompt_ids, q.segment, prompt, len(prompt_ids)))
+                seg = torch.as_tensor(q.token_ids).reshape(-1)
+                parts.append(_router_logits_alone(model, torch.cat([prompt_ids, seg]), q.segment, prompt, len(seg)))
+                for part in parts:
+                    layers = layers or [[] for _ in part]
+                    for layer, logits in zip(layers, part, strict=True):
+                        layer.append(logits)
+            reference = load_balancing_loss_func(
+                tuple(torch.cat(layer) for layer in layers), config.num_experts, top_k
+            )
+            assert torch.allclose(aux.detach(), reference, atol=1e-5), (aux, reference)
+            # Full path: one padded forward's aux_loss (each prompt token once per row), whatever the chunking.
+            rows, names = [], []
+            for q in queries:
+                rows.append(torch.cat([torch.as_tensor(prompts[q.prompt].input_ids).reshape(-1),
+                                       torch.as_tensor(q.token_ids).reshape(-1)]))
+                names.append(q.segment)
+            ids, mask = pad_right(rows, 0, model.device)
+            with_image = [prompts[q.prompt] for q in queries if prompts[q.prompt].pixel_values is not None]
+            pixels = torch.cat([p.pixel_values for p in with_image])
+            grid = torch.cat([p.image_grid_thw for p in with_image])
+            one = model(input_ids=ids, attention_mask=mask, pixel_values=pixels, image_grid_thw=grid,
+                        segments=names, output_router_logits=True).aux_loss
+            _, chunked = score_with_aux(model, prompts, queries, reuse_prefix=False, batch_size=3)
+            assert torch.allclose(chunked, one, atol=1e-5), (chunked, one)
+            assert not torch.allclose(chunked, aux.detach(), atol=1e-4)  # the two counts differ
+        # Differentiable w.r.t. every router's weights.
+        model.zero_grad(set_to_none=True)
+        aux.backward()
+        routers = find_routers(model.backbone)
+        assert routers and all(r.weight.grad is not None and torch.isfinite(r.weight.grad).all() for r in routers)
+        assert all(r.weight.grad.abs().max() > 0 for r in routers)
+
+
+def test_aux_loss_under_gradient_checkpointing(discs, tiny_dir: Path) -> None:
+    """Checkpointed training falls back to full forwards; the aux loss is then the full path's, with gradients."""
+    model = discs("text", "dedicated", router_std=1.0)
+    prompts, queries = _queries(model, tiny_dir, num_prompts=1)
+    with _training_without_dropout(model):
+        _, want = score_with_aux(model, prompts, queries, reuse_prefix=False)
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        try:
+            _, got = score_with_aux(model, prompts, queries, reuse_prefix=True)
+            got.backward()
+        finally:
+            model.gradient_checkpointing_disable()
+        assert torch.allclose(got, want, atol=1e-6)
+        router = find_routers(model.backbone)[0]
+        assert router.weight.grad is not None and router.weight.grad.abs().max() > 0
 
 
 def test_score_clip_and_errors(discs, tiny_dir: Path) -> None:

@@ -145,16 +145,15 @@ def test_align_under_torchrun_with_two_processes(tmp_path, tiny_dir, tiny_sft_ru
     assert (out / "discriminator" / "model.safetensors").is_file()
 
 
-def test_discriminator_loss_with_shared_teacher_rows_equals_per_pair_rows(tiny_dir, tiny_discriminator_dir):
-    """The update scores each group's teacher once; the loss must equal scoring a teacher row per rollout."""
+def _disc_loss_case(tiny_dir, tiny_discriminator_dir):
+    """A bare trainer over the tiny discriminator, 2 prompts × G = 3 rollouts (4 valid), for ``_disc_loss``."""
     from transformers import AutoModel
 
     from prism_plugin.data.records import load_pairs
     from prism_plugin.discriminator.texts import TextScorer
     from prism_plugin.llamafactory.align_data import AlignItem
     from prism_plugin.llamafactory.align_trainer import AlignSettings, PrismAlignTrainer
-    from prism_plugin.llamafactory.pairs import PairCollator, PairEncoder, PairFeatures
-    from prism_plugin.losses import discriminator_loss
+    from prism_plugin.llamafactory.pairs import PairEncoder
 
     disc = AutoModel.from_pretrained(tiny_discriminator_dir).eval()
     encoder = PairEncoder(TextScorer(disc), ["caption", "reasoning"], cutoff_len=1024)
@@ -170,11 +169,21 @@ def test_discriminator_loss_with_shared_teacher_rows_equals_per_pair_rows(tiny_d
     trainer.settings = AlignSettings(segment_weights={"caption": 0.5, "reasoning": 0.5}, num_generations=3)
     trainer.segments, trainer.discriminator = ["caption", "reasoning"], disc
     trainer.disc_tokenizer = encoder.scorer.tokenizer
+    return trainer, items, students, valid
+
+
+def test_discriminator_loss_with_shared_teacher_rows_equals_per_pair_rows(tiny_dir, tiny_discriminator_dir):
+    """The update scores each group's teacher once; the loss must equal scoring a teacher row per rollout."""
+    from prism_plugin.llamafactory.pairs import PairCollator, PairFeatures
+    from prism_plugin.losses import discriminator_loss
+
+    trainer, items, students, valid = _disc_loss_case(tiny_dir, tiny_discriminator_dir)
+    disc = trainer.discriminator
     with torch.no_grad():
         loss, metrics, _ = trainer._disc_loss(items, students, valid)
         pairs = [PairFeatures(items[i // 3].disc_prompt, items[i // 3].teacher, students[i], i)
                  for i in range(6) if valid[i]]
-        scores = disc(**PairCollator(["caption", "reasoning"], encoder.scorer.tokenizer.pad_token_id)(pairs)).scores
+        scores = disc(**PairCollator(["caption", "reasoning"], trainer.disc_tokenizer.pad_token_id)(pairs)).scores
         scores = scores.view(-1, 2, 2)
         ref, ref_metrics = discriminator_loss({"caption": scores[:, 0, 0], "reasoning": scores[:, 1, 0]},
                                               {"caption": scores[:, 0, 1], "reasoning": scores[:, 1, 1]},
@@ -183,6 +192,39 @@ def test_discriminator_loss_with_shared_teacher_rows_equals_per_pair_rows(tiny_d
     assert metrics["caption/accuracy"] == ref_metrics["caption/accuracy"]
     assert metrics["num_pairs"] == 4
 
+
+def test_discriminator_update_through_the_prefix_equals_full_forwards(tiny_dir, tiny_discriminator_dir):
+    """In train mode with gradients, ``_disc_loss`` through the shared prefix (prompt and image encoded once
+    per group) gives the loss and parameter gradients of one full forward over every (prompt ⊕ segment) row;
+    its router aux loss (distinct tokens) is finite, positive and trains the routers."""
+    trainer, items, students, valid = _disc_loss_case(tiny_dir, tiny_discriminator_dir)
+    disc = trainer.discriminator
+    disc.train()
+    disc.head_dropout.p = 0.0
+    results = {}
+    for reuse in (False, True):
+        trainer.disc_reuse_prefix = reuse
+        disc.zero_grad(set_to_none=True)
+        loss, metrics, aux = trainer._disc_loss(items, students, valid)
+        loss.backward(retain_graph=True)
+        grads = {n: p.grad.clone() for n, p in disc.named_parameters() if p.grad is not None}
+        disc.zero_grad(set_to_none=True)
+        aux.backward()
+        router_grads = [p.grad for n, p in disc.named_parameters() if n.endswith("mlp.gate.weight")]
+        results[reuse] = (loss.detach(), metrics, aux.detach(), grads, router_grads)
+    full, fast = results[False], results[True]
+    assert fast[0].item() == pytest.approx(full[0].item(), abs=1e-5)
+    assert fast[1]["accuracy"] == full[1]["accuracy"] and fast[1]["num_pairs"] == 4
+    # The tiny model's last deepstack level only reaches image-position outputs after the last layer: a zero
+    # gradient on the full path, none on the prefix path (its prompt outputs are never read).
+    only_full = set(full[3]) - set(fast[3])
+    assert set(fast[3]) <= set(full[3]) and all(not full[3][n].any() for n in only_full), only_full
+    for name, grad in fast[3].items():
+        assert torch.allclose(grad, full[3][name], atol=1e-5), (name, (grad - full[3][name]).abs().max())
+    for aux, router_grads in ((full[2], full[4]), (fast[2], fast[4])):
+        assert torch.isfinite(aux) and aux > 0
+        assert router_grads and all(g is not None and g.abs().max() > 0 for g in router_grads)
+    assert trainer.disc_reuse_prefix and type(trainer).disc_reuse_prefix  # the default is the prefix path
 
 
 # Loaded as ``sitecustomize`` in the run's processes: records every PeftModelForCausalLM.generate call

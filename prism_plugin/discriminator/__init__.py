@@ -21,7 +21,7 @@ from transformers import AutoConfig, AutoModel, AutoModelForSequenceClassificati
 
 from prism_plugin.discriminator.config import PrismDiscriminatorConfig
 from prism_plugin.discriminator.modeling import PrismDiscriminator, PrismDiscriminatorOutput
-from prism_plugin.discriminator.scoring import PromptInputs, SegmentQuery, score
+from prism_plugin.discriminator.scoring import PromptInputs, SegmentQuery, score, score_with_aux
 from prism_plugin.discriminator.upcycle import upcycle
 
 AutoConfig.register(PrismDiscriminatorConfig.model_type, PrismDiscriminatorConfig, exist_ok=True)
@@ -35,5 +35,6 @@ __all__ = [
     "PromptInputs",
     "SegmentQuery",
     "score",
+    "score_with_aux",
     "upcycle",
 ]

@@ -15,6 +15,10 @@ prefix batch; pad slots stay masked in the continuation's attention mask and nev
 
 In ``dedicated`` mode the prompt is routed by the segment's expert group too (the score is
 D(prompt ⊕ segment) with one routing), so the prefix is encoded once per (prompt, segment type).
+
+:func:`score_with_aux` also returns the router load-balancing loss of an MoE model, for the
+discriminator's training step: the Switch loss over every valid token the scoring ran, pooled
+over all its forwards (see its docstring for how the two paths count prompt tokens).
 """
 
 from __future__ import annotations
@@ -24,6 +28,10 @@ from dataclasses import dataclass
 
 import torch
 from transformers.cache_utils import DynamicCache
+from transformers.models.qwen3_moe.modeling_qwen3_moe import load_balancing_loss_func
+
+# Router logits of the valid tokens run so far: one list per MoE layer of (tokens, experts) blocks.
+RouterLog = list[list[torch.Tensor]]
 
 
 @dataclass(frozen=True)
@@ -100,17 +108,68 @@ def score(
     one forward; ``clip`` clamps the scores to ±clip. A model training with gradient checkpointing
     always gets full forwards: transformers' checkpointed layers drop the KV cache.
     """
-    _check(prompts, queries)
-    if not queries:
-        return torch.zeros(0)
-    if model.training and getattr(model, "is_gradient_checkpointing", False):
-        reuse_prefix = False
-    run = _score_with_prefix if reuse_prefix else _score_full
-    scores = run(model, prompts, queries, batch_size)
+    scores, _ = _run(model, prompts, queries, reuse_prefix, batch_size, None)
     return scores.clamp(-clip, clip) if clip is not None else scores
 
 
-def _score_full(model, prompts, queries, batch_size: int) -> torch.Tensor:
+def score_with_aux(
+    model,
+    prompts: Sequence[PromptInputs],
+    queries: Sequence[SegmentQuery],
+    *,
+    reuse_prefix: bool = True,
+    batch_size: int = 32,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Unclipped :func:`score` plus the router load-balancing loss (None for a dense model), for training.
+
+    The loss is transformers' Switch load-balancing loss (``load_balancing_loss_func``: experts ×
+    Σ fraction-of-top-k-picks × mean router probability, pooled over the MoE layers) over the router
+    logits of every valid token the forwards ran, pooled across forwards, pads excluded. With
+    ``reuse_prefix=False`` that is the loss of one padded forward over all the (prompt ⊕ segment)
+    rows, each prompt token counted once per row. With the prefix path it counts each prompt token
+    once per (prompt, routing) encoding plus every segment token — a different value, and the more
+    faithful load-balancing signal: it measures the routing of the tokens the experts actually
+    process, instead of weighting prompts (and their image tokens) by how many segments follow them.
+    Falls back to full forwards under gradient checkpointing, like :func:`score`.
+    """
+    return _run(model, prompts, queries, reuse_prefix, batch_size, [] if model.config.is_moe else None)
+
+
+def _run(model, prompts, queries, reuse_prefix: bool, batch_size: int, log: RouterLog | None):
+    """(scores, aux loss or None) of ``queries`` by the chosen path; ``log`` collects router logits when given."""
+    _check(prompts, queries)
+    if not queries:
+        return torch.zeros(0), None
+    if model.training and getattr(model, "is_gradient_checkpointing", False):
+        reuse_prefix = False
+    run = _score_with_prefix if reuse_prefix else _score_full
+    scores = run(model, prompts, queries, batch_size, log)
+    return scores, _aux_loss(model, log)
+
+
+def _log_router(log: RouterLog | None, logits: Sequence[torch.Tensor], mask: torch.Tensor) -> None:
+    """Append each layer's router logits of the valid (``mask``) tokens of a (B, L) forward to ``log``."""
+    if log is None or not logits:
+        return
+    if not log:
+        log.extend([] for _ in logits)
+    if len(log) != len(logits):
+        raise RuntimeError(f"router logits of {len(logits)} layers; earlier forwards had {len(log)}")
+    valid = mask.bool().reshape(-1)
+    for layer, layer_logits in zip(log, logits, strict=True):
+        layer.append(layer_logits[valid.to(layer_logits.device)])
+
+
+def _aux_loss(model, log: RouterLog | None) -> torch.Tensor | None:
+    """Switch load-balancing loss over every logged token (all layers pooled); None when nothing was logged."""
+    if not log:
+        return None
+    logits = tuple(torch.cat(layer) for layer in log)
+    top_k = int(model.config.backbone_text_config.num_experts_per_tok)
+    return load_balancing_loss_func(logits, model.config.num_experts, top_k)
+
+
+def _score_full(model, prompts, queries, batch_size: int, log: RouterLog | None = None) -> torch.Tensor:
     """Reference: one full forward (prompt ⊕ segment, images included) per query, batched."""
     device, dtype = model.device, model.dtype
     out = []
@@ -125,7 +184,9 @@ def _score_full(model, prompts, queries, batch_size: int) -> torch.Tensor:
             pixel_values=pixel_values,
             image_grid_thw=grid,
             segments=[q.segment for q in chunk],
+            output_router_logits=log is not None,
         )
+        _log_router(log, result.router_logits or (), mask)
         out.append(result.scores)
     return torch.cat(out)
 
@@ -141,7 +202,7 @@ def select_cache(cache: DynamicCache, rows: torch.Tensor) -> DynamicCache:
     return DynamicCache(ddp_cache_data=layers)
 
 
-def _score_with_prefix(model, prompts, queries, batch_size: int) -> torch.Tensor:
+def _score_with_prefix(model, prompts, queries, batch_size: int, log: RouterLog | None = None) -> torch.Tensor:
     """Encode each (prompt, routing) prefix once, then score its segments as cached continuations."""
     device, dtype = model.device, model.dtype
     pad_id = _pad_id(model)
@@ -158,7 +219,7 @@ def _score_with_prefix(model, prompts, queries, batch_size: int) -> torch.Tensor
         ids, mask = pad_right([_ids(prompts[p].input_ids) for p, _ in block], pad_id, device)
         pixel_values, grid = _images(prompts, [p for p, _ in block], device, dtype)
         positions, next_pos = model.position_ids(ids, mask, grid)
-        prefix, _ = model.encode(
+        prefix, prefix_logits = model.encode(
             input_ids=ids,
             attention_mask=mask,
             position_ids=positions,
@@ -167,6 +228,7 @@ def _score_with_prefix(model, prompts, queries, batch_size: int) -> torch.Tensor
             segments=[route_segment[start + i] for i in range(len(block))],
             use_cache=True,
         )
+        _log_router(log, prefix_logits, mask)
         members = [n for n, row in enumerate(row_of) if start <= row < start + len(block)]
         for c_start in range(0, len(members), batch_size):
             chunk = members[c_start : c_start + batch_size]
@@ -182,6 +244,8 @@ def _score_with_prefix(model, prompts, queries, batch_size: int) -> torch.Tensor
                 past_key_values=select_cache(prefix.past_key_values, local),
                 segments=[queries[n].segment for n in chunk],
                 use_cache=True,
+                output_router_logits=log is not None,
             )
+            _log_router(log, result.router_logits or (), cont_mask)
             scores = scores.index_copy(0, torch.tensor(chunk, device=device), result.scores)
     return scores

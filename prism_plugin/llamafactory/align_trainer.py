@@ -19,13 +19,12 @@ from transformers import Trainer
 from transformers.utils import logging
 
 from prism_plugin.advantage import segment_advantage
-from prism_plugin.discriminator.scoring import SegmentQuery, score
+from prism_plugin.discriminator.scoring import SegmentQuery, score, score_with_aux
 from prism_plugin.format import split_segments
 from prism_plugin.generation import completion_mask, end_of_turn_id, vision_suppress_ids
 from prism_plugin.llamafactory.align_data import AlignItem
 from prism_plugin.llamafactory.align_rewards import RuleScorer, verifiable_rewards
 from prism_plugin.llamafactory.metrics import MetricsLogMixin
-from prism_plugin.llamafactory.pairs import collate_rows
 from prism_plugin.losses import discriminator_loss, get_policy_loss
 
 DISCRIMINATOR_DIR = "discriminator"
@@ -72,6 +71,10 @@ class RolloutGroup:
 
 class PrismAlignTrainer(MetricsLogMixin, Trainer):
     """Policy trainer of the alignment stage; owns the discriminator and its optimiser."""
+
+    # The discriminator update scores through the shared-prefix path; False runs one padded full
+    # forward over every (prompt ⊕ segment) row instead (same loss and gradients; a reference).
+    disc_reuse_prefix: bool = True
 
     def __init__(
         self,
@@ -344,28 +347,32 @@ class PrismAlignTrainer(MetricsLogMixin, Trainer):
     def _disc_loss(self, items: list[AlignItem], students: list[dict], valid: torch.Tensor):
         """Bradley–Terry + score regulariser over the valid rollouts, in train mode with gradients.
 
-        One forward holds each group's teacher segments once and every valid rollout's segments;
-        teacher scores are then indexed per rollout (autograd sums the reuse), which gives the loss of
-        scoring a (teacher, rollout) pair per rollout at a fraction of the rows.
+        Scores each group's teacher segments once and every valid rollout's segments, through the
+        shared-prefix path of :func:`score_with_aux`: each prompt (and image) is encoded once per group
+        (per routing in ``dedicated`` mode) and every segment runs as a continuation of its cache,
+        which gives the scores and gradients of full (prompt ⊕ segment) forwards at a fraction of the
+        cost. Teacher scores are then indexed per rollout (autograd sums the reuse), which gives the
+        loss of scoring a (teacher, rollout) pair per rollout. Returns (loss, metrics, router aux loss).
         """
         G = self.settings.num_generations
         disc = self.discriminator
         rollouts = [i for i in range(len(students)) if valid[i]]
         groups = sorted({i // G for i in rollouts})
-        rows = [(items[g].disc_prompt, items[g].teacher[s], s) for g in groups for s in self.segments]
-        rows += [(items[i // G].disc_prompt, students[i][s], s) for i in rollouts for s in self.segments]
-        batch = collate_rows(rows, self.disc_tokenizer.pad_token_id or 0)
-        batch = {k: v.to(disc.device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
-        out = disc(**batch, output_router_logits=True)
+        slot_of = {g: k for k, g in enumerate(groups)}
+        queries = [SegmentQuery(k, s, items[g].teacher[s]) for k, g in enumerate(groups) for s in self.segments]
+        queries += [SegmentQuery(slot_of[i // G], s, students[i][s]) for i in rollouts for s in self.segments]
+        prompts = [items[g].disc_prompt for g in groups]
+        scores, aux = score_with_aux(disc, prompts, queries, reuse_prefix=self.disc_reuse_prefix,
+                                     batch_size=len(queries))
         S = len(self.segments)
-        teacher_scores = out.scores[: len(groups) * S].view(len(groups), S)
-        student_scores = out.scores[len(groups) * S :].view(len(rollouts), S)
-        slot = torch.tensor([groups.index(i // G) for i in rollouts], device=out.scores.device)
+        teacher_scores = scores[: len(groups) * S].view(len(groups), S)
+        student_scores = scores[len(groups) * S :].view(len(rollouts), S)
+        slot = torch.tensor([slot_of[i // G] for i in rollouts], device=scores.device)
         teacher = {s: teacher_scores[slot, j] for j, s in enumerate(self.segments)}
         student = {s: student_scores[:, j] for j, s in enumerate(self.segments)}
-        ones = torch.ones(len(rollouts), dtype=torch.bool, device=out.scores.device)
+        ones = torch.ones(len(rollouts), dtype=torch.bool, device=scores.device)
         loss, metrics = discriminator_loss(teacher, student, ones, self.settings.score_reg_coef)
-        return loss, metrics, out.aux_loss
+        return loss, metrics, aux
 
     # ------------------------------------------------------------------ policy loss
 
