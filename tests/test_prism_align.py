@@ -362,7 +362,7 @@ def test_policy_updates_are_gated_on_discriminator_accuracy(tmp_path, tiny_dir, 
     assert any(not torch.equal(a, b) for a, b in zip(disc_before.parameters(), disc_after.parameters(), strict=True))
 
 
-def test_batch_accuracy_counts_ties_as_half_and_ignores_invalid_rollouts():
+def test_batch_accuracy_counts_ties_as_half_and_ignores_invalid_and_teacher_copies():
     from types import SimpleNamespace
 
     from prism_plugin.llamafactory.align_trainer import AlignSettings, PrismAlignTrainer
@@ -379,3 +379,29 @@ def test_batch_accuracy_counts_ties_as_half_and_ignores_invalid_rollouts():
     # caption: teacher 1 > 0 (1), 1 == 1 (½), 1 < 2 (0); reasoning: 2 > -1 (1), 2 < 3 (0), 0.5 > 0 (1)
     assert trainer._batch_accuracy(scores, valid) == pytest.approx(3.5 / 6)
     assert trainer._batch_accuracy(scores, torch.zeros(4, dtype=torch.bool)) is None
+    # rollout 1's caption and rollout 0's reasoning repeat the teacher's: no comparison, left out
+    differs = {"caption": torch.tensor([True, False, True, False]),
+               "reasoning": torch.tensor([False, True, True, False])}
+    assert trainer._batch_accuracy(scores, valid, differs) == pytest.approx((1 + 0 + 0 + 1) / 4)
+    none_differ = {"caption": torch.zeros(4, dtype=torch.bool), "reasoning": torch.zeros(4, dtype=torch.bool)}
+    assert trainer._batch_accuracy(scores, valid, none_differ) is None
+
+
+def test_rollouts_repeating_the_teacher_are_found_by_token_ids():
+    from types import SimpleNamespace
+
+    from prism_plugin.llamafactory.align_trainer import AlignSettings, PrismAlignTrainer
+
+    trainer = object.__new__(PrismAlignTrainer)
+    trainer.settings = AlignSettings(segment_weights={"caption": 0.5, "reasoning": 0.5}, num_generations=2)
+    trainer.segments = ["caption", "reasoning"]
+    items = [SimpleNamespace(teacher={"caption": [5, 6, 7], "reasoning": [8, 9]}),
+             SimpleNamespace(teacher={"caption": torch.tensor([1, 2]), "reasoning": torch.tensor([3])})]
+    students = [{"caption": torch.tensor([5, 6, 7]), "reasoning": torch.tensor([8])},
+                {"caption": [5, 6], "reasoning": [8, 9]},
+                {"caption": [1, 2], "reasoning": [3]},
+                {}]
+    valid = torch.tensor([True, True, True, False])
+    differs = trainer._differs_from_teacher(items, students, valid)
+    assert differs["caption"].tolist() == [False, True, False, False]
+    assert differs["reasoning"].tolist() == [True, False, False, False]

@@ -56,6 +56,11 @@ class AlignSettings:
     min_disc_accuracy: float = 0.0
 
 
+def _ids_list(ids: Any) -> list[int]:
+    """Token ids (tensor or sequence) as a plain list, for exact comparison."""
+    return ids.tolist() if isinstance(ids, torch.Tensor) else list(ids)
+
+
 @dataclass
 class RolloutGroup:
     """The G rollouts of one prompt, ready for the policy loss."""
@@ -223,7 +228,7 @@ class PrismAlignTrainer(MetricsLogMixin, Trainer):
         disc_metrics: dict[str, float] = {}
         gated = False
         if self.rule_scorer is None:
-            accuracy = self._batch_accuracy(scores, valid)
+            accuracy = self._batch_accuracy(scores, valid, self._differs_from_teacher(items, students, valid))
             if accuracy is not None:
                 disc_metrics["disc/batch_accuracy"] = accuracy
                 gated = accuracy < self.settings.min_disc_accuracy
@@ -282,23 +287,36 @@ class PrismAlignTrainer(MetricsLogMixin, Trainer):
         out.update({f"teacher_{name}": teacher[name] for name in self.segments})
         return out
 
-    def _batch_accuracy(self, scores: dict[str, torch.Tensor], valid: torch.Tensor) -> float | None:
+    def _batch_accuracy(self, scores: dict[str, torch.Tensor], valid: torch.Tensor,
+                        differs: dict[str, torch.Tensor] | None = None) -> float | None:
         """Share of (valid rollout, segment) pairs where the current discriminator ranks the teacher
         above the rollout, on rollouts it has not trained on yet; over all ranks; None without any.
 
-        A tie counts one half (AUC convention): a rollout that repeats the teacher's segment gets the
-        teacher's score, and must count as a coin flip, not as a loss of the discriminator."""
+        ``differs[segment]`` (N,) marks rollouts whose segment is not the teacher's token for token:
+        a rollout that repeats the teacher's segment is no comparison at all (the better the policy,
+        the more of them), so it is left out. A score tie between different segments counts one half."""
         G = self.settings.num_generations
         counts = torch.zeros(2, dtype=torch.float64)
         for name in self.segments:
-            teacher = scores[f"teacher_{name}"].repeat_interleave(G)[valid]
-            student = scores[name][valid]
+            keep = valid if differs is None else valid & differs[name]
+            teacher = scores[f"teacher_{name}"].repeat_interleave(G)[keep]
+            student = scores[name][keep]
             counts[0] += float((teacher > student).sum()) + 0.5 * float((teacher == student).sum())
-            counts[1] += int(valid.sum())
+            counts[1] += int(keep.sum())
         if torch.distributed.is_available() and torch.distributed.is_initialized():
             counts = counts.to(self.accelerator.device)
             torch.distributed.all_reduce(counts)
         return float(counts[0] / counts[1]) if counts[1] > 0 else None
+
+    def _differs_from_teacher(self, items: list[AlignItem], students: list[dict],
+                              valid: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Per segment, (N,) bool: the valid rollout's segment ids differ from its prompt's teacher's."""
+        G = self.settings.num_generations
+        def differs(i: int, name: str) -> bool:
+            return bool(valid[i]) and _ids_list(students[i][name]) != _ids_list(items[i // G].teacher[name])
+
+        return {name: torch.tensor([differs(i, name) for i in range(len(students))], dtype=torch.bool)
+                for name in self.segments}
 
     def _update_discriminator(self, items: list[AlignItem], students: list[dict], valid: torch.Tensor) -> dict:
         """One optimiser step on teacher ≻ rollout over the valid rollouts; skipped when no rank has one."""
