@@ -42,17 +42,22 @@ def load_results(work_dir: Path) -> list[dict]:
     return results
 
 
+def arms_run(results: list[dict]) -> list[str]:
+    """The arms every result has run (an arm left out with ``run.py --arms`` holds only step 0)."""
+    return [arm for arm in ARMS if all(len(r["curves"].get(arm, {})) > 1 for r in results)]
+
+
 def steps_of(results: list[dict]) -> list[int]:
-    return sorted({int(s) for r in results for arm in ARMS for s in r["curves"][arm]})
+    return sorted({int(s) for r in results for arm in arms_run(results) for s in r["curves"][arm]})
 
 
 def curve_table(results: list[dict], metric: str) -> list[str]:
-    steps = steps_of(results)
-    lines = ["| policy updates | " + " | ".join(LABELS[a] for a in ARMS) + " |",
-             "|---:|" + "---:|" * len(ARMS)]
+    steps, arms = steps_of(results), arms_run(results)
+    lines = ["| policy updates | " + " | ".join(LABELS[a] for a in arms) + " |",
+             "|---:|" + "---:|" * len(arms)]
     for step in steps:
         cells = []
-        for arm in ARMS:
+        for arm in arms:
             values = [r["curves"][arm][str(step)][metric] for r in results if str(step) in r["curves"][arm]]
             if values:
                 mean, se = mean_se(values)
@@ -66,7 +71,8 @@ def curve_table(results: list[dict], metric: str) -> list[str]:
 def paired_table(results: list[dict]) -> list[str]:
     final = max(steps_of(results))
     lines = ["| comparison (final accuracy) | per-seed differences | mean | 95% bootstrap CI |", "|---|---|---:|---|"]
-    for arm in ("prism", "sft", "oracle"):
+    arms = arms_run(results)
+    for arm in [a for a in ("prism", "sft", "oracle") if a in arms and "grpo" in arms]:
         diffs = [r["curves"][arm][str(final)]["accuracy"] - r["curves"]["grpo"][str(final)]["accuracy"]
                  for r in results]
         low, high = bootstrap_ci(diffs)
@@ -75,6 +81,8 @@ def paired_table(results: list[dict]) -> list[str]:
     rows = [("prism", "sft", results, ""),
             ("prism", "grpo", [r for r in results if r["gate"]["passed"]], " (gate-passed seeds only)")]
     for arm, base, subset, note in rows:
+        if arm not in arms or base not in arms:
+            continue
         if not subset:
             lines.append(f"| {LABELS[arm]} − {LABELS[base]}{note} | no seed | — | — |")
             continue
@@ -86,12 +94,14 @@ def paired_table(results: list[dict]) -> list[str]:
 
 
 def gate_table(results: list[dict]) -> list[str]:
-    lines = ["| seed | held-out caption pair acc. | reasoning pair acc. | right / wrong SFT captions | score gap "
-             "(right − wrong) | gate |", "|---:|---:|---:|---|---:|---|"]
+    lines = ["| seed | warm-up val caption / reasoning pair acc. | on-policy caption acc. (teacher ≻ wrong SFT "
+             "caption, same prompt) | right / wrong SFT captions | AUC right vs wrong | score gap (right − wrong) "
+             "| gate |", "|---:|---|---:|---|---:|---:|---|"]
     for r in results:
         g = r["gate"]
-        lines.append(f"| {r['seed']} | {g['caption_accuracy']:.3f} | {g['reasoning_accuracy']:.3f} | "
-                     f"{g['right_captions']} / {g['wrong_captions']} | {g['score_gap']:+.3f} | "
+        lines.append(f"| {r['seed']} | {g['caption_accuracy']:.3f} / {g['reasoning_accuracy']:.3f} | "
+                     f"{g['on_policy_accuracy']:.3f} | {g['right_captions']} / {g['wrong_captions']} | "
+                     f"{g['right_vs_wrong_auc']:.3f} | {g['score_gap']:+.3f} | "
                      f"{'passed' if g['passed'] else 'FAILED'} |")
     return lines
 
@@ -102,13 +112,22 @@ def disc_during_alignment(results: list[dict]) -> list[str]:
     for r in results:
         for entry in r["logs"]["prism"]["align"]:
             if "disc/caption/accuracy" in entry:
-                slot = by_step.setdefault(int(entry["step"]), {"caption": [], "reasoning": []})
+                slot = by_step.setdefault(int(entry["step"]), {"caption": [], "reasoning": [], "fresh": [],
+                                                               "gated": []})
                 slot["caption"].append(entry["disc/caption/accuracy"])
                 slot["reasoning"].append(entry.get("disc/reasoning/accuracy", float("nan")))
-    lines = ["| alignment step | disc caption acc. (teacher ≻ rollout) | disc reasoning acc. |", "|---:|---:|---:|"]
+                if "disc/batch_accuracy" in entry:
+                    slot["fresh"].append(entry["disc/batch_accuracy"])
+                slot["gated"].append(entry.get("policy/gated", 0.0))
+    lines = ["| alignment step | disc caption acc. (teacher ≻ rollout) | disc reasoning acc. | fresh-rollout acc. "
+             "(before the update, teacher copies left out) | seeds whose policy update was gated |",
+             "|---:|---:|---:|---:|---:|"]
     for step in sorted(by_step):
-        c, s = mean_se(by_step[step]["caption"]), mean_se(by_step[step]["reasoning"])
-        lines.append(f"| {step} | {c[0]:.3f} ± {c[1]:.3f} | {s[0]:.3f} ± {s[1]:.3f} |")
+        slot = by_step[step]
+        c, s = mean_se(slot["caption"]), mean_se(slot["reasoning"])
+        fresh = mean_se(slot["fresh"]) if slot["fresh"] else (float("nan"), float("nan"))
+        lines.append(f"| {step} | {c[0]:.3f} ± {c[1]:.3f} | {s[0]:.3f} ± {s[1]:.3f} | {fresh[0]:.3f} ± {fresh[1]:.3f} "
+                     f"| {int(sum(slot['gated']))} / {len(slot['gated'])} |")
     return lines, by_step
 
 
@@ -122,7 +141,7 @@ def plot(results: list[dict], by_step: dict, boundary: int, out: Path) -> list[s
     steps = steps_of(results)
     fig, axes = plt.subplots(1, 3, figsize=(15, 4))
     for ax, metric in zip(axes, ("accuracy", "caption_exact", "reasoning_consistent"), strict=True):
-        for arm in ARMS:
+        for arm in arms_run(results):
             xs, ms, ses = [], [], []
             for step in steps:
                 values = [r["curves"][arm][str(step)][metric] for r in results if str(step) in r["curves"][arm]]
@@ -163,8 +182,9 @@ def main(argv: list[str] | None = None) -> int:
     results = load_results(args.work_dir)
     if not results:
         raise SystemExit(f"no finished seeds under {args.work_dir}")
-    boundary = min(int(s) for s in results[0]["curves"]["prism"] if int(s) > 0)
-    disc_lines, by_step = disc_during_alignment(results)
+    staged = [arm for arm in arms_run(results) if arm != "grpo"] or ["grpo"]
+    boundary = min(int(s) for s in results[0]["curves"][staged[0]] if int(s) > 0)
+    disc_lines, by_step = disc_during_alignment(results) if "prism" in arms_run(results) else ([], {})
     wall = {k: mean_se([r["wall_s"][k] for r in results if k in r["wall_s"]])[0] for k in results[0]["wall_s"]}
     sections = [f"Seeds: {', '.join(str(r['seed']) for r in results)} (paired: every arm starts from that seed's "
                 f"SFT checkpoint). Alignment/GRPO boundary at {boundary} policy updates.", "",

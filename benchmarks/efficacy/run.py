@@ -5,12 +5,15 @@ Per seed, from one SFT checkpoint (stock LLaMA-Factory SFT stopped at the first 
 ``--grpo-steps`` M), every stage a real ``llamafactory-cli train`` run of the product:
 
   grpo    ``prism_align`` with ``prism_reward: verifiable`` for K + M steps (GRPO);
-  prism   ``prism_disc`` warm-up → ``prism_align`` against the discriminator for K → GRPO for M;
+  prism   discriminator upcycled from the SFT policy, ``prism_disc`` warm-up on synthetic miscount pairs
+          and on the SFT policy's own samples (``make-pairs``) → ``prism_align`` against it for K
+          (``prism_min_disc_accuracy``, unscaled advantages) → GRPO for M;
   sft     K more SFT steps → GRPO for M (the control: is alignment better than more SFT?);
   oracle  ``prism_align`` with an oracle per-segment scorer for K → GRPO for M (the upper bound).
 
-Before the prism arm, a gate measures the warmed-up discriminator: held-out pairwise caption
-accuracy and the score gap between right and wrong captions sampled from the SFT policy. Every
+Before the prism arm, a gate measures the warmed-up discriminator on captions the SFT policy samples
+for held-out dev prompts: how often it ranks the teacher's caption above a wrong one (same prompt),
+and the score gap between right and wrong ones. Every
 checkpoint is evaluated greedily on the held-out set (accuracy, caption exact-match, reasoning
 consistency). Results: ``WORK/seed{S}/result.json``; ``report.py`` aggregates them.
 
@@ -73,14 +76,17 @@ def sft_config(model: str, tiny: Path, out: Path, seed: int, args: argparse.Name
 
 def align_config(model: str, tiny: Path, out: Path, seed: int, args: argparse.Namespace, steps: int, reward: str,
                  save_every: int, disc: str | None = None) -> dict:
+    grpo = reward == "verifiable"
     config = {**base_config(model, tiny, out, seed), "stage": "prism_align", "dataset": "prism_tiny_align",
               "cutoff_len": 1024, "prism_reward": reward, "prism_num_generations": args.generations,
               "prism_max_new_tokens": args.max_new_tokens, "per_device_train_batch_size": args.prompts,
-              "learning_rate": args.policy_lr, "lr_scheduler_type": "constant", "max_steps": steps,
+              "learning_rate": args.policy_lr if grpo else args.align_lr, "lr_scheduler_type": "constant",
+              "max_steps": steps,
               "save_strategy": "steps", "save_steps": save_every, "save_only_model": True,
               "prism_disc_learning_rate": args.disc_lr, "logging_steps": 1}
     if disc:
-        config["prism_discriminator"] = disc
+        config.update({"prism_discriminator": disc, "prism_min_disc_accuracy": args.min_disc_accuracy,
+                       "prism_scale_advantages": args.scale_advantages})
     return config
 
 
@@ -107,7 +113,9 @@ def log_history(run_dir: Path) -> list[dict]:
 
 
 def discriminator_gate(disc_dir: Path, sft_dir: Path, dev_file: Path, args: argparse.Namespace) -> dict:
-    """Score gap between right and wrong captions the SFT policy samples for dev prompts (eval mode)."""
+    """The warmed-up discriminator on captions the SFT policy samples for dev prompts (eval mode): the
+    on-policy pairwise accuracy (teacher's caption scored above a wrong sampled caption), the AUC of
+    right vs wrong sampled captions, and their mean score gap."""
     import torch
 
     from benchmarks.efficacy.task import caption_counts, load_eval_records
@@ -123,17 +131,65 @@ def discriminator_gate(disc_dir: Path, sft_dir: Path, dev_file: Path, args: argp
     with torch.no_grad():
         split = sample_responses(policy, processor, [(r.prompt, r.images) for r in records], vision=True,
                                  num_generations=4, max_new_tokens=args.max_new_tokens)
-    rows = [(i, text) for i, text in enumerate(split.texts) if layout_parts(text) is not None]
+    rows = [(i // 4, text) for i, text in enumerate(split.texts) if layout_parts(text) is not None]
     disc = load_discriminator(str(disc_dir)).eval()
-    scores = score_texts(disc, [records[i // 4].prompt for i, _ in rows], [t for _, t in rows],
-                         [list(records[i // 4].images) for i, _ in rows])["caption"].tolist()
-    right, wrong = [], []
-    for (i, text), value in zip(rows, scores, strict=True):
-        correct = caption_counts(layout_parts(text)[0]) == records[i // 4].counts
-        (right if correct else wrong).append(value)
+    with torch.no_grad():
+        scores = score_texts(disc, [records[k].prompt for k, _ in rows], [t for _, t in rows],
+                             [list(records[k].images) for k, _ in rows])["caption"].tolist()
+        teacher = score_texts(disc, [r.prompt for r in records], [r.teacher for r in records],
+                              [list(r.images) for r in records])["caption"].tolist()
+    right, wrong, beaten = [], [], []
+    for (k, text), value in zip(rows, scores, strict=True):
+        if caption_counts(layout_parts(text)[0]) == records[k].counts:
+            right.append(value)
+        else:
+            wrong.append(value)
+            beaten.append(float(teacher[k] > value) + 0.5 * float(teacher[k] == value))
     mean = lambda xs: sum(xs) / len(xs) if xs else float("nan")  # noqa: E731
+    auc = mean([float(r > w) + 0.5 * float(r == w) for r in right for w in wrong])
     return {"right_captions": len(right), "wrong_captions": len(wrong), "right_mean": mean(right),
-            "wrong_mean": mean(wrong), "score_gap": mean(right) - mean(wrong)}
+            "wrong_mean": mean(wrong), "score_gap": mean(right) - mean(wrong), "on_policy_accuracy": mean(beaten),
+            "right_vs_wrong_auc": auc}
+
+
+def disc_backbone(work: Path, tiny: Path, sft_dir: Path, seed: int, args: argparse.Namespace, result: dict) -> Path:
+    """The dense model the discriminator is upcycled from: the seed's SFT policy, the random tiny dense
+    model, or that dense model after ``--disc-sft-steps`` of stock SFT on the teacher's demonstrations
+    (a backbone that perceives, as the paper's pretrained discriminator VLM does)."""
+    if args.disc_init == "policy":
+        return sft_dir
+    dense = tiny / "qwen3_vl_dense"
+    if args.disc_init == "dense":
+        return dense
+    out = work / "disc_backbone"
+    if "disc_backbone" not in result["wall_s"]:
+        config = {**sft_config(str(dense), tiny, out, seed + 1, args, args.disc_sft_steps), "save_strategy": "no"}
+        result["wall_s"]["disc_backbone"] = lf_train(config, work, "disc_backbone")
+    return out
+
+
+def warmup_datasets(work: Path, tiny: Path, sft_dir: Path, seed: int, args: argparse.Namespace) -> str:
+    """The warm-up's LLaMA-Factory dataset names: the synthetic miscount pairs and/or pairs of the teacher
+    with the SFT policy's own samples on the training prompts (``prism-plugin data make-pairs``)."""
+    from prism_plugin.data.make_pairs import make_pairs
+
+    names = []
+    if args.warmup_pairs in ("synthetic", "both"):
+        names.append("prism_tiny_pairs")
+    if args.warmup_pairs in ("policy", "both"):
+        out = tiny / "data" / "policy_pairs.jsonl"
+        if not out.is_file():
+            report = make_pairs(sft_dir, tiny / "data" / "align.jsonl", out.with_suffix(".tmp"),
+                                num_samples=args.policy_samples, max_new_tokens=args.max_new_tokens, seed=seed,
+                                batch_size=32, progress=False)
+            (work / "make_pairs.json").write_text(json.dumps(report.summary(), indent=1))
+            out.with_suffix(".tmp").rename(out)
+        info_file = tiny / "data" / "dataset_info.json"
+        info = json.loads(info_file.read_text())
+        info["policy_pairs"] = {"file_name": str(out)}
+        info_file.write_text(json.dumps(info, indent=1))
+        names.append("policy_pairs")
+    return ",".join(names)
 
 
 def run_seed(seed: int, args: argparse.Namespace) -> dict:
@@ -196,10 +252,11 @@ def run_seed(seed: int, args: argparse.Namespace) -> dict:
     # discriminator: upcycle, warm up, gate
     disc_dir = work / "disc"
     if "disc_warmup" not in result:
-        upcycle(tiny / "qwen3_vl_dense", work / "disc_upcycled", num_experts=4, top_k=2, seed=seed,
-                expert_mode=args.expert_mode)
+        dense = disc_backbone(work, tiny, sft_dir, seed, args, result)
+        upcycle(dense, work / "disc_upcycled", num_experts=4, top_k=2, seed=seed, expert_mode=args.expert_mode)
+        datasets = warmup_datasets(work, tiny, sft_dir, seed, args)
         config = {**base_config(str(work / "disc_upcycled"), tiny, disc_dir, seed), "stage": "prism_disc",
-                  "dataset": "prism_tiny_pairs", "cutoff_len": 512, "per_device_train_batch_size": 16,
+                  "dataset": datasets, "cutoff_len": 512, "per_device_train_batch_size": 16,
                   "learning_rate": args.warmup_lr, "num_train_epochs": args.warmup_epochs, "val_size": 0.1,
                   "eval_strategy": "epoch", "per_device_eval_batch_size": 32, "save_strategy": "no",
                   "lr_scheduler_type": "cosine", "warmup_ratio": 0.05}
@@ -212,7 +269,7 @@ def run_seed(seed: int, args: argparse.Namespace) -> dict:
         final = result["disc_warmup"]["eval"][-1]
         gate["caption_accuracy"] = final["eval_caption/accuracy"]
         gate["reasoning_accuracy"] = final.get("eval_reasoning/accuracy")
-        gate["passed"] = bool(gate["caption_accuracy"] >= args.gate_accuracy and gate["score_gap"] > args.gate_gap)
+        gate["passed"] = bool(gate["on_policy_accuracy"] >= args.gate_accuracy and gate["score_gap"] > args.gate_gap)
         result["gate"] = gate
         save()
     print(f"seed {seed}: gate {result['gate']}", flush=True)
@@ -226,7 +283,7 @@ def run_seed(seed: int, args: argparse.Namespace) -> dict:
                                          "save_strategy": "steps", "save_steps": K, "save_only_model": True}),
         "oracle": ("align", lambda out: align_config(str(sft_dir), tiny, out, seed, args, K, oracle, K)),
     }
-    for arm in ARMS:
+    for arm in args.arms:
         arm_dir = work / arm
         if arm == "grpo":
             run = arm_dir / "grpo"
@@ -292,10 +349,24 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--generations", type=int, default=8)
     parser.add_argument("--max-new-tokens", type=int, default=64)
     parser.add_argument("--policy-lr", type=float, default=1e-4)
-    parser.add_argument("--disc-lr", type=float, default=1e-4)
+    parser.add_argument("--align-lr", type=float, default=2e-5,
+                        help="policy lr of the alignment stage (prism and oracle arms); GRPO uses --policy-lr")
+    parser.add_argument("--disc-lr", type=float, default=1e-3, help="discriminator lr during alignment")
     parser.add_argument("--warmup-lr", type=float, default=1e-3)
     parser.add_argument("--warmup-epochs", type=float, default=3.0)
     parser.add_argument("--expert-mode", default="dedicated", choices=["shared", "dedicated"])
+    parser.add_argument("--arms", nargs="*", default=list(ARMS), choices=ARMS,
+                        help="arms to run (none: stop after SFT, the warm-up and the gate)")
+    parser.add_argument("--disc-init", default="policy", choices=["policy", "trained", "dense"],
+                        help="upcycle the discriminator from the tiny dense model after --disc-sft-steps of SFT "
+                             "(trained), from the seed's SFT policy, or from the random tiny dense model")
+    parser.add_argument("--disc-sft-steps", type=int, default=1000, help="SFT steps of the trained backbone")
+    parser.add_argument("--warmup-pairs", default="both", choices=["synthetic", "policy", "both"],
+                        help="warm-up pairs: synthetic miscounts, the SFT policy's own samples (make-pairs), or both")
+    parser.add_argument("--policy-samples", type=int, default=1, help="SFT samples per training prompt (make-pairs)")
+    parser.add_argument("--min-disc-accuracy", type=float, default=0.6, help="prism_min_disc_accuracy of the prism arm")
+    parser.add_argument("--scale-advantages", type=lambda v: v.lower() in ("1", "true", "yes"), default=False,
+                        help="prism_scale_advantages of the prism arm (true: unit-variance group advantages)")
     parser.add_argument("--gate-prompts", type=int, default=64)
     parser.add_argument("--gate-accuracy", type=float, default=0.75)
     parser.add_argument("--gate-gap", type=float, default=0.0)

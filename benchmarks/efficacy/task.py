@@ -23,12 +23,14 @@ SUM_RE = re.compile(r"^\s*((?:[a-z]+ \d+ \+ )*[a-z]+ \d+) = (\d+)\s*$")
 
 @dataclass
 class EvalRecord:
-    """One held-out question: prompt, image path, gold answer and the true caption's counts."""
+    """One held-out question: prompt, image path, gold answer, the true caption's counts and the teacher's
+    response."""
 
     prompt: str
     images: tuple[str, ...]
     answer: str
     counts: dict[str, int]
+    teacher: str = ""
 
 
 def load_eval_records(align_file: str | Path, limit: int | None = None) -> list[EvalRecord]:
@@ -39,7 +41,8 @@ def load_eval_records(align_file: str | Path, limit: int | None = None) -> list[
         row = json.loads(line)
         images = tuple(str(base / p) if not Path(p).is_absolute() else p for p in row["images"])
         truth = caption_counts(row["teacher_caption"])
-        records.append(EvalRecord(row["prompt"], images, str(row["ground_truth"]), truth))
+        teacher = f"{row['teacher_caption']} {row['teacher_cot']}"
+        records.append(EvalRecord(row["prompt"], images, str(row["ground_truth"]), truth, teacher))
     return records
 
 
