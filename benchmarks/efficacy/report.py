@@ -93,6 +93,23 @@ def paired_table(results: list[dict]) -> list[str]:
     return lines
 
 
+def boundary_table(results: list[dict], boundary: int) -> list[str]:
+    """Paired differences after the first stage (same number of policy updates): what alignment, more SFT
+    or the oracle did before any GRPO, against GRPO's own first ``boundary`` updates."""
+    arms = arms_run(results)
+    lines = [f"| comparison at {boundary} updates | metric | per-seed differences | mean | 95% bootstrap CI |",
+             "|---|---|---|---:|---|"]
+    for arm in [a for a in ("prism", "sft", "oracle") if a in arms and "grpo" in arms]:
+        for metric in ("accuracy", "caption_exact"):
+            diffs = [r["curves"][arm][str(boundary)][metric] - r["curves"]["grpo"][str(boundary)][metric]
+                     for r in results]
+            low, high = bootstrap_ci(diffs)
+            lines.append(f"| {LABELS[arm]} − {LABELS['grpo']} | {metric.replace('_', ' ')} | "
+                         + ", ".join(f"{d:+.3f}" for d in diffs)
+                         + f" | {sum(diffs) / len(diffs):+.3f} | [{low:+.3f}, {high:+.3f}] |")
+    return lines
+
+
 def gate_table(results: list[dict]) -> list[str]:
     lines = ["| seed | warm-up val caption / reasoning pair acc. | on-policy caption acc. (teacher ≻ wrong SFT "
              "caption, same prompt) | right / wrong SFT captions | AUC right vs wrong | score gap (right − wrong) "
@@ -179,6 +196,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--work-dir", type=Path, default=Path("outputs/efficacy"))
     parser.add_argument("--out", type=Path, default=Path(__file__).resolve().parent)
     args = parser.parse_args(argv)
+    args.out.mkdir(parents=True, exist_ok=True)
     results = load_results(args.work_dir)
     if not results:
         raise SystemExit(f"no finished seeds under {args.work_dir}")
@@ -192,6 +210,7 @@ def main(argv: list[str] | None = None) -> int:
                 "**Caption exact-match**", "", *curve_table(results, "caption_exact"), "",
                 "**Reasoning consistency**", "", *curve_table(results, "reasoning_consistent"), "",
                 "**Paired differences at the last step**", "", *paired_table(results), "",
+                "**Paired differences at the alignment/GRPO boundary**", "", *boundary_table(results, boundary), "",
                 "**Discriminator gate (before the PRISM arm)**", "", *gate_table(results), "",
                 "**Discriminator during alignment**", "", *disc_lines, "",
                 "**Mean wall time per stage (s, one torch thread)**", "",
