@@ -178,12 +178,18 @@ def plot(results: list[dict], by_step: dict, boundary: int, out: Path) -> list[s
         fig, ax = plt.subplots(figsize=(6, 4))
         xs = sorted(by_step)
         for seg in ("caption", "reasoning"):
-            ax.plot(xs, [mean_se(by_step[x][seg])[0] for x in xs], marker=".", label=seg)
+            ax.plot(xs, [mean_se(by_step[x][seg])[0] for x in xs], marker=".", label=f"{seg} (training batch)")
+        fresh = [x for x in xs if by_step[x]["fresh"]]
+        if fresh:
+            ax.plot(fresh, [mean_se(by_step[x]["fresh"])[0] for x in fresh], marker="o",
+                    label="fresh rollouts, before the update")
+            ax.bar(xs, [sum(by_step[x]["gated"]) / len(by_step[x]["gated"]) for x in xs], color="grey", alpha=0.25,
+                   label="share of seeds gated")
         ax.axhline(0.5, color="grey", linestyle=":")
         ax.set_xlabel("alignment step")
-        ax.set_ylabel("pairwise accuracy (teacher ≻ rollout)")
+        ax.set_ylabel("pairwise accuracy (teacher ≻ rollout) / share")
         ax.set_title("discriminator during alignment (PRISM arm)")
-        ax.legend()
+        ax.legend(fontsize=7)
         fig.tight_layout()
         files.append(out / "efficacy_discriminator.png")
         fig.savefig(files[-1], dpi=110)
