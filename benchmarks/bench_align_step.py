@@ -19,7 +19,7 @@ Breakdown = time inside the trainers' own methods, wrapped here (product code un
 By default the policies are first trained with a short stock LLaMA-Factory SFT so rollouts
 are realistic (layout-valid, end-of-turn terminated); ``--random-policy`` skips that.
 
-    python benchmarks/bench_align_step.py [--quick] [--work-dir DIR] [--steps 6] [--warmup 2]
+    python benchmarks/bench_align_step.py [--quick] [--work-dir DIR] [--steps 20] [--warmup 3]
         [--tokens 64 256] [--modalities text vl] [--threads 2] [--random-policy]
 """
 
@@ -450,8 +450,8 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="smoke run: 64 tokens only, 1 warm-up + 2 steps")
     parser.add_argument("--work-dir", default=None, help="tiny models, SFT policies, runs (reused if present); "
                         "default: a fresh temporary directory")
-    parser.add_argument("--steps", type=int, default=6, help="measured steps per configuration")
-    parser.add_argument("--warmup", type=int, default=2, help="warm-up steps (not measured)")
+    parser.add_argument("--steps", type=int, default=20, help="measured steps per configuration")
+    parser.add_argument("--warmup", type=int, default=3, help="warm-up steps (not measured)")
     parser.add_argument("--tokens", type=int, nargs="+", default=[64, 256], help="max new tokens per rollout")
     parser.add_argument("--modalities", nargs="+", choices=["text", "vl"], default=["text", "vl"])
     parser.add_argument("--threads", type=int, default=2, help="torch / OpenMP threads of every measured process")
