@@ -32,3 +32,20 @@ def test_oracle_scores_per_segment():
     teacher = {"caption": [TEACHER_CAPTION] * 2, "reasoning": ["unused"] * 2}
     scores = oracle_scores(rollouts, teacher, ["5", "5"])
     assert scores == {"caption": [1.0, 0.5], "reasoning": [1.0, 0.0]}
+
+
+def test_eval_records_carry_the_teacher_response_in_the_prism_layout(tmp_path):
+    """The gate scores each held-out prompt's teacher response: it must parse as a PRISM response
+    whose caption holds the record's true counts."""
+    from benchmarks.efficacy.task import load_eval_records
+    from prism_plugin.layout import layout_parts
+    from prism_plugin.tiny.data import write_dataset
+
+    paths = write_dataset(tmp_path / "data", num_examples=4, seed=3)
+    records = load_eval_records(paths["align"])
+    assert len(records) == 4
+    for record in records:
+        caption, think, answer = layout_parts(record.teacher)
+        assert caption_counts(caption) == record.counts
+        assert answer.strip() == record.answer
+        assert reasoning_consistent(caption, f"<think>{think}</think><answer>{answer}</answer>")
