@@ -49,3 +49,6 @@ def test_eval_records_carry_the_teacher_response_in_the_prism_layout(tmp_path):
         assert caption_counts(caption) == record.counts
         assert answer.strip() == record.answer
         assert reasoning_consistent(caption, f"<think>{think}</think><answer>{answer}</answer>")
+        # the segments are joined the way the policy writes them (and the product renders a teacher):
+        # the caption's score is read at its last token, so the separator must match
+        assert "</caption>\n<think>" in record.teacher

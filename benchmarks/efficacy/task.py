@@ -17,6 +17,8 @@ from typing import Any
 
 import torch
 
+from prism_plugin.data.records import Segments
+
 COUNT_RE = re.compile(r"([a-z]+) (\d+)")
 SUM_RE = re.compile(r"^\s*((?:[a-z]+ \d+ \+ )*[a-z]+ \d+) = (\d+)\s*$")
 
@@ -41,7 +43,7 @@ def load_eval_records(align_file: str | Path, limit: int | None = None) -> list[
         row = json.loads(line)
         images = tuple(str(base / p) if not Path(p).is_absolute() else p for p in row["images"])
         truth = caption_counts(row["teacher_caption"])
-        teacher = f"{row['teacher_caption']} {row['teacher_cot']}"
+        teacher = Segments(row["teacher_caption"], row["teacher_cot"]).response  # joined as the policy writes it
         records.append(EvalRecord(row["prompt"], images, str(row["ground_truth"]), truth, teacher))
     return records
 
