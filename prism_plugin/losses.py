@@ -23,6 +23,11 @@ _POLICY_LOSSES: dict[str, PolicyLoss] = {}
 # --------------------------------------------------------------------------- discriminator
 
 
+def pairwise_wins(teacher: torch.Tensor, student: torch.Tensor) -> torch.Tensor:
+    """Per pair, 1 where the teacher scores above the student, 0.5 on a tie (AUC convention), else 0."""
+    return (teacher > student).float() + 0.5 * (teacher == student).float()
+
+
 def discriminator_loss(
     teacher: Mapping[str, torch.Tensor],
     student: Mapping[str, torch.Tensor],
@@ -55,7 +60,7 @@ def discriminator_loss(
         bt = (-F.logsigmoid(margin) * v).sum() / n
         bt_total = bt_total + bt
         squares += [t[valid] ** 2, s[valid] ** 2]
-        won = (margin[valid] > 0).float() + 0.5 * (margin[valid] == 0).float()  # a tie is a coin flip
+        won = pairwise_wins(t[valid], s[valid])
         correct.append(won)
         metrics[f"{name}/bt_loss"] = bt.item()
         metrics[f"{name}/accuracy"] = won.mean().item()

@@ -25,7 +25,7 @@ from prism_plugin.generation import completion_mask, end_of_turn_id, vision_supp
 from prism_plugin.llamafactory.align_data import AlignItem
 from prism_plugin.llamafactory.align_rewards import RuleScorer, verifiable_rewards
 from prism_plugin.llamafactory.metrics import MetricsLogMixin
-from prism_plugin.losses import discriminator_loss, get_policy_loss
+from prism_plugin.losses import discriminator_loss, get_policy_loss, pairwise_wins
 
 DISCRIMINATOR_DIR = "discriminator"
 DISC_STATE_FILE = "prism_disc_state.pt"
@@ -301,7 +301,7 @@ class PrismAlignTrainer(MetricsLogMixin, Trainer):
             keep = valid if differs is None else valid & differs[name]
             teacher = scores[f"teacher_{name}"].repeat_interleave(G)[keep]
             student = scores[name][keep]
-            counts[0] += float((teacher > student).sum()) + 0.5 * float((teacher == student).sum())
+            counts[0] += float(pairwise_wins(teacher, student).sum())
             counts[1] += int(keep.sum())
         if torch.distributed.is_available() and torch.distributed.is_initialized():
             counts = counts.to(self.accelerator.device)
