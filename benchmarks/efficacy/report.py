@@ -68,6 +68,12 @@ def curve_table(results: list[dict], metric: str) -> list[str]:
     return lines
 
 
+def diff_cells(diffs: list[float]) -> str:
+    """``per-seed differences | mean | [95% bootstrap CI]`` cells of one paired comparison."""
+    low, high = bootstrap_ci(diffs)
+    return ", ".join(f"{d:+.3f}" for d in diffs) + f" | {sum(diffs) / len(diffs):+.3f} | [{low:+.3f}, {high:+.3f}]"
+
+
 def paired_table(results: list[dict]) -> list[str]:
     final = max(steps_of(results))
     lines = ["| comparison (final accuracy) | per-seed differences | mean | 95% bootstrap CI |", "|---|---|---:|---|"]
@@ -75,9 +81,7 @@ def paired_table(results: list[dict]) -> list[str]:
     for arm in [a for a in ("prism", "sft", "oracle") if a in arms and "grpo" in arms]:
         diffs = [r["curves"][arm][str(final)]["accuracy"] - r["curves"]["grpo"][str(final)]["accuracy"]
                  for r in results]
-        low, high = bootstrap_ci(diffs)
-        lines.append(f"| {LABELS[arm]} − {LABELS['grpo']} | " + ", ".join(f"{d:+.3f}" for d in diffs)
-                     + f" | {sum(diffs) / len(diffs):+.3f} | [{low:+.3f}, {high:+.3f}] |")
+        lines.append(f"| {LABELS[arm]} − {LABELS['grpo']} | {diff_cells(diffs)} |")
     rows = [("prism", "sft", results, ""),
             ("prism", "grpo", [r for r in results if r["gate"]["passed"]], " (gate-passed seeds only)")]
     for arm, base, subset, note in rows:
@@ -87,9 +91,7 @@ def paired_table(results: list[dict]) -> list[str]:
             lines.append(f"| {LABELS[arm]} − {LABELS[base]}{note} | no seed | — | — |")
             continue
         diffs = [r["curves"][arm][str(final)]["accuracy"] - r["curves"][base][str(final)]["accuracy"] for r in subset]
-        low, high = bootstrap_ci(diffs)
-        lines.append(f"| {LABELS[arm]} − {LABELS[base]}{note} | " + ", ".join(f"{d:+.3f}" for d in diffs)
-                     + f" | {sum(diffs) / len(diffs):+.3f} | [{low:+.3f}, {high:+.3f}] |")
+        lines.append(f"| {LABELS[arm]} − {LABELS[base]}{note} | {diff_cells(diffs)} |")
     return lines
 
 
@@ -103,10 +105,7 @@ def boundary_table(results: list[dict], boundary: int) -> list[str]:
         for metric in ("accuracy", "caption_exact"):
             diffs = [r["curves"][arm][str(boundary)][metric] - r["curves"]["grpo"][str(boundary)][metric]
                      for r in results]
-            low, high = bootstrap_ci(diffs)
-            lines.append(f"| {LABELS[arm]} − {LABELS['grpo']} | {metric.replace('_', ' ')} | "
-                         + ", ".join(f"{d:+.3f}" for d in diffs)
-                         + f" | {sum(diffs) / len(diffs):+.3f} | [{low:+.3f}, {high:+.3f}] |")
+            lines.append(f"| {LABELS[arm]} − {LABELS['grpo']} | {metric.replace('_', ' ')} | {diff_cells(diffs)} |")
     return lines
 
 

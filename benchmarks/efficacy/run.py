@@ -138,15 +138,16 @@ def discriminator_gate(disc_dir: Path, sft_dir: Path, dev_file: Path, args: argp
                              [list(records[k].images) for k, _ in rows])["caption"].tolist()
         teacher = score_texts(disc, [r.prompt for r in records], [r.teacher for r in records],
                               [list(r.images) for r in records])["caption"].tolist()
+    win = lambda a, b: float(a > b) + 0.5 * float(a == b)  # noqa: E731  (a tie counts one half)
     right, wrong, beaten = [], [], []
     for (k, text), value in zip(rows, scores, strict=True):
         if caption_counts(layout_parts(text)[0]) == records[k].counts:
             right.append(value)
         else:
             wrong.append(value)
-            beaten.append(float(teacher[k] > value) + 0.5 * float(teacher[k] == value))
+            beaten.append(win(teacher[k], value))
     mean = lambda xs: sum(xs) / len(xs) if xs else float("nan")  # noqa: E731
-    auc = mean([float(r > w) + 0.5 * float(r == w) for r in right for w in wrong])
+    auc = mean([win(r, w) for r in right for w in wrong])
     return {"right_captions": len(right), "wrong_captions": len(wrong), "right_mean": mean(right),
             "wrong_mean": mean(wrong), "score_gap": mean(right) - mean(wrong), "on_policy_accuracy": mean(beaten),
             "right_vs_wrong_auc": auc}
