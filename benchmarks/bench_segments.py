@@ -13,15 +13,19 @@ import argparse
 import os
 import random
 import statistics
+import sys
 import time
+from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository root: tests.references
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import torch  # noqa: E402
 
-from prism_plugin.format import _byte_table, is_valid, reference_boundary, split_segments  # noqa: E402
+from prism_plugin.format import _byte_table, is_valid, split_segments  # noqa: E402
 from prism_plugin.tiny.tokenizer import build_tokenizer  # noqa: E402
+from tests.references import reference_boundary  # noqa: E402
 
 WORDS = ["red", "blue", "green", "yellow", "square", "circle", "count", "total", "therefore", "3", "+", "=",
          "the", "image", "shows", "row", "column", "红色", "圆形", "🍎", "\\frac{1}{2}", "x^2", "(", ")", "\n"]

@@ -1,4 +1,4 @@
-"""Group-normalised, multi-segment advantages with format gating (method.md §3).
+"""Group-normalised, multi-segment advantages with format gating (Wang et al. 2026, §3).
 
 ``A_i = Σ_s w_s · GN(s̃)_i − λ·F_i`` where ``s̃`` replaces the score of an invalid rollout
 by (min over the valid members of its group) − 1, GN normalises within each group of
@@ -65,10 +65,13 @@ def segment_advantage(
     eps: float = 1e-6,
     scale: bool = True,
 ) -> torch.Tensor:
-    """Per-rollout advantage ``Σ_s w_s·GN(s̃)_i − λ·F_i``; a group with no valid member gets ``−λ``.
+    """Per-rollout advantage ``Σ_s w_s·GN(s̃)_i − λ·F_i``, as the authors' ``grpo_multi_reward`` computes it.
 
-    ``scores`` and ``weights`` share their segment names; ``valid`` is a bool tensor (B,).
-    Scores of invalid rollouts are ignored (they may be anything, NaN included). ``scale=False``
+    ``scores`` and ``weights`` share their segment names; ``valid`` is a bool tensor (B,). Scores of
+    invalid rollouts are ignored (they may be anything, NaN included): their filled score is the
+    group's valid minimum − 1 (−1 with no valid member). So a group of ≥ 2 with no valid member gets
+    ``−λ`` (equal filled scores normalise to 0), and a group of one invalid rollout gets
+    ``−Σ_s w_s − λ`` (its filled −1 with mean 0, std 1: −2.5 with PRISM's weights). ``scale=False``
     centres each segment's scores per group without dividing by their std (see :func:`group_normalize`).
     """
     if set(scores) != set(weights):
@@ -78,12 +81,9 @@ def segment_advantage(
     if not scores:
         raise ValueError("segment_advantage needs at least one segment")
     valid = torch.as_tensor(valid).bool()
-    groups, num_groups = _group_ids(group_index)
+    groups, _ = _group_ids(group_index)
     advantage = torch.zeros(valid.shape[0], dtype=torch.float32)
     for name, weight in weights.items():
         filled = fill_invalid_scores(scores[name], valid, groups)
         advantage = advantage + weight * group_normalize(filled, groups, eps=eps, scale=scale)
-    advantage = advantage - format_penalty * (~valid).float()
-    valid_per_group = torch.zeros(num_groups, dtype=torch.long).index_add_(0, groups, valid.long())
-    all_invalid = valid_per_group[groups] == 0
-    return torch.where(all_invalid, torch.full_like(advantage, -format_penalty), advantage)
+    return advantage - format_penalty * (~valid).float()

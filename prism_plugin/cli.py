@@ -68,6 +68,7 @@ def _add_score(sub: argparse._SubParsersAction) -> None:
         help="response field NAME: NAME, NAME_response, or NAME_caption + NAME_cot (default: response)",
     )
     p.add_argument("--max-length", type=int, default=None, help="longest prompt + response in tokens")
+    p.add_argument("--image-dir", help="folder relative image paths resolve against (default: the data file's folder)")
     p.set_defaults(func=_score)
 
 
@@ -137,6 +138,7 @@ def _make_pairs(args: argparse.Namespace) -> int:
     import sys
 
     from prism_plugin.data.make_pairs import make_pairs
+    from prism_plugin.errors import UserError
 
     report = make_pairs(
         args.policy, args.data, args.out, num_samples=args.num_samples, max_new_tokens=args.max_new_tokens,
@@ -147,6 +149,9 @@ def _make_pairs(args: argparse.Namespace) -> int:
     if details:
         print(details, file=sys.stderr)
     print(json.dumps(report.summary()))
+    if report.pairs_written == 0:
+        raise UserError(f"no pair written to {args.out}: every sample was left out "
+                        f"({dict(report.skipped_samples)}); see the lines above")
     return 0
 
 
@@ -197,13 +202,24 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of ``prism-plugin``; returns the process exit code."""
+    """Entry point of ``prism-plugin``; returns the process exit code. A user's mistake (a missing file, a
+    bad row, a wrong kind of model) is one line on stderr and exit code 1; our own bugs keep their traceback."""
+    import sys
+
+    from prism_plugin.data.records import DatasetRowError
+    from prism_plugin.errors import UserError
+
     parser = build_parser()
     args = parser.parse_args(argv)
     if getattr(args, "func", None) is None:
         parser.print_help()
         return 2
-    return int(args.func(args))
+    try:
+        return int(args.func(args))
+    except (UserError, DatasetRowError, FileNotFoundError) as err:
+        command = " ".join(filter(None, [args.command, getattr(args, "data_command", None)]))
+        print(f"prism-plugin {command}: error: {err}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

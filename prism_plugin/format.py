@@ -25,15 +25,13 @@ import torch
 from prism_plugin.layout import (  # noqa: F401  (re-exported: the public names of this module)
     CAPTION_PATTERN,
     LAYOUT_PATTERN,
+    SEGMENT_NAMES,
     caption_match,
     is_valid,
     layout_parts,
-    layout_parts_reference,
 )
 
 _CAPTION_BYTES_RE = re.compile(CAPTION_PATTERN.encode(), re.DOTALL)
-
-SEGMENT_NAMES = ("caption", "reasoning")
 
 
 @dataclass(frozen=True)
@@ -273,14 +271,3 @@ def _split_batch(
         texts=texts,
     )
 
-
-def reference_boundary(ids: Sequence[int], tokenizer: Any) -> int:
-    """The reference implementation's O(L^2) boundary: decode every prefix (tests, benchmarks)."""
-    text = tokenizer.decode(list(ids), skip_special_tokens=True)
-    match = caption_match(text)
-    if match is None:
-        return 0
-    for k in range(1, len(ids) + 1):
-        if match.group(0) in tokenizer.decode(list(ids[:k]), skip_special_tokens=True):
-            return k
-    return len(ids)

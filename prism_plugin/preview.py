@@ -1,4 +1,4 @@
-"""A dry run of one PRISM alignment step (method.md §3, steps 1-4) on real checkpoints.
+"""A dry run of one PRISM alignment step (Wang et al. 2026, §3, steps 1-4) on real checkpoints.
 
 Rollouts from the policy -> layout check and segments -> discriminator scores -> group
 advantages -> the discriminator's Bradley-Terry loss -> the verifiable reward, with no update.
@@ -14,84 +14,7 @@ from typing import Any
 
 import torch
 
-
-def load_policy_processor(policy_dir: str | Path, vision: bool, **kwargs: Any) -> Any:
-    """What renders prompts for the policy in ``policy_dir``: its processor (vision) or tokenizer (text)."""
-    from transformers import AutoProcessor, AutoTokenizer
-
-    return (AutoProcessor if vision else AutoTokenizer).from_pretrained(policy_dir, **kwargs)
-
-
-def load_policy(policy_dir: str | Path) -> tuple[Any, Any, bool]:
-    """The policy in ``policy_dir`` (vision-language or text-only), its processor, and whether it has vision."""
-    from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForImageTextToText
-
-    config = AutoConfig.from_pretrained(policy_dir)
-    vision = hasattr(config, "vision_config")
-    model_class = AutoModelForImageTextToText if vision else AutoModelForCausalLM
-    return model_class.from_pretrained(policy_dir), load_policy_processor(policy_dir, vision), vision
-
-
-def policy_batch_inputs(
-    processor: Any, vision: bool, prompts: Sequence[tuple[str, Sequence[str]]]
-) -> dict[str, torch.Tensor]:
-    """Model inputs for (prompt, image paths) pairs: the PRISM system prompt and the chat template, left-padded.
-
-    Left padding lets one ``generate`` call continue every prompt from the same last column.
-    """
-    from prism_plugin.discriminator.texts import chat_prompt_text, load_images
-
-    tokenizer = getattr(processor, "tokenizer", processor)
-    texts, loaded = [], []
-    for prompt, images in prompts:
-        row_images = load_images(list(images)) if vision else []
-        texts.append(chat_prompt_text(tokenizer, prompt, len(row_images), vision))
-        loaded += row_images
-    padding = len(texts) > 1
-    side, tokenizer.padding_side = tokenizer.padding_side, "left"
-    try:
-        if loaded:
-            return dict(processor(text=texts, images=loaded, return_tensors="pt", padding=padding))
-        return dict(tokenizer(texts, return_tensors="pt", add_special_tokens=False, padding=padding))
-    finally:
-        tokenizer.padding_side = side
-
-
-def _policy_inputs(processor: Any, vision: bool, prompt: str, images: tuple[str, ...]) -> dict[str, torch.Tensor]:
-    return policy_batch_inputs(processor, vision, [(prompt, images)])
-
-
-def sample_responses(
-    policy: Any,
-    processor: Any,
-    prompts: Sequence[tuple[str, Sequence[str]]],
-    *,
-    vision: bool,
-    num_generations: int,
-    max_new_tokens: int,
-    temperature: float = 1.0,
-) -> Any:
-    """``num_generations`` samples per (prompt, image paths) pair from one ``generate`` call, split into segments.
-
-    Returns the :class:`prism_plugin.format.SegmentBatch` of the completions, prompt-major
-    (``num_generations`` rows per prompt). Vision special tokens are suppressed; sampling uses the
-    global torch RNG. The caller puts the policy in eval mode and disables gradients.
-    """
-    from prism_plugin.format import split_segments
-    from prism_plugin.generation import completion_mask, end_of_turn_id, vision_suppress_ids
-
-    tokenizer = getattr(processor, "tokenizer", processor)
-    eos_id = end_of_turn_id(tokenizer)
-    suppress = vision_suppress_ids(tokenizer)
-    device = next(policy.parameters()).device
-    inputs = {k: v.to(device) for k, v in policy_batch_inputs(processor, vision, prompts).items()}
-    out = policy.generate(
-        **inputs, do_sample=True, temperature=temperature, top_k=0, top_p=1.0,
-        max_new_tokens=max_new_tokens, num_return_sequences=num_generations, use_cache=True,
-        suppress_tokens=suppress or None, eos_token_id=eos_id, pad_token_id=tokenizer.pad_token_id,
-    )
-    completions = out[:, inputs["input_ids"].shape[1]:].cpu()
-    return split_segments(completions, tokenizer, completion_mask(completions, eos_id), eos_token_ids=eos_id)
+from prism_plugin.rollout import Sampling
 
 
 @dataclass
@@ -123,23 +46,15 @@ def sample_and_score(
 ) -> ScoredRollouts:
     """Sample ``num_generations`` responses per align record from ``policy``, split and score them.
 
-    The one rollout-and-score path behind ``align-preview`` and the SFT drift monitor: prompts are
-    rendered with the PRISM system prompt and the processor's chat template (the same ids as the
-    ``prism_qwen3_vl`` template), vision special tokens are suppressed, and the discriminator scores
-    the samples and each prompt's teacher demonstration in one call. Sampling uses the global torch
-    RNG; the policy runs in eval mode under ``no_grad`` and gets its train/eval mode back.
+    The one rollout-and-score path behind ``align-preview`` and the SFT drift monitor: samples from
+    :func:`prism_plugin.policy.sample`, then the discriminator scores the samples and each prompt's
+    teacher demonstration in one call. Sampling uses the global torch RNG; the policy runs in eval
+    mode under ``no_grad`` and gets its train/eval mode back.
     """
-    segments = list(segments or discriminator.config.segments)
-    was_training = policy.training
-    policy.eval()
+    from prism_plugin.policy import sample
 
-    try:
-        with torch.no_grad():  # every prompt's samples from one left-padded generate call
-            split = sample_responses(policy, processor, [(r.prompt, r.images) for r in records], vision=vision,
-                                     num_generations=num_generations, max_new_tokens=max_new_tokens,
-                                     temperature=temperature)
-    finally:
-        policy.train(was_training)
+    segments = list(segments or discriminator.config.segments)
+    _, split = sample(policy, processor, vision, records, num_generations, Sampling(max_new_tokens, temperature))
 
     rollouts: list[dict[str, Any]] = []
     prompts, responses, images = [], [], []
@@ -188,30 +103,26 @@ def preview_alignment_step(
     seed: int = 0,
 ) -> dict[str, Any]:
     """Run steps 1-4 of one alignment step on ``num_prompts`` prompts of ``align_file``; no update."""
-    from transformers import AutoModel
-
-    import prism_plugin.discriminator  # noqa: F401  (registers the Auto classes)
     from prism_plugin.advantage import segment_advantage
     from prism_plugin.data.records import load_align
+    from prism_plugin.discriminator.loading import load_discriminator
     from prism_plugin.losses import discriminator_loss
+    from prism_plugin.policy import load_policy
     from prism_plugin.rewards import compute_score
 
-    weights = dict(weights or {"caption": 0.5, "reasoning": 0.5})
     torch.manual_seed(seed)
     records = load_align(align_file).records[:num_prompts]
+    disc = load_discriminator(discriminator_dir).eval()
+    weights = dict(weights or {s: 1.0 / len(disc.config.segments) for s in disc.config.segments})
     policy, processor, vision = load_policy(policy_dir)
-    policy.eval()
-    disc = AutoModel.from_pretrained(discriminator_dir).eval()
 
     segments = [s for s in weights]
     scored = sample_and_score(policy, processor, disc, records, vision=vision, num_generations=num_generations,
                               max_new_tokens=max_new_tokens, temperature=temperature, segments=segments)
     rollouts, student, teacher, valid = scored.rollouts, scored.student, scored.teacher, scored.valid
     advantages = segment_advantage(student, weights, valid, scored.group, format_penalty=format_penalty)
-    loss, metrics = discriminator_loss(
-        {s: torch.nan_to_num(t) for s, t in teacher.items()}, {s: torch.nan_to_num(v) for s, v in student.items()},
-        valid,
-    )
+    # the regulariser over the valid rows only: the preview does not score invalid rollouts' halves
+    loss, metrics = discriminator_loss(teacher, student, valid, clip=disc.config.score_clip, reg_rows="valid")
     for i, row in enumerate(rollouts):
         record = records[row["group"]]
         row["advantage"] = float(advantages[i])

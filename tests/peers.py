@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib
+import importlib.util
 import os
 import sys
 from collections import defaultdict
@@ -29,6 +30,25 @@ def easyr1_core_algos():
     return module
 
 
+def fix_trl_import_flags() -> dict[str, bool]:
+    """Make trl 0.24 importable under transformers 5: reset ``trl.import_utils._<pkg>_available`` to the
+    package's real availability (transformers 5 turned them into always-truthy ``(bool, version)`` tuples,
+    so ``trl.trainer.callbacks`` imports absent packages such as ``mergekit``). Returns the flags changed."""
+    import_utils = importlib.import_module("trl.import_utils")
+    changed: dict[str, bool] = {}
+    for name in dir(import_utils):
+        if not (name.startswith("_") and name.endswith("_available")) or name.startswith("__"):
+            continue
+        value = getattr(import_utils, name)
+        if callable(value):
+            continue
+        available = importlib.util.find_spec(name[1 : -len("_available")]) is not None
+        if value is not available:
+            setattr(import_utils, name, available)
+            changed[name] = available
+    return changed
+
+
 def trl_grpo_loss(
     per_token_logps: torch.Tensor,
     old_per_token_logps: torch.Tensor,
@@ -42,8 +62,6 @@ def trl_grpo_loss(
     max_completion_length: int | None = None,
 ) -> torch.Tensor:
     """trl 0.24 ``GRPOTrainer._compute_loss`` run on given log-probs through a minimal trainer stand-in."""
-    from prism_plugin.compat.trl_imports import fix_trl_import_flags
-
     fix_trl_import_flags()
     from trl.trainer.grpo_trainer import GRPOTrainer
 

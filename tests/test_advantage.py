@@ -1,4 +1,4 @@
-"""Group normalisation and segment advantages against hand-computed values (method.md §3)."""
+"""Group normalisation and segment advantages against hand-computed values (Wang et al. 2026, §3)."""
 
 import math
 

@@ -10,6 +10,7 @@ import torch
 from safetensors.torch import load_file
 
 from tests.lf_runs import llamafactory_train
+from tests.testing_utils import align_prompt, lf_config, rollout_batch
 
 
 def failure_excerpt(log: str) -> str:
@@ -21,16 +22,12 @@ def failure_excerpt(log: str) -> str:
 
 def run_align(tmp_path: Path, tiny_dir: Path, policy: Path, disc: Path, env_extra: dict | None = None,
               **overrides) -> tuple[Path, list[dict]]:
+    """A real ``llamafactory-cli train`` of the shipped ``yaml/prism_align_tiny.yaml`` (3 steps, G = 4, 96 new
+    tokens by default); returns the output directory and the log entries of the policy updates."""
     out = Path(overrides.pop("output_dir", tmp_path / "align"))
-    config = {
-        "model_name_or_path": str(policy), "stage": "prism_align", "do_train": True, "finetuning_type": "full",
-        "prism_discriminator": str(disc), "prism_num_generations": 4, "prism_max_new_tokens": 96,
-        "prism_disc_learning_rate": 1e-3, "dataset": "prism_tiny_align", "dataset_dir": str(tiny_dir / "data"),
-        "template": "prism_qwen3_vl", "cutoff_len": 1024, "output_dir": str(out), "logging_steps": 1,
-        "save_strategy": "no", "report_to": "none", "per_device_train_batch_size": 2, "learning_rate": 1e-4,
-        "max_steps": 3, "bf16": False, "seed": 0, "overwrite_output_dir": True,
-    }
-    config.update(overrides)
+    settings = {"model_name_or_path": str(policy), "prism_discriminator": str(disc), "prism_max_new_tokens": 96,
+                "prism_disc_learning_rate": 1e-3, "prism_policy_epochs": 1, "logging_steps": 1, "max_steps": 3}
+    config = lf_config("prism_align", tiny_dir, out, **{**settings, **overrides})
     proc = llamafactory_train(config, tmp_path, **(env_extra or {}))
     log = proc.stdout + proc.stderr
     (tmp_path / "run.log").write_text(log)
@@ -38,6 +35,12 @@ def run_align(tmp_path: Path, tiny_dir: Path, policy: Path, disc: Path, env_extr
     (out / "run.log").write_text(log)
     history = json.loads((out / "trainer_state.json").read_text())["log_history"]
     return out, [entry for entry in history if "policy/skipped" in entry]
+
+
+def changed_parameters(before: dict, after: dict) -> tuple[list[str], list[str]]:
+    """(names that changed, names that did not) between two state dicts."""
+    changed = [k for k in before if not torch.equal(before[k], after[k])]
+    return changed, [k for k in before if k not in changed]
 
 
 def test_align_updates_policy_and_discriminator_and_logs_the_game(tmp_path, tiny_dir, tiny_sft_run,
@@ -145,86 +148,166 @@ def test_align_under_torchrun_with_two_processes(tmp_path, tiny_dir, tiny_sft_ru
     assert (out / "discriminator" / "model.safetensors").is_file()
 
 
-def _disc_loss_case(tiny_dir, tiny_discriminator_dir):
-    """A bare trainer over the tiny discriminator, 2 prompts × G = 3 rollouts (4 valid), for ``_disc_loss``."""
-    from transformers import AutoModel
+GOOD = "<caption> red 3 blue 2 </caption>\n<think> red 3 + blue 2 = 5 </think>\n<answer> 5 </answer>"
 
-    from prism_plugin.data.records import load_pairs
+
+def scorer_case(tiny_dir, disc_dir, tokenizer, *, update=True, **keys):
+    """A DiscriminatorScorer (with an updater) over the tiny discriminator and a batch of 2 prompts × G = 3:
+    each prompt's teacher, another prompt's student, and a rollout outside the layout."""
+    from prism_plugin.data.records import PromptRecord, load_pairs
+    from prism_plugin.discriminator.loading import load_discriminator
+    from prism_plugin.discriminator.scorer import DiscriminatorScorer
     from prism_plugin.discriminator.texts import TextScorer
-    from prism_plugin.llamafactory.align_data import AlignItem
-    from prism_plugin.llamafactory.align_trainer import AlignSettings, PrismAlignTrainer
-    from prism_plugin.llamafactory.pairs import PairEncoder
+    from prism_plugin.discriminator.updater import DiscriminatorUpdater
+    from prism_plugin.llamafactory.arguments import PrismArguments
 
-    disc = AutoModel.from_pretrained(tiny_discriminator_dir).eval()
-    encoder = PairEncoder(TextScorer(disc), ["caption", "reasoning"], cutoff_len=1024)
+    torch.manual_seed(0)
+    disc = load_discriminator(disc_dir)
+    disc.head_dropout.p = 0.0  # scores comparable with eval-mode forwards
+    args = PrismArguments(**{"prism_disc_learning_rate": 1e-3, **keys})
+    updater = DiscriminatorUpdater(disc, args, score_clip=10.0, router_aux_coef=0.01) if update else None
+    scorer = DiscriminatorScorer(TextScorer(disc), list(args.prism_segments), policy_tokenizer=tokenizer,
+                                 score_clip=10.0, cutoff_len=1024, updater=updater,
+                                 reg_rows=args.prism_score_reg_rows)
     records = load_pairs(tiny_dir / "data" / "pairs.jsonl").records[:2]
-    items, students = [], []
-    for record in records:
-        feat = encoder.encode(record, "pairs.jsonl")
-        items.append(AlignItem([], {}, feat.prompt, feat.teacher, None, record.row, "pairs.jsonl"))
-        other = encoder.segment_ids(records[1 - records.index(record)].student, "student")
-        students += [feat.student, other, feat.student]  # G = 3 rollouts per prompt
-    valid = torch.tensor([True, False, True, True, True, False])
-    trainer = PrismAlignTrainer.__new__(PrismAlignTrainer)
-    trainer.settings = AlignSettings(segment_weights={"caption": 0.5, "reasoning": 0.5}, num_generations=3)
-    trainer.segments, trainer.discriminator = ["caption", "reasoning"], disc
-    trainer.disc_tokenizer = encoder.scorer.tokenizer
-    return trainer, items, students, valid
+    prompts, texts = [], []
+    for k, record in enumerate(records):
+        row = PromptRecord(record.prompt, record.images, None, record.teacher, record.row)
+        prompts.append(align_prompt(record.teacher, None, scorer.prepare(row, "pairs.jsonl")))
+        texts += [record.teacher.response, records[1 - k].student.response, "<caption> red 1 </caption> five"]
+    return scorer, rollout_batch(tokenizer, texts, prompts, 3)
 
 
-def test_discriminator_loss_with_shared_teacher_rows_equals_per_pair_rows(tiny_dir, tiny_discriminator_dir):
-    """The update scores each group's teacher once; the loss must equal scoring a teacher row per rollout."""
-    from prism_plugin.llamafactory.pairs import PairCollator, PairFeatures
+def full_forward_scores(disc, prompt, segments: list[list[int]], names: list[str]) -> torch.Tensor:
+    """Scores of (prompt ⊕ segment) rows, one full forward each (the reference)."""
+    from prism_plugin.discriminator.scoring import SegmentQuery, score
+
+    return score(disc, [prompt], [SegmentQuery(0, n, ids) for n, ids in zip(names, segments, strict=True)],
+                 reuse_prefix=False)
+
+
+def test_discriminator_scorer_scores_rollouts_and_teachers_as_full_forwards(tiny_dir, tiny_discriminator_dir,
+                                                                           tokenizer):
+    scorer, batch = scorer_case(tiny_dir, tiny_discriminator_dir, tokenizer, update=False)
+    scores = scorer.score(batch)
+    assert scores.valid.tolist() == [True, True, False, True, True, False]
+    assert scores.pending is None  # no updater: an eval-mode forward without gradients
+    disc = scorer.model
+    with torch.no_grad():
+        for k, item in enumerate(p.scorer_inputs for p in batch.prompts):
+            teacher = full_forward_scores(disc, item.prompt, [item.teacher["caption"], item.teacher["reasoning"]],
+                                          ["caption", "reasoning"])
+            assert scores.teacher["caption"][k] == pytest.approx(float(teacher[0]), abs=1e-5)
+            assert scores.teacher["reasoning"][k] == pytest.approx(float(teacher[1]), abs=1e-5)
+            # rollout 3k repeats the teacher: the policy's own ids score exactly like the teacher's
+            assert scores.rollout["caption"][3 * k] == pytest.approx(float(teacher[0]), abs=1e-5)
+    assert torch.isnan(scores.rollout["caption"][2]) and torch.isnan(scores.rollout["reasoning"][5])
+    # a rollout repeating its teacher's segment token for token is no comparison
+    assert scores.compared["caption"].tolist() == [False, True, False, False, True, False]
+
+
+def test_scoring_forward_in_train_mode_gives_the_eval_scores(tiny_dir, tiny_discriminator_dir, tokenizer):
+    """The update batch's scoring forward runs in train mode with gradients and gives the advantages the same
+    scores as an eval-mode forward: the head's dropout is the only train/eval difference of the model."""
+    scorer, batch = scorer_case(tiny_dir, tiny_discriminator_dir, tokenizer)
+    scorer.model.head_dropout.p = 0.5
+    trained = scorer.score(batch)
+    assert trained.pending is not None and trained.pending.scores.requires_grad
+    frozen_scorer, _ = scorer_case(tiny_dir, tiny_discriminator_dir, tokenizer, update=False)
+    frozen = frozen_scorer.score(batch)
+    for name in ("caption", "reasoning"):
+        torch.testing.assert_close(trained.teacher[name], frozen.teacher[name], rtol=0, atol=1e-5)
+        torch.testing.assert_close(trained.rollout[name], frozen.rollout[name], rtol=0, atol=1e-5, equal_nan=True)
+
+
+def test_discriminator_update_is_the_authors_loss_over_valid_pairs_and_invalid_halves(tiny_dir,
+                                                                                      tiny_discriminator_dir,
+                                                                                      tokenizer):
+    """One update's loss equals the Bradley–Terry loss of full forwards over (teacher, rollout) rows: every
+    valid rollout, and every invalid rollout split at half its length for the regulariser."""
     from prism_plugin.losses import discriminator_loss
 
-    trainer, items, students, valid = _disc_loss_case(tiny_dir, tiny_discriminator_dir)
-    disc = trainer.discriminator
-    with torch.no_grad():
-        loss, metrics, _ = trainer._disc_loss(items, students, valid)
-        pairs = [PairFeatures(items[i // 3].disc_prompt, items[i // 3].teacher, students[i], i)
-                 for i in range(6) if valid[i]]
-        scores = disc(**PairCollator(["caption", "reasoning"], trainer.disc_tokenizer.pad_token_id)(pairs)).scores
-        scores = scores.view(-1, 2, 2)
-        ref, ref_metrics = discriminator_loss({"caption": scores[:, 0, 0], "reasoning": scores[:, 1, 0]},
-                                              {"caption": scores[:, 0, 1], "reasoning": scores[:, 1, 1]},
-                                              torch.ones(4, dtype=torch.bool))
-    assert loss.item() == pytest.approx(ref.item(), abs=1e-5)
-    assert metrics["caption/accuracy"] == ref_metrics["caption/accuracy"]
-    assert metrics["num_pairs"] == 4
-
-
-def test_discriminator_update_through_the_prefix_equals_full_forwards(tiny_dir, tiny_discriminator_dir):
-    """In train mode with gradients, ``_disc_loss`` through the shared prefix (prompt and image encoded once
-    per group) gives the loss and parameter gradients of one full forward over every (prompt ⊕ segment) row;
-    its router aux loss (distinct tokens) is finite, positive and trains the routers."""
-    trainer, items, students, valid = _disc_loss_case(tiny_dir, tiny_discriminator_dir)
-    disc = trainer.discriminator
+    scorer, batch = scorer_case(tiny_dir, tiny_discriminator_dir, tokenizer)
+    disc = scorer.model
+    before = {n: p.detach().clone() for n, p in disc.named_parameters()}
+    teacher_rows, student_rows, valid = {"caption": [], "reasoning": []}, {"caption": [], "reasoning": []}, []
     disc.train()
-    disc.head_dropout.p = 0.0
-    results = {}
-    for reuse in (False, True):
-        trainer.disc_reuse_prefix = reuse
-        disc.zero_grad(set_to_none=True)
-        loss, metrics, aux = trainer._disc_loss(items, students, valid)
-        loss.backward(retain_graph=True)
-        grads = {n: p.grad.clone() for n, p in disc.named_parameters() if p.grad is not None}
-        disc.zero_grad(set_to_none=True)
-        aux.backward()
-        router_grads = [p.grad for n, p in disc.named_parameters() if n.endswith("mlp.gate.weight")]
-        results[reuse] = (loss.detach(), metrics, aux.detach(), grads, router_grads)
-    full, fast = results[False], results[True]
-    assert fast[0].item() == pytest.approx(full[0].item(), abs=1e-5)
-    assert fast[1]["accuracy"] == full[1]["accuracy"] and fast[1]["num_pairs"] == 4
-    # The tiny model's last deepstack level only reaches image-position outputs after the last layer: a zero
-    # gradient on the full path, none on the prefix path (its prompt outputs are never read).
-    only_full = set(full[3]) - set(fast[3])
-    assert set(fast[3]) <= set(full[3]) and all(not full[3][n].any() for n in only_full), only_full
-    for name, grad in fast[3].items():
-        assert torch.allclose(grad, full[3][name], atol=1e-5), (name, (grad - full[3][name]).abs().max())
-    for aux, router_grads in ((full[2], full[4]), (fast[2], fast[4])):
-        assert torch.isfinite(aux) and aux > 0
-        assert router_grads and all(g is not None and g.abs().max() > 0 for g in router_grads)
-    assert trainer.disc_reuse_prefix and type(trainer).disc_reuse_prefix  # the default is the prefix path
+    with torch.no_grad():
+        for i in range(6):
+            item = batch.prompts[i // 3].scorer_inputs
+            ids = batch.rollouts.completions[i, : int(batch.split.lengths[i])].tolist()
+            cut = int(batch.split.boundary[i]) if batch.split.valid[i] else len(ids) // 2
+            student = full_forward_scores(disc, item.prompt, [ids[:cut], ids[cut:]], ["caption", "reasoning"])
+            teacher = full_forward_scores(disc, item.prompt, [item.teacher["caption"], item.teacher["reasoning"]],
+                                          ["caption", "reasoning"])
+            for j, name in enumerate(("caption", "reasoning")):
+                teacher_rows[name].append(teacher[j])
+                student_rows[name].append(student[j])
+            valid.append(bool(batch.split.valid[i]))
+        reference, _ = discriminator_loss({k: torch.stack(v) for k, v in teacher_rows.items()},
+                                          {k: torch.stack(v) for k, v in student_rows.items()},
+                                          torch.tensor(valid), 0.001, clip=10.0)
+    scores = scorer.score(batch)
+    metrics = scorer.update(batch, scores)
+    assert metrics["disc/skipped"] == 0.0 and 0.0 <= metrics["disc/accuracy"] <= 1.0
+    assert metrics["disc/loss"] == pytest.approx(float(reference), abs=1e-5)
+    changed = [n for n, p in disc.named_parameters() if not torch.equal(before[n], p.detach())]
+    assert "heads.score.weight" in changed and any(".mlp.gate." in n for n in changed)  # head and routers train
+
+
+def test_a_batch_with_no_valid_rollout_still_raises_the_teacher_scores(tiny_dir, tiny_discriminator_dir, tokenizer):
+    """The authors' rule for a batch with no valid pair: 0.01·(−log σ(mean teacher score)) per segment plus
+    the regulariser, so the teacher's scores rise while the policy writes nothing valid."""
+    scorer, batch = scorer_case(tiny_dir, tiny_discriminator_dir, tokenizer, prism_disc_learning_rate=1e-2)
+    invalid = rollout_batch(tokenizer, ["<caption> red 1 </caption> five"] * 6, batch.prompts, 3)
+    first = scorer.score(invalid)
+    assert not first.valid.any()
+    metrics = scorer.update(invalid, first)
+    assert metrics["disc/skipped"] == 0.0 and "disc/score_reg" in metrics
+    after = scorer.score(invalid)
+    assert all(float(after.teacher[s].mean()) > float(first.teacher[s].mean()) for s in ("caption", "reasoning"))
+    skip_scorer, _ = scorer_case(tiny_dir, tiny_discriminator_dir, tokenizer, prism_no_valid_pair="skip",
+                                 prism_score_reg_rows="valid")
+    assert skip_scorer.update(invalid, skip_scorer.score(invalid))["disc/skipped"] == 1.0
+
+
+def test_batch_accuracy_counts_ties_as_half_and_ignores_invalid_and_teacher_copies():
+    from prism_plugin.llamafactory.align_trainer import batch_accuracy
+    from prism_plugin.scorers import Scores
+
+    group = torch.tensor([0, 0, 1, 1])  # two prompts × two rollouts; the last rollout is invalid (NaN scores)
+    rollout = {"caption": torch.tensor([0.0, 1.0, 2.0, float("nan")]),
+               "reasoning": torch.tensor([-1.0, 3.0, 0.0, float("nan")])}
+    teacher = {"caption": torch.tensor([1.0, 1.0]), "reasoning": torch.tensor([2.0, 0.5])}
+    valid = torch.tensor([True, True, True, False])
+    everything = {name: torch.ones(4, dtype=torch.bool) for name in rollout}
+    # caption: teacher 1 > 0 (1), 1 == 1 (½), 1 < 2 (0); reasoning: 2 > -1 (1), 2 < 3 (0), 0.5 > 0 (1)
+    assert batch_accuracy(Scores(rollout, valid, teacher, everything), group) == pytest.approx(3.5 / 6)
+    assert batch_accuracy(Scores(rollout, torch.zeros(4, dtype=torch.bool), teacher, everything), group) is None
+    # rollout 1's caption and rollout 0's reasoning repeat the teacher's: no comparison, left out
+    differs = {"caption": torch.tensor([True, False, True, False]),
+               "reasoning": torch.tensor([False, True, True, False])}
+    assert batch_accuracy(Scores(rollout, valid, teacher, differs), group) == pytest.approx((1 + 0 + 0 + 1) / 4)
+    assert batch_accuracy(Scores(rollout, valid), group) is None  # a rule scorer has no teacher scores
+
+
+def test_policy_loss_options_keep_the_losses_own_settings_unless_set():
+    from prism_plugin.llamafactory.align_trainer import policy_loss_options
+    from prism_plugin.llamafactory.arguments import PrismArguments
+
+    dapo = policy_loss_options(PrismArguments(prism_policy_loss="dapo"))
+    assert (dapo["clip_low"], dapo["clip_high"], dapo["agg_mode"]) == (0.2, 0.28, "token-mean")
+    gspo = policy_loss_options(PrismArguments(prism_policy_loss="gspo"))
+    assert (gspo["clip_low"], gspo["clip_high"], gspo["agg_mode"]) == (3e-4, 4e-4, "seq-mean-token-mean")
+    grpo = policy_loss_options(PrismArguments())
+    assert (grpo["clip_low"], grpo["clip_high"], grpo["agg_mode"]) == (0.2, None, "token-mean")
+    custom = policy_loss_options(PrismArguments(prism_policy_loss="gspo", prism_clip_high=1e-3,
+                                                prism_loss_agg_mode="seq-mean-token-sum-norm",
+                                                prism_max_new_tokens=512))
+    assert (custom["clip_low"], custom["clip_high"], custom["agg_mode"]) == (3e-4, 1e-3, "seq-mean-token-sum-norm")
+    assert custom["horizon"] == 512  # Dr. GRPO divides by the generation budget
+    with pytest.raises(ValueError, match="did you mean 'grpo'"):
+        PrismArguments(prism_policy_loss="grpp")
 
 
 # Loaded as ``sitecustomize`` in the run's processes: records every PeftModelForCausalLM.generate call
@@ -362,46 +445,3 @@ def test_policy_updates_are_gated_on_discriminator_accuracy(tmp_path, tiny_dir, 
     assert any(not torch.equal(a, b) for a, b in zip(disc_before.parameters(), disc_after.parameters(), strict=True))
 
 
-def test_batch_accuracy_counts_ties_as_half_and_ignores_invalid_and_teacher_copies():
-    from types import SimpleNamespace
-
-    from prism_plugin.llamafactory.align_trainer import AlignSettings, PrismAlignTrainer
-
-    trainer = object.__new__(PrismAlignTrainer)
-    trainer.settings = AlignSettings(segment_weights={"caption": 0.5, "reasoning": 0.5}, num_generations=2)
-    trainer.segments = ["caption", "reasoning"]
-    trainer.accelerator = SimpleNamespace(device=torch.device("cpu"))
-    scores = {  # two prompts × two rollouts; the last rollout is invalid (its NaN scores must not count)
-        "caption": torch.tensor([0.0, 1.0, 2.0, float("nan")]), "teacher_caption": torch.tensor([1.0, 1.0]),
-        "reasoning": torch.tensor([-1.0, 3.0, 0.0, float("nan")]), "teacher_reasoning": torch.tensor([2.0, 0.5]),
-    }
-    valid = torch.tensor([True, True, True, False])
-    # caption: teacher 1 > 0 (1), 1 == 1 (½), 1 < 2 (0); reasoning: 2 > -1 (1), 2 < 3 (0), 0.5 > 0 (1)
-    assert trainer._batch_accuracy(scores, valid) == pytest.approx(3.5 / 6)
-    assert trainer._batch_accuracy(scores, torch.zeros(4, dtype=torch.bool)) is None
-    # rollout 1's caption and rollout 0's reasoning repeat the teacher's: no comparison, left out
-    differs = {"caption": torch.tensor([True, False, True, False]),
-               "reasoning": torch.tensor([False, True, True, False])}
-    assert trainer._batch_accuracy(scores, valid, differs) == pytest.approx((1 + 0 + 0 + 1) / 4)
-    none_differ = {"caption": torch.zeros(4, dtype=torch.bool), "reasoning": torch.zeros(4, dtype=torch.bool)}
-    assert trainer._batch_accuracy(scores, valid, none_differ) is None
-
-
-def test_rollouts_repeating_the_teacher_are_found_by_token_ids():
-    from types import SimpleNamespace
-
-    from prism_plugin.llamafactory.align_trainer import AlignSettings, PrismAlignTrainer
-
-    trainer = object.__new__(PrismAlignTrainer)
-    trainer.settings = AlignSettings(segment_weights={"caption": 0.5, "reasoning": 0.5}, num_generations=2)
-    trainer.segments = ["caption", "reasoning"]
-    items = [SimpleNamespace(teacher={"caption": [5, 6, 7], "reasoning": [8, 9]}),
-             SimpleNamespace(teacher={"caption": torch.tensor([1, 2]), "reasoning": torch.tensor([3])})]
-    students = [{"caption": torch.tensor([5, 6, 7]), "reasoning": torch.tensor([8])},
-                {"caption": [5, 6], "reasoning": [8, 9]},
-                {"caption": [1, 2], "reasoning": [3]},
-                {}]
-    valid = torch.tensor([True, True, True, False])
-    differs = trainer._differs_from_teacher(items, students, valid)
-    assert differs["caption"].tolist() == [False, True, False, False]
-    assert differs["reasoning"].tolist() == [True, False, False, False]

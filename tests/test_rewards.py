@@ -122,7 +122,7 @@ def test_format_gate_gives_zero(response: str) -> None:
 @pytest.mark.parametrize(
     "response, expected",
     [
-        # the layout regex (method.md §1) lets repeated tag pairs live inside a group; the
+        # the layout regex (prism_plugin.layout.LAYOUT_PATTERN) lets repeated tag pairs live inside a group; the
         # answer group then holds "3</answer><answer>4", which matches no gold
         ("<caption>c</caption><think>x</think><answer>3</answer><answer>4</answer>", 0.2),
         ("<caption>c</caption><think>x</think><think>y</think><answer>4</answer>", 1.0),

@@ -15,7 +15,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from prism_plugin.generation import VISION_SPECIAL_TOKENS
+from prism_plugin.rollout import VISION_SPECIAL_TOKENS
 from prism_plugin.tiny import MODEL_DIRS, make_tiny
 from prism_plugin.tiny.corpus import COLORS
 from prism_plugin.tiny.images import GRID, IMAGE_SIZE, RGB

@@ -15,13 +15,14 @@ like :func:`~prism_plugin.data.records.load_align`; a bad row stops the run with
 and field, or, with ``skip_invalid``, is counted and listed.
 
 Image paths are written absolute (resolved against ``media_dir``, default the input file's
-folder), so the output file can live anywhere and still finds its images.
+folder, whatever the working directory), so the output file can live anywhere and still finds its
+images; images embedded as bytes in the input are written once into ``<out stem>_images/`` beside
+the output and referenced by absolute path.
 """
 
 from __future__ import annotations
 
 import json
-import re
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,10 +31,10 @@ from typing import Any
 import torch
 
 from prism_plugin.data.records import DatasetRowError, RowReader, load_align, parse_pair
-from prism_plugin.layout import layout_parts
+from prism_plugin.layout import Segments
+from prism_plugin.rollout import Sampling
 
 SKIP_REASONS = ("truncated", "invalid_layout")
-_LEADING_SPACE = re.compile(r"\s*")
 
 
 @dataclass
@@ -77,29 +78,38 @@ class MakePairsReport:
         return "\n".join(lines)
 
 
-def student_segments(text: str) -> tuple[str, str] | None:
-    """(caption segment, think + answer segment) of a response in the PRISM layout, else None.
+def image_paths(images: tuple[Any, ...], image_dir: Path) -> list[str]:
+    """Image references for a JSONL row: absolute paths as they are; embedded bytes written once, by content
+    hash, into ``image_dir`` and referenced by absolute path."""
+    import hashlib
+    import io
 
-    The caption segment is ``<caption>…</caption>`` exactly as sampled; the reasoning segment is
-    the rest of the response with its outer whitespace stripped.
-    """
-    parts = layout_parts(text)
-    if parts is None:
-        return None
-    start = _LEADING_SPACE.match(text).end()
-    end = start + len("<caption>") + len(parts[0]) + len("</caption>")
-    return text[start:end], text[end:].strip()
+    from PIL import Image
+
+    paths = []
+    for image in images:
+        if isinstance(image, bytes):
+            with Image.open(io.BytesIO(image)) as handle:
+                suffix = (handle.format or "png").lower()
+            target = image_dir / f"{hashlib.sha1(image).hexdigest()}.{suffix}"
+            if not target.is_file():
+                image_dir.mkdir(parents=True, exist_ok=True)
+                target.write_bytes(image)
+            paths.append(str(target.resolve()))
+        else:
+            paths.append(str(image))
+    return paths
 
 
-def pair_row(record: Any, caption: str, cot: str) -> dict[str, Any]:
+def pair_row(record: Any, images: list[str], student: Segments) -> dict[str, Any]:
     """One ``load_pairs`` row: the align record's prompt, images and teacher segments, and a student's."""
     return {
         "prompt": record.prompt,
-        "images": list(record.images),
+        "images": images,
         "teacher_caption": record.teacher.caption,
         "teacher_cot": record.teacher.reasoning,
-        "student_caption": caption,
-        "student_cot": cot,
+        "student_caption": student.caption,
+        "student_cot": student.reasoning,
     }
 
 
@@ -110,11 +120,6 @@ def _accepted(row: dict[str, Any], out_file: Path, row_no: int) -> bool:
     except DatasetRowError:
         return False
     return True
-
-
-def default_device() -> str:
-    """``cuda`` when a GPU is visible, else ``cpu``."""
-    return "cuda" if torch.cuda.is_available() else "cpu"
 
 
 def make_pairs(
@@ -139,7 +144,7 @@ def make_pairs(
     """
     from tqdm.auto import tqdm
 
-    from prism_plugin.preview import load_policy, sample_responses
+    from prism_plugin.policy import load_policy, sample
 
     if num_samples < 1 or batch_size < 1 or max_new_tokens < 1:
         raise ValueError("num_samples, batch_size and max_new_tokens must be at least 1")
@@ -151,23 +156,21 @@ def make_pairs(
         num_samples=num_samples, skipped_rows=list(loaded.skipped),
     )
 
-    policy, processor, vision = load_policy(policy_dir)
-    policy.to(device or default_device()).eval()
+    policy, processor, vision = load_policy(policy_dir, device=device)
     torch.manual_seed(seed)
+    image_dir = out_file.parent / f"{out_file.stem}_images"
+    sampling = Sampling(max_new_tokens, temperature)
     out_file.parent.mkdir(parents=True, exist_ok=True)
     bar = tqdm(total=len(records), desc="make-pairs", unit="prompt", disable=not progress)
     with out_file.open("w", encoding="utf-8") as handle, torch.no_grad():
         for start in range(0, len(records), batch_size):
             batch = records[start : start + batch_size]
-            split = sample_responses(
-                policy, processor, [(r.prompt, r.images) for r in batch], vision=vision,
-                num_generations=num_samples, max_new_tokens=max_new_tokens, temperature=temperature,
-            )
+            _, split = sample(policy, processor, vision, batch, num_samples, sampling)
             for i, text in enumerate(split.texts):
                 record = batch[i // num_samples]
                 report.samples += 1
-                segments = None if split.truncated[i] else student_segments(text)
-                row = None if segments is None else pair_row(record, *segments)
+                segments = None if split.truncated[i] else Segments.from_response(text)
+                row = None if segments is None else pair_row(record, image_paths(record.images, image_dir), segments)
                 if row is not None and _accepted(row, out_file, report.pairs_written + 1):
                     handle.write(json.dumps(row, ensure_ascii=False) + "\n")
                     report.pairs_written += 1

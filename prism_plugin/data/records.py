@@ -1,49 +1,65 @@
-"""Validated rows of the PRISM datasets: warm-up pairs and alignment prompts.
+"""Dataset rows of every PRISM reader, validated where they enter: the one row parser.
 
-Every row is checked where it enters; a bad row raises :class:`DatasetRowError` naming the
-file, the 1-based row (the line of a JSONL file) and the field — or, when the caller opts in
-with ``skip_invalid=True``, is left out and reported in :class:`LoadReport`. Nothing is
-dropped or cut silently.
+Every command and stage that reads rows (``prism_disc``, ``prism_align``, ``align-preview``,
+``make-pairs``, the drift monitor, ``score``, ``evaluate``, ``to-easyr1``, ``teach``) goes through
+:class:`RowReader`, so one schema is read one way:
+
+- ``prompt`` (or ``question``): a string with ``<image>`` markers, or a chat-message list (the
+  authors' parquet) whose last user message is the prompt (string content, or OpenAI-style items);
+- ``images`` (or ``image``): one item or a list; each a path, ``{"path": …}``, ``{"bytes": …}`` (as
+  Hugging Face ``datasets`` and verl write image columns) or raw bytes. Relative paths resolve against
+  the data file's folder (or an explicit media dir) and are returned absolute; bytes stay bytes;
+- ground truth: ``ground_truth``, ``answer`` or ``reward_model.ground_truth``;
+- teacher segments ``teacher_caption`` + ``teacher_cot``; warm-up students ``student_caption`` +
+  ``student_cot`` (or whole ``*_response`` texts); other columns (``data_source``, ``extra_info`` …)
+  are ignored.
+
+A bad row raises :class:`DatasetRowError` naming the file, the 1-based row (the line of a JSONL
+file) and the field — or, when the caller opts in with ``skip_invalid=True``, is left out and
+reported in :class:`LoadReport`. Nothing is dropped or cut silently.
 """
 
 from __future__ import annotations
 
 import json
-import re
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
-from prism_plugin.format import is_valid
+from prism_plugin.layout import IMAGE_MARKER, Segments, is_caption_segment, is_reasoning_segment
 
-IMAGE_MARKER = "<image>"
-_CAPTION_SEGMENT_RE = re.compile(r"^\s*<caption>.*?</caption>\s*$", re.DOTALL)
-_REASONING_SEGMENT_RE = re.compile(r"^\s*<think>.*?</think>\s*<answer>.*?</answer>\s*$", re.DOTALL)
+ImageRef = str | bytes
+"""An image as the readers hand it on: an absolute path, or the encoded file's bytes."""
 
 
 class DatasetRowError(ValueError):
-    """A dataset row that cannot be used, with where and why."""
+    """A row that cannot be used: where (file, 1-based row, field), what is wrong, and a short ``reason``
+    (``bad_json``, ``missing_field``, ``bad_field``, ``missing_image``, ``layout``, ``too_long`` …) for counts.
+    ``path`` and ``row`` may be None for rows given in memory; :meth:`at` adds them."""
 
-    def __init__(self, path: str | Path, row: int, field_name: str, message: str) -> None:
-        self.path, self.row, self.field, self.message = str(path), row, field_name, message
-        super().__init__(f"{path}, row {row}, field '{field_name}': {message}")
+    def __init__(self, path: str | Path | None, row: int | None, field_name: str, message: str,
+                 reason: str = "bad_field") -> None:
+        self.path = None if path is None else str(path)
+        self.row, self.field, self.message, self.reason = row, field_name, message, reason
+        where = [part for part in (self.path, None if row is None else f"row {row}") if part]
+        super().__init__(", ".join([*where, f"field '{field_name}': {message}"]))
+
+    def at(self, path: str | Path | None, row: int | None) -> DatasetRowError:
+        """The same error, located at ``path``, ``row``."""
+        return DatasetRowError(path, row, self.field, self.message, self.reason)
 
 
 @dataclass(frozen=True)
-class Segments:
-    """A response split into its caption segment and its reasoning (think + answer) segment."""
+class PromptRecord:
+    """One prompt with its images, and what the row carries for it: a ground truth and/or the teacher's
+    demonstration (alignment rows always carry the teacher; RLVR and evaluation rows may not)."""
 
-    caption: str
-    reasoning: str
-
-    @property
-    def response(self) -> str:
-        return f"{self.caption.strip()}\n{self.reasoning.strip()}"
-
-    def get(self, segment: str) -> str:
-        """Text of ``caption``, ``reasoning`` or the whole ``response``."""
-        return self.response if segment == "response" else getattr(self, segment)
+    prompt: str
+    images: tuple[ImageRef, ...]
+    ground_truth: str | None
+    teacher: Segments | None
+    row: int
 
 
 @dataclass(frozen=True)
@@ -51,7 +67,7 @@ class PairRecord:
     """One warm-up prompt with a teacher (preferred) and a student response."""
 
     prompt: str
-    images: tuple[str, ...]
+    images: tuple[ImageRef, ...]
     teacher: Segments | str  # str: a whole-response pair (GAD-style) with no segment split
     student: Segments | str
     row: int
@@ -59,17 +75,6 @@ class PairRecord:
     @property
     def segmented(self) -> bool:
         return isinstance(self.teacher, Segments)
-
-
-@dataclass(frozen=True)
-class AlignRecord:
-    """One alignment prompt with its images, the teacher demonstration and an optional answer."""
-
-    prompt: str
-    images: tuple[str, ...]
-    teacher: Segments
-    ground_truth: str | None
-    row: int
 
 
 @dataclass
@@ -108,7 +113,7 @@ def read_rows(path: str | Path) -> Iterator[tuple[int, Any]]:
                 try:
                     yield line_no, json.loads(line)
                 except json.JSONDecodeError as exc:
-                    yield line_no, DatasetRowError(path, line_no, "<line>", f"not valid JSON ({exc.msg})")
+                    yield line_no, DatasetRowError(path, line_no, "<line>", f"not valid JSON ({exc.msg})", "bad_json")
     elif suffix == ".json":
         data = json.loads(path.read_text(encoding="utf-8"))
         if not isinstance(data, list):
@@ -126,17 +131,18 @@ def read_rows(path: str | Path) -> Iterator[tuple[int, Any]]:
 
 
 class RowReader:
-    """Field access for one row that raises :class:`DatasetRowError` with the right location."""
+    """Field access for one row; every failure is a :class:`DatasetRowError` at the right location."""
 
-    def __init__(self, path: Path, row_no: int, row: Any, media_dir: Path) -> None:
+    def __init__(self, path: str | Path | None, row_no: int | None, row: Any, media_dir: str | Path) -> None:
         if not isinstance(row, dict):
             raise DatasetRowError(path, row_no, "<row>", f"expected an object, got {type(row).__name__}")
-        self.path, self.row_no, self.row, self.media_dir = path, row_no, row, media_dir
+        self.path, self.row_no, self.row, self.media_dir = path, row_no, row, Path(media_dir)
 
-    def error(self, field_name: str, message: str) -> DatasetRowError:
-        return DatasetRowError(self.path, self.row_no, field_name, message)
+    def error(self, field_name: str, message: str, reason: str = "bad_field") -> DatasetRowError:
+        return DatasetRowError(self.path, self.row_no, field_name, message, reason)
 
     def text(self, *names: str, required: bool = True) -> str | None:
+        """The first present field of ``names`` as a non-empty string (None if absent and not required)."""
         for name in names:
             value = self.row.get(name)
             if value is None:
@@ -145,73 +151,154 @@ class RowReader:
                 raise self.error(name, "must be a non-empty string")
             return value
         if required:
-            raise self.error(" or ".join(names), "missing")
+            raise self.error(" or ".join(names), "missing", "missing_field")
         return None
 
-    def caption(self, name: str) -> str:
-        value = self.text(name)
-        if not _CAPTION_SEGMENT_RE.match(value):
-            raise self.error(name, "must be one '<caption> … </caption>' segment")
-        return value
+    def segments(self, side: str) -> Segments:
+        """``{side}_caption`` + ``{side}_cot``: one caption segment, then think + answer."""
+        caption, cot = self.text(f"{side}_caption"), self.text(f"{side}_cot")
+        if not is_caption_segment(caption):
+            raise self.error(f"{side}_caption", "must be one '<caption> … </caption>' segment", "layout")
+        if not is_reasoning_segment(cot):
+            raise self.error(f"{side}_cot", "must be '<think> … </think>' followed by '<answer> … </answer>'", "layout")
+        return Segments(caption, cot)
 
-    def reasoning(self, name: str) -> str:
-        value = self.text(name)
-        if not _REASONING_SEGMENT_RE.match(value):
-            raise self.error(name, "must be '<think> … </think>' followed by '<answer> … </answer>'")
-        return value
+    def response_text(self, name: str) -> tuple[str, str]:
+        """The response of ``--response-field name`` and where it came from: ``name``, ``name_response``,
+        or ``name_caption`` + ``name_cot`` joined as a policy writes them (layout not checked here)."""
+        for key in (name, f"{name}_response"):
+            if self.row.get(key) is not None:
+                return self.text(key), key
+        if self.row.get(f"{name}_caption") is not None or self.row.get(f"{name}_cot") is not None:
+            caption, cot = self.text(f"{name}_caption"), self.text(f"{name}_cot")
+            return Segments(caption, cot).response, f"{name}_caption/{name}_cot"
+        raise self.error(name, f"missing: expected {name!r}, '{name}_response' or '{name}_caption' + '{name}_cot'",
+                         "missing_field")
 
-    def response(self, name: str) -> str:
-        value = self.text(name)
-        if not is_valid(value):
-            raise self.error(name, "is not in the <caption>/<think>/<answer> layout")
-        return value
-
-    def images(self, *names: str) -> tuple[str, ...]:
-        for name in names:
+    def images(self) -> tuple[ImageRef, ...]:
+        """``images`` / ``image``: paths (resolved, checked, absolute), ``{"path"}``, ``{"bytes"}`` or bytes."""
+        for name in ("images", "image"):
             value = self.row.get(name)
             if value is None:
                 continue
             items = value if isinstance(value, list) else [value]
-            paths = []
-            for i, item in enumerate(items):
-                item = item.get("path") if isinstance(item, dict) else item
-                if not isinstance(item, str) or not item:
-                    raise self.error(f"{name}[{i}]", "must be an image path")
-                resolved = Path(item) if Path(item).is_absolute() else self.media_dir / item
-                if not resolved.is_file():
-                    raise self.error(f"{name}[{i}]", f"image file not found: {resolved}")
-                paths.append(str(resolved))
-            return tuple(paths)
+            return tuple(self._image(f"{name}[{i}]", item) for i, item in enumerate(items))
         return ()
 
-    def check_markers(self, prompt: str, images: tuple[str, ...], prompt_field: str) -> str:
-        markers = prompt.count(IMAGE_MARKER)
-        if images and markers == 0:
-            return IMAGE_MARKER * len(images) + prompt  # images without markers go first, one each
-        if markers != len(images):
-            raise self.error(prompt_field, f"has {markers} '<image>' markers but the row has {len(images)} images")
-        return prompt
+    def _image(self, where: str, item: Any) -> ImageRef:
+        if isinstance(item, dict):
+            data, item = item.get("bytes"), item.get("path")
+            if isinstance(data, (bytes, bytearray)) and data:
+                return bytes(data)
+        if isinstance(item, (bytes, bytearray)) and item:
+            return bytes(item)
+        if not isinstance(item, str) or not item:
+            raise self.error(where, "must be an image path, {'path': …} or {'bytes': …}")
+        path = Path(item).expanduser()
+        resolved = path if path.is_absolute() else self.media_dir / path
+        if not resolved.is_file():
+            raise self.error(where, f"image file not found: {resolved}", "missing_image")
+        return str(resolved.resolve())
+
+    def prompt(self, images: tuple[ImageRef, ...]) -> str:
+        """``prompt`` / ``question`` with one ``<image>`` marker per image (added in front when it has none)."""
+        for name in ("prompt", "question"):
+            value = self.row.get(name)
+            if value is None:
+                continue
+            text = self._chat_prompt(name, value) if isinstance(value, list) else self.text(name)
+            markers = text.count(IMAGE_MARKER)
+            if images and markers == 0:
+                return IMAGE_MARKER * len(images) + text
+            if markers != len(images):
+                raise self.error(name, f"has {markers} '{IMAGE_MARKER}' markers but the row has {len(images)} images")
+            return text
+        raise self.error("prompt or question", "missing", "missing_field")
+
+    def _chat_prompt(self, name: str, messages: list) -> str:
+        """The last user message of a chat-message list (string content, or text/image content items)."""
+        users = [m.get("content") for m in messages if isinstance(m, dict) and m.get("role") == "user"]
+        content = users[-1] if users else None
+        if isinstance(content, list):
+            pieces = []
+            for item in content:
+                kind = item.get("type") if isinstance(item, dict) else None
+                if kind == "text" and isinstance(item.get("text"), str):
+                    pieces.append(item["text"])
+                elif kind in ("image", "image_url"):
+                    pieces.append(IMAGE_MARKER)
+            content = "".join(pieces)
+        if not isinstance(content, str) or not content.strip():
+            raise self.error(name, "chat-message list has no non-empty user message")
+        return content
+
+    def ground_truth(self, required: bool = False) -> str | None:
+        """``ground_truth``, ``answer`` or ``reward_model.ground_truth`` as a stripped string."""
+        value, where = None, "ground_truth"
+        for name in ("ground_truth", "answer"):
+            if self.row.get(name) is not None:
+                value, where = self.row[name], name
+                break
+        reward_model = self.row.get("reward_model")
+        if value is None and isinstance(reward_model, dict) and reward_model.get("ground_truth") is not None:
+            value, where = reward_model["ground_truth"], "reward_model.ground_truth"
+        if value is None:
+            if required:
+                raise self.error("ground_truth", "missing (or give answer / reward_model.ground_truth)",
+                                 "missing_field")
+            return None
+        if isinstance(value, bool) or not isinstance(value, (str, int, float)) or not str(value).strip():
+            raise self.error(where, "must be a non-empty string or a number")
+        return str(value).strip()
 
 
-def prompt_text(row: RowReader) -> tuple[str, str]:
-    """The user prompt from ``prompt``/``question`` (a string or a chat-message list)."""
-    for name in ("prompt", "question"):
-        value = row.row.get(name)
-        if isinstance(value, list):  # authors' parquet: a list of chat messages
-            users = [m.get("content") for m in value if isinstance(m, dict) and m.get("role") == "user"]
-            if not users or not isinstance(users[-1], str) or not users[-1].strip():
-                raise row.error(name, "chat-message list has no non-empty user message")
-            return users[-1], name
-        if value is not None:
-            return row.text(name), name
-    raise row.error("prompt or question", "missing")
+# --------------------------------------------------------------------------- row parsers
+
+TeacherRule = Literal["required", "optional", "ignored"]
+
+
+def parse_pair(row: RowReader) -> PairRecord:
+    """One warm-up row as a :class:`PairRecord`; raises :class:`DatasetRowError` naming the bad field."""
+    images = row.images()
+    prompt = row.prompt(images)
+    if "teacher_caption" in row.row or "student_caption" in row.row:
+        teacher, student = row.segments("teacher"), row.segments("student")
+    elif "teacher_response" in row.row or "student_response" in row.row:
+        teacher, student = row.text("teacher_response"), row.text("student_response")
+    else:
+        raise row.error("teacher_caption", "missing (or give teacher_response and student_response)", "missing_field")
+    return PairRecord(prompt=prompt, images=images, teacher=teacher, student=student, row=row.row_no)
+
+
+def prompt_parser(teacher: TeacherRule = "required", require_ground_truth: bool = False
+                  ) -> Callable[[RowReader], PromptRecord]:
+    """A row parser for prompt rows: the teacher demonstration ``required`` (alignment), ``optional``
+    (evaluation) or ``ignored`` (RLVR); ``require_ground_truth`` for the verifiable reward."""
+
+    def parse(row: RowReader) -> PromptRecord:
+        images = row.images()
+        prompt = row.prompt(images)
+        has_teacher = "teacher_caption" in row.row or "teacher_cot" in row.row
+        segments = row.segments("teacher") if teacher == "required" or (teacher == "optional" and has_teacher) else None
+        return PromptRecord(prompt=prompt, images=images, ground_truth=row.ground_truth(require_ground_truth),
+                            teacher=segments, row=row.row_no)
+
+    return parse
+
+
+parse_align = prompt_parser("required")
 
 
 # --------------------------------------------------------------------------- loaders
 
 
-def load_rows(path: str | Path, parse, skip_invalid: bool, media_dir: str | Path | None) -> LoadReport:
-    """Read ``path`` and ``parse`` each :class:`RowReader`; bad rows raise or, opted in, are skipped and counted."""
+def load_rows(path: str | Path, parse: Callable[[RowReader], Any], skip_invalid: bool,
+              media_dir: str | Path | None) -> LoadReport:
+    """Read ``path`` and ``parse`` each :class:`RowReader`; bad rows raise or, opted in, are skipped and counted.
+
+    Relative image paths resolve against ``media_dir`` (default: the file's own folder). A file
+    with no usable row is an error.
+    """
     path = Path(path)
     media = Path(media_dir) if media_dir is not None else path.parent
     report = LoadReport(path=str(path))
@@ -229,48 +316,43 @@ def load_rows(path: str | Path, parse, skip_invalid: bool, media_dir: str | Path
     return report
 
 
-def parse_pair(row: RowReader) -> PairRecord:
-    """One warm-up row as a :class:`PairRecord`; raises :class:`DatasetRowError` naming the bad field."""
-    prompt, prompt_field = prompt_text(row)
-    images = row.images("images", "image")
-    prompt = row.check_markers(prompt, images, prompt_field)
-    if "teacher_caption" in row.row or "student_caption" in row.row:
-        teacher = Segments(row.caption("teacher_caption"), row.reasoning("teacher_cot"))
-        student = Segments(row.caption("student_caption"), row.reasoning("student_cot"))
-    elif "teacher_response" in row.row or "student_response" in row.row:
-        teacher, student = row.text("teacher_response"), row.text("student_response")
-    else:
-        raise row.error("teacher_caption", "missing (or give teacher_response and student_response)")
-    return PairRecord(prompt=prompt, images=images, teacher=teacher, student=student, row=row.row_no)
-
-
-def parse_align(row: RowReader) -> AlignRecord:
-    """One alignment row as an :class:`AlignRecord`; raises :class:`DatasetRowError` naming the bad field."""
-    prompt, prompt_field = prompt_text(row)
-    images = row.images("images", "image")
-    prompt = row.check_markers(prompt, images, prompt_field)
-    teacher = Segments(row.caption("teacher_caption"), row.reasoning("teacher_cot"))
-    answer = row.row.get("ground_truth", row.row.get("answer"))
-    reward_model = row.row.get("reward_model")
-    if answer is None and isinstance(reward_model, dict):
-        answer = reward_model.get("ground_truth")
-    if answer is not None and not isinstance(answer, (str, int, float)):
-        raise row.error("ground_truth", "must be a string or a number")
-    return AlignRecord(
-        prompt=prompt, images=images, teacher=teacher, ground_truth=None if answer is None else str(answer),
-        row=row.row_no,
-    )
-
-
 def load_pairs(path: str | Path, *, skip_invalid: bool = False, media_dir: str | Path | None = None) -> LoadReport:
-    """Warm-up pairs: ``prompt``/``question``, optional ``image(s)``, teacher/student caption + cot
-    (two comparisons per row) or teacher/student response (one). Image paths are relative to
-    ``media_dir`` (default: the file's folder)."""
+    """Warm-up pairs: prompt, images, teacher/student caption + cot (two comparisons per row) or
+    teacher/student response (one)."""
     return load_rows(path, parse_pair, skip_invalid, media_dir)
 
 
+def load_prompts(path: str | Path, *, teacher: TeacherRule = "required", require_ground_truth: bool = False,
+                 skip_invalid: bool = False, media_dir: str | Path | None = None) -> LoadReport:
+    """Prompt rows (:class:`PromptRecord`): alignment (teacher required), evaluation (optional) or RLVR
+    (ignored) rows; see :func:`prompt_parser`."""
+    return load_rows(path, prompt_parser(teacher, require_ground_truth), skip_invalid, media_dir)
+
+
 def load_align(path: str | Path, *, skip_invalid: bool = False, media_dir: str | Path | None = None) -> LoadReport:
-    """Alignment prompts: ``prompt`` (string with ``<image>`` markers or chat messages), ``images``,
-    ``teacher_caption``, ``teacher_cot``, optional ``ground_truth`` / ``answer`` /
-    ``reward_model.ground_truth``."""
-    return load_rows(path, parse_align, skip_invalid, media_dir)
+    """Alignment prompts: prompt, images, ``teacher_caption``, ``teacher_cot``, optional ground truth."""
+    return load_prompts(path, teacher="required", skip_invalid=skip_invalid, media_dir=media_dir)
+
+
+def load_and_encode(files: list[Path], load: Callable[..., LoadReport], encode: Callable[[Any, str], Any],
+                    skip_invalid: bool, media_dir: str | Path | None, what: str) -> tuple[list, list[LoadReport]]:
+    """Load, validate and ``encode`` every row of ``files`` (``encode`` may reject a row with a
+    :class:`DatasetRowError` too); a bad row raises unless ``skip_invalid``, when it is counted in its
+    file's report instead. ``what`` names the rows in the error for an empty result."""
+    encoded, reports = [], []
+    for path in files:
+        report = load(path, skip_invalid=skip_invalid, media_dir=media_dir)
+        kept = []
+        for record in report.records:
+            try:
+                encoded.append(encode(record, str(path)))
+                kept.append(record)
+            except DatasetRowError as err:
+                if not skip_invalid:
+                    raise
+                report.skipped.append(err)
+        report.records = kept
+        reports.append(report)
+    if not encoded:
+        raise ValueError(f"no usable {what} in " + ", ".join(map(str, files)))
+    return encoded, reports

@@ -9,7 +9,9 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from prism_plugin.discriminator.texts import PreparedText, RowError, TextScorer
+from prism_plugin.data.records import DatasetRowError, RowReader, read_rows
+from prism_plugin.discriminator.texts import PreparedText, TextScorer
+from prism_plugin.errors import UserError, did_you_mean
 
 
 def run_upcycle(args: Any) -> int:
@@ -31,40 +33,15 @@ def run_upcycle(args: Any) -> int:
     return 0
 
 
-def response_of(row: dict[str, Any], name: str) -> tuple[str, str]:
-    """The response text of ``row`` for ``--response-field name`` and the field it came from.
-
-    ``row[name]``, else ``row[name + "_response"]``, else ``row[name + "_caption"] + "\\n" +
-    row[name + "_cot"]`` (the pair format of the discriminator warm-up data).
-    """
-    for key in (name, f"{name}_response"):
-        if isinstance(row.get(key), str):
-            return row[key], key
-    caption, cot = row.get(f"{name}_caption"), row.get(f"{name}_cot")
-    if isinstance(caption, str) and isinstance(cot, str):
-        return f"{caption}\n{cot}", f"{name}_caption/{name}_cot"
-    expected = f"{name!r}, '{name}_response' or '{name}_caption' + '{name}_cot'"
-    raise RowError(name, f"no response: expected {expected}", "missing_field")
-
-
-def _prepare_row(scorer: TextScorer, row: Any, base: Path, response_field: str) -> tuple[PreparedText, str]:
-    if not isinstance(row, dict):
-        raise RowError("<row>", "a JSON object per line is expected", "bad_json")
-    prompt = row.get("prompt", row.get("question"))
-    if not isinstance(prompt, str):
-        raise RowError("prompt", "missing (expected a string 'prompt' or 'question')", "missing_field")
-    images = row.get("images", row.get("image"))
-    field = "images" if "images" in row else "image"
-    if isinstance(images, str):
-        images = [images]
-    if images is not None and not (isinstance(images, list) and all(isinstance(i, str) for i in images)):
-        raise RowError(field, "expected a path or a list of paths", "bad_field")
-    paths = [p if Path(p).is_absolute() else base / p for p in images or []]
-    for path in paths:
-        if not Path(path).is_file():
-            raise RowError(field, f"image file {str(path)!r} not found", "missing_image")
-    response, source = response_of(row, response_field)
-    return scorer.prepare(prompt, response, paths or None), source
+def _prepare_row(scorer: TextScorer, reader: RowReader, response_field: str) -> tuple[PreparedText, str]:
+    """Render and split one row through the one row parser; :class:`DatasetRowError` for an unusable row."""
+    images = reader.images()
+    prompt = reader.prompt(images)
+    response, source = reader.response_text(response_field)
+    try:
+        return scorer.prepare(prompt, response, list(images) or None), source
+    except DatasetRowError as err:
+        raise err.at(reader.path, reader.row_no) from None
 
 
 def _finite(x: float) -> float | None:
@@ -82,25 +59,24 @@ def run_score(args: Any) -> int:
 def _run_score(args: Any) -> int:
     import torch
     from tqdm import tqdm
-    from transformers import AutoModel
 
-    import prism_plugin.discriminator  # noqa: F401  (registers the Auto classes)
+    from prism_plugin.discriminator.loading import load_discriminator
 
-    model = AutoModel.from_pretrained(args.discriminator, dtype=torch.float32).eval()
+    model = load_discriminator(args.discriminator, dtype=torch.float32).eval()
     scorer = TextScorer(model)
     if args.max_length:
         scorer.max_length = args.max_length
     data = Path(args.data)
+    media = Path(args.image_dir) if getattr(args, "image_dir", None) else data.parent
     names = list(model.config.segments)
     clip = model.config.score_clip
-    lines = data.read_text(encoding="utf-8").splitlines()
-    todo = [(n, line) for n, line in enumerate(lines, start=1) if line.strip()]
+    todo = list(read_rows(data))
     bad: Counter[str] = Counter()
     sums = dict.fromkeys(names, 0.0)
-    num_valid = 0
+    num_valid = prepared_rows = 0
 
     def report(n: int, message: str) -> None:
-        tqdm.write(f"{data}:{n}: {message}", file=sys.stderr)
+        tqdm.write(message, file=sys.stderr)
 
     out_path = Path(args.out)
     out_path.parent.mkdir(parents=True, exist_ok=True)
@@ -109,25 +85,22 @@ def _run_score(args: Any) -> int:
             batch = todo[start : start + args.batch_size]
             results: dict[int, dict[str, Any]] = {}
             ready: list[tuple[int, PreparedText]] = []
-            for n, line in batch:
+            for n, row in batch:
                 try:
-                    row = json.loads(line)
-                except json.JSONDecodeError as err:
-                    bad["bad_json"] += 1
-                    report(n, f"not valid JSON ({err.msg})")
-                    results[n] = {"line": n, "error": f"not valid JSON ({err.msg})"}
-                    continue
-                try:
-                    prepared, source = _prepare_row(scorer, row, data.parent, args.response_field)
-                except RowError as err:
+                    if isinstance(row, DatasetRowError):
+                        raise row
+                    prepared, source = _prepare_row(scorer, RowReader(data, n, row, media), args.response_field)
+                except DatasetRowError as err:
                     bad[err.reason] += 1
                     report(n, str(err))
                     results[n] = {"line": n, "error": str(err)}
                     continue
                 if not prepared.valid:
                     bad["layout"] += 1
-                    report(n, f"field {source!r}: response is not in the <caption>/<think>/<answer> layout")
+                    report(n, f"{data}, row {n}, field '{source}': response is not in the <caption>/<think>/<answer> "
+                              "layout")
                 ready.append((n, prepared))
+                prepared_rows += 1
             if ready:
                 scores = scorer.score_prepared([p for _, p in ready], batch_size=args.batch_size, clip=clip)
                 for k, (n, prepared) in enumerate(ready):
@@ -152,4 +125,9 @@ def _run_score(args: Any) -> int:
         "out": str(out_path),
     }
     print(json.dumps(summary))
+    if prepared_rows == 0:
+        fields = sorted({k for _, row in todo if isinstance(row, dict) for k in row})
+        raise UserError(f"no row of {data} could be scored ({dict(sorted(bad.items()))}); --response-field "
+                        f"{args.response_field!r}{did_you_mean(args.response_field, fields)}; fields in the file: "
+                        f"{', '.join(fields) or 'none'}")
     return 0

@@ -22,10 +22,12 @@ Segments = str | Sequence[str] | None
 @dataclass
 class PrismDiscriminatorOutput(ModelOutput):
     """``scores``: (B,) float32, one per sequence; ``aux_loss``: the router load-balancing loss (unscaled;
-    a trainer adds ``config.router_aux_loss_coef * aux_loss``); ``past_key_values``: the backbone's cache."""
+    a trainer adds ``router_aux_coef * aux_loss``); ``last_token_state``: (B, H) the hidden state each
+    score is read from; ``past_key_values``: the backbone's cache."""
 
     scores: torch.Tensor | None = None
     aux_loss: torch.Tensor | None = None
+    last_token_state: torch.Tensor | None = None
     last_hidden_state: torch.Tensor | None = None
     past_key_values: Cache | None = None
     router_logits: tuple[torch.Tensor, ...] | None = None
@@ -176,10 +178,15 @@ class PrismDiscriminator(PreTrainedModel):
             )
         return out, list(logits)
 
-    def score_hidden(self, hidden: torch.Tensor, segments: Segments) -> torch.Tensor:
-        """Scores (B,) float32 from last-token hidden states (B, H): dropout (training only) + the row's head."""
+    def score_hidden(self, hidden: torch.Tensor, segments: Segments, dropout: bool | None = None) -> torch.Tensor:
+        """Scores (B,) float32 from last-token hidden states (B, H): dropout + the row's head.
+
+        ``dropout`` defaults to the training mode; ``False`` reads the eval-mode score of the same
+        hidden states (the head's dropout is the only train/eval difference of the model).
+        """
         names = self._segment_list(segments, hidden.shape[0])
-        hidden = self.head_dropout(hidden)
+        if dropout if dropout is not None else self.training:
+            hidden = nn.functional.dropout(hidden, self.head_dropout.p, training=True)
         if len(self.heads) == 1:
             head = next(iter(self.heads.values()))
             return head(hidden).squeeze(-1).float()
@@ -243,6 +250,7 @@ class PrismDiscriminator(PreTrainedModel):
         return PrismDiscriminatorOutput(
             scores=scores,
             aux_loss=aux_loss,
+            last_token_state=last,
             last_hidden_state=hidden,
             past_key_values=out.past_key_values if use_cache else None,
             router_logits=tuple(logits) if output_router_logits else None,

@@ -108,7 +108,8 @@ def score(
     one forward; ``clip`` clamps the scores to ±clip. A model training with gradient checkpointing
     always gets full forwards: transformers' checkpointed layers drop the KV cache.
     """
-    scores, _ = _run(model, prompts, queries, reuse_prefix, batch_size, None)
+    states, _ = segment_states(model, prompts, queries, reuse_prefix=reuse_prefix, batch_size=batch_size)
+    scores = model.score_hidden(states, [q.segment for q in queries]) if queries else states.new_zeros(0)
     return scores.clamp(-clip, clip) if clip is not None else scores
 
 
@@ -120,7 +121,25 @@ def score_with_aux(
     reuse_prefix: bool = True,
     batch_size: int = 32,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """Unclipped :func:`score` plus the router load-balancing loss (None for a dense model), for training.
+    """Unclipped :func:`score` plus the router load-balancing loss (None for a dense model), for training;
+    see :func:`segment_states` for the loss."""
+    states, aux = segment_states(model, prompts, queries, reuse_prefix=reuse_prefix, batch_size=batch_size,
+                                 with_aux=True)
+    scores = model.score_hidden(states, [q.segment for q in queries]) if queries else states.new_zeros(0)
+    return scores, aux
+
+
+def segment_states(
+    model,
+    prompts: Sequence[PromptInputs],
+    queries: Sequence[SegmentQuery],
+    *,
+    reuse_prefix: bool = True,
+    batch_size: int = 32,
+    with_aux: bool = False,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """(N, H) hidden states the scores of ``queries`` are read from, and (``with_aux``, MoE models) the
+    router load-balancing loss; ``model.score_hidden`` turns the states into scores.
 
     The loss is transformers' Switch load-balancing loss (``load_balancing_loss_func``: experts ×
     Σ fraction-of-top-k-picks × mean router probability, pooled over the MoE layers) over the router
@@ -130,21 +149,16 @@ def score_with_aux(
     once per (prompt, routing) encoding plus every segment token — a different value, and the more
     faithful load-balancing signal: it measures the routing of the tokens the experts actually
     process, instead of weighting prompts (and their image tokens) by how many segments follow them.
-    Falls back to full forwards under gradient checkpointing, like :func:`score`.
     """
-    return _run(model, prompts, queries, reuse_prefix, batch_size, [] if model.config.is_moe else None)
-
-
-def _run(model, prompts, queries, reuse_prefix: bool, batch_size: int, log: RouterLog | None):
-    """(scores, aux loss or None) of ``queries`` by the chosen path; ``log`` collects router logits when given."""
     _check(prompts, queries)
+    log = [] if with_aux and model.config.is_moe else None
     if not queries:
-        return torch.zeros(0), None
+        return torch.zeros(0, model.config.backbone_hidden_size), None
     if model.training and getattr(model, "is_gradient_checkpointing", False):
         reuse_prefix = False
-    run = _score_with_prefix if reuse_prefix else _score_full
-    scores = run(model, prompts, queries, batch_size, log)
-    return scores, _aux_loss(model, log)
+    run = _states_with_prefix if reuse_prefix else _states_full
+    states = run(model, prompts, queries, batch_size, log)
+    return states, _aux_loss(model, log)
 
 
 def _log_router(log: RouterLog | None, logits: Sequence[torch.Tensor], mask: torch.Tensor) -> None:
@@ -169,7 +183,7 @@ def _aux_loss(model, log: RouterLog | None) -> torch.Tensor | None:
     return load_balancing_loss_func(logits, model.config.num_experts, top_k)
 
 
-def _score_full(model, prompts, queries, batch_size: int, log: RouterLog | None = None) -> torch.Tensor:
+def _states_full(model, prompts, queries, batch_size: int, log: RouterLog | None = None) -> torch.Tensor:
     """Reference: one full forward (prompt ⊕ segment, images included) per query, batched."""
     device, dtype = model.device, model.dtype
     out = []
@@ -187,7 +201,7 @@ def _score_full(model, prompts, queries, batch_size: int, log: RouterLog | None 
             output_router_logits=log is not None,
         )
         _log_router(log, result.router_logits or (), mask)
-        out.append(result.scores)
+        out.append(result.last_token_state)
     return torch.cat(out)
 
 
@@ -202,7 +216,7 @@ def select_cache(cache: DynamicCache, rows: torch.Tensor) -> DynamicCache:
     return DynamicCache(ddp_cache_data=layers)
 
 
-def _score_with_prefix(model, prompts, queries, batch_size: int, log: RouterLog | None = None) -> torch.Tensor:
+def _states_with_prefix(model, prompts, queries, batch_size: int, log: RouterLog | None = None) -> torch.Tensor:
     """Encode each (prompt, routing) prefix once, then score its segments as cached continuations."""
     device, dtype = model.device, model.dtype
     pad_id = _pad_id(model)
@@ -213,7 +227,7 @@ def _score_with_prefix(model, prompts, queries, batch_size: int, log: RouterLog 
     for n, row in enumerate(row_of):
         route_segment.setdefault(row, queries[n].segment)
     keys = list(prefix_rows)
-    scores = torch.empty(len(queries), dtype=torch.float32, device=device)
+    states = None
     for start in range(0, len(keys), batch_size):
         block = keys[start : start + batch_size]
         ids, mask = pad_right([_ids(prompts[p].input_ids) for p, _ in block], pad_id, device)
@@ -247,5 +261,8 @@ def _score_with_prefix(model, prompts, queries, batch_size: int, log: RouterLog 
                 output_router_logits=log is not None,
             )
             _log_router(log, result.router_logits or (), cont_mask)
-            scores = scores.index_copy(0, torch.tensor(chunk, device=device), result.scores)
-    return scores
+            block_states = result.last_token_state
+            if states is None:
+                states = block_states.new_zeros(len(queries), block_states.shape[-1])
+            states = states.index_copy(0, torch.tensor(chunk, device=device), block_states)
+    return states

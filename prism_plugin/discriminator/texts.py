@@ -10,27 +10,17 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import torch
 
+from prism_plugin.chat import ImageLike, chat_prompt_text, load_images
 from prism_plugin.data.prompts import SYSTEM_PROMPT
+from prism_plugin.data.records import DatasetRowError
 from prism_plugin.discriminator.scoring import PromptInputs, SegmentQuery, score
 from prism_plugin.format import split_segments
-from prism_plugin.generation import end_of_turn_id
-
-IMAGE_PLACEHOLDER = "<image>"
-ImageLike = Any  # a path, or a PIL image
-
-
-class RowError(ValueError):
-    """A row that cannot be scored; ``field`` names the offending input field."""
-
-    def __init__(self, field: str, message: str, reason: str) -> None:
-        super().__init__(f"field {field!r}: {message}")
-        self.field = field
-        self.reason = reason
+from prism_plugin.layout import Segments
+from prism_plugin.rollout import end_of_turn_id
 
 
 @dataclass
@@ -41,55 +31,6 @@ class PreparedText:
     segments: dict[str, list[int]] = field(default_factory=dict)  # empty when the layout is invalid
     valid: bool = False
     length: int = 0  # prompt + response tokens
-
-
-def load_images(images: ImageLike | Sequence[ImageLike] | None) -> list[Any]:
-    """Images as RGB PIL images (paths are opened); raises :class:`RowError` for a missing file."""
-    from PIL import Image
-
-    if images is None:
-        return []
-    if isinstance(images, (str, Path)) or not isinstance(images, Sequence):
-        images = [images]
-    loaded = []
-    for image in images:
-        if isinstance(image, (str, Path)):
-            if not Path(image).is_file():
-                raise RowError("image", f"image file {str(image)!r} not found", "missing_image")
-            with Image.open(image) as handle:
-                loaded.append(handle.convert("RGB"))
-        else:
-            loaded.append(image)
-    return loaded
-
-
-def user_content(prompt: str, num_images: int) -> list[dict[str, str]]:
-    """Chat content items: ``<image>`` placeholders become image items (all images first if none)."""
-    pieces = prompt.split(IMAGE_PLACEHOLDER)
-    if num_images and len(pieces) == 1:
-        pieces = [""] * num_images + [prompt]
-    elif len(pieces) - 1 != num_images:
-        found = len(pieces) - 1
-        raise RowError("prompt", f"{found} {IMAGE_PLACEHOLDER} placeholders for {num_images} images", "images")
-    content: list[dict[str, str]] = []
-    for i, piece in enumerate(pieces):
-        if i:
-            content.append({"type": "image"})
-        if piece:
-            content.append({"type": "text", "text": piece})
-    return content
-
-
-def chat_prompt_text(
-    tokenizer: Any, prompt: str, num_images: int, vision: bool, system_prompt: str = SYSTEM_PROMPT
-) -> str:
-    """The chat-rendered prompt (system prompt, user turn, generation prompt) as text.
-
-    With ``vision`` the ``<image>`` markers become image items; without, they are dropped.
-    """
-    content: Any = user_content(prompt, num_images) if vision else prompt.replace(IMAGE_PLACEHOLDER, "")
-    messages = [{"role": "system", "content": system_prompt}, {"role": "user", "content": content}]
-    return tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
 
 
 class TextScorer:
@@ -124,17 +65,38 @@ class TextScorer:
         enc = self.processor(text=[text], images=loaded, return_tensors="pt")
         return PromptInputs(enc["input_ids"][0], enc["pixel_values"], enc["image_grid_thw"])
 
+    def tokenize_response(self, response: str) -> list[int]:
+        """A response's ids as the policy would have generated them: tokenised alone, then end-of-turn."""
+        ids = self.tokenizer(response, add_special_tokens=False)["input_ids"]
+        return ids if ids and ids[-1] == self.eot else [*ids, self.eot]
+
+    def segment_ids(self, response: Segments | str, segments: Sequence[str]) -> dict[str, list[int]]:
+        """Token ids of each of ``segments`` of one response; ValueError outside the layout or for an empty
+        segment. Teacher and student sides go through here alike, so both are read at the same token."""
+        text = response.response if isinstance(response, Segments) else response
+        ids = self.tokenize_response(text)
+        split = split_segments(ids, self.tokenizer, eos_token_ids=self.eot)
+        if any(name != "response" for name in segments) and not split.valid:
+            raise ValueError("response is not in the <caption>/<think>/<answer> layout")
+        out = {}
+        for name in segments:
+            start, end = split.span(name)
+            if end <= start:
+                raise ValueError(f"{name} segment is empty")
+            out[name] = ids[start:end]
+        return out
+
     def prepare(
         self, prompt: str, response: str, images: ImageLike | Sequence[ImageLike] | None = None
     ) -> PreparedText:
-        """Render, tokenise and split one row; raises :class:`RowError` for rows that cannot be scored."""
+        """Render, tokenise and split one row; :class:`DatasetRowError` (no location) for rows that cannot be
+        scored (a missing image, too long)."""
         inputs = self.render_prompt(prompt, images)
-        ids = self.tokenizer(response, add_special_tokens=False)["input_ids"]
-        if not ids or ids[-1] != self.eot:
-            ids = [*ids, self.eot]
+        ids = self.tokenize_response(response)
         length = len(inputs.input_ids) + len(ids)
         if length > self.max_length:
-            raise RowError("response", f"{length} tokens exceed max_length {self.max_length}", "too_long")
+            raise DatasetRowError(None, None, "response", f"{length} tokens exceed max_length {self.max_length}",
+                                  "too_long")
         split = split_segments(ids, self.tokenizer, eos_token_ids=self.eot)
         segments = {}
         if split.valid:
@@ -175,7 +137,8 @@ def score_texts(
     """Scores of ``responses`` (text in the PRISM layout) to ``prompts``: ``{segment: (N,), "valid": (N,)}``.
 
     Invalid responses get NaN scores and ``valid=False``. Scores are clipped to ``config.score_clip``.
-    Raises :class:`RowError` for a row that cannot be scored (missing image, over-long).
+    Raises :class:`DatasetRowError` (with the row index) for a row that cannot be scored (missing image,
+    over-long).
     """
     if len(prompts) != len(responses) or (images is not None and len(images) != len(prompts)):
         raise ValueError("prompts, responses (and images) must have the same length")
@@ -188,8 +151,8 @@ def score_texts(
     for i, (prompt, response) in enumerate(zip(prompts, responses, strict=True)):
         try:
             rows.append(scorer.prepare(prompt, response, images[i] if images is not None else None))
-        except RowError as err:
-            raise RowError(err.field, f"row {i}: {err}", err.reason) from err
+        except DatasetRowError as err:
+            raise err.at(None, i) from None
     was_training = model.training
     model.eval()
     try:

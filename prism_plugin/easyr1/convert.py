@@ -17,12 +17,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from prism_plugin.data.records import DatasetRowError, LoadReport, RowReader, load_rows, prompt_text
+from prism_plugin.data.records import DatasetRowError, LoadReport, load_prompts
 
 
 @dataclass(frozen=True)
 class EasyR1Row:
-    """One EasyR1 training row; ``images`` holds paths (str) or encoded image bytes."""
+    """One EasyR1 training row; ``images`` holds absolute paths (str) or encoded image bytes."""
 
     prompt: str
     images: tuple[str | bytes, ...]
@@ -30,54 +30,13 @@ class EasyR1Row:
     row: int
 
 
-def _images(row: RowReader) -> tuple[str | bytes, ...]:
-    for name in ("images", "image"):
-        value = row.row.get(name)
-        if value is None:
-            continue
-        items = value if isinstance(value, list) else [value]
-        if not any(isinstance(item, dict) and item.get("bytes") for item in items):
-            return row.images(name)  # paths: resolved against the media dir, existence checked
-        out: list[str | bytes] = []
-        for i, item in enumerate(items):  # Hugging Face image column: {"bytes": …, "path": …}
-            data = item.get("bytes") if isinstance(item, dict) else None
-            path = item.get("path") if isinstance(item, dict) else item
-            if isinstance(data, (bytes, bytearray)) and data:
-                out.append(bytes(data))
-            elif isinstance(path, str) and path:
-                resolved = Path(path) if Path(path).is_absolute() else row.media_dir / path
-                if not resolved.is_file():
-                    raise row.error(f"{name}[{i}]", f"image file not found: {resolved}")
-                out.append(str(resolved))
-            else:
-                raise row.error(f"{name}[{i}]", "must be an image path or {'bytes': …}")
-        return tuple(out)
-    return ()
-
-
-def _parse(row: RowReader) -> EasyR1Row:
-    prompt, prompt_field = prompt_text(row)
-    images = _images(row)
-    prompt = row.check_markers(prompt, images, prompt_field)
-    answer, answer_field = None, "answer"
-    for name in ("answer", "ground_truth"):
-        if row.row.get(name) is not None:
-            answer, answer_field = row.row[name], name
-            break
-    reward_model = row.row.get("reward_model")
-    if answer is None and isinstance(reward_model, dict) and reward_model.get("ground_truth") is not None:
-        answer, answer_field = reward_model["ground_truth"], "reward_model.ground_truth"
-    if answer is None:
-        raise row.error("answer", "missing (or give ground_truth / reward_model.ground_truth); RLVR needs a reference")
-    if isinstance(answer, bool) or not isinstance(answer, (str, int, float)) or not str(answer).strip():
-        raise row.error(answer_field, "must be a non-empty string or a number")
-    return EasyR1Row(prompt=prompt, images=images, answer=str(answer).strip(), row=row.row_no)
-
-
 def load_rlvr(path: str | Path, *, skip_invalid: bool = False, image_dir: str | Path | None = None) -> LoadReport:
-    """Validated EasyR1 rows of ``path``; relative image paths resolve against ``image_dir``
-    (default: the file's folder)."""
-    return load_rows(path, _parse, skip_invalid, image_dir)
+    """Validated EasyR1 rows of ``path`` (through the one row parser, :mod:`prism_plugin.data.records`);
+    relative image paths resolve against ``image_dir`` (default: the file's folder)."""
+    report = load_prompts(path, teacher="ignored", require_ground_truth=True, skip_invalid=skip_invalid,
+                          media_dir=image_dir)
+    report.records = [EasyR1Row(r.prompt, r.images, r.ground_truth, r.row) for r in report.records]
+    return report
 
 
 def to_easyr1(

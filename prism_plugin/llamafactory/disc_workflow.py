@@ -17,21 +17,6 @@ from prism_plugin.llamafactory.pairs import PairCollator, PairEncoder, encode_pa
 PLOT_KEYS = ["loss", "eval_loss", "accuracy", "eval_accuracy", "caption/accuracy", "reasoning/accuracy"]
 
 
-def load_discriminator(path: str) -> Any:
-    """A PRISM discriminator from ``path``; a clear error for any other kind of model."""
-    from transformers import AutoConfig, AutoModel
-
-    import prism_plugin.discriminator  # noqa: F401  (registers the Auto classes)
-
-    config = AutoConfig.from_pretrained(path)
-    if config.model_type != "prism_discriminator":
-        raise ValueError(
-            f"a PRISM discriminator is needed; {path} is a {config.model_type!r} model — "
-            "create one with `prism-plugin upcycle DENSE_DIR OUT_DIR`"
-        )
-    return AutoModel.from_pretrained(path)
-
-
 def _split_eval(features: list, val_size: float, seed: int) -> tuple[list, list]:
     if not val_size:
         return features, []
@@ -43,9 +28,10 @@ def _split_eval(features: list, val_size: float, seed: int) -> tuple[list, list]
 
 
 def run_prism_disc(model_args: Any, data_args: Any, training_args: Any, finetuning_args: Any, callbacks: list) -> None:
-    """Warm up the discriminator on teacher ≻ student pairs (method.md §2) with a transformers Trainer."""
+    """Warm up the discriminator on teacher ≻ student pairs (Wang et al. 2026, §3) with a transformers Trainer."""
     from llamafactory.extras import logging
 
+    from prism_plugin.discriminator.loading import load_discriminator
     from prism_plugin.discriminator.texts import TextScorer
     from prism_plugin.llamafactory.disc_trainer import PrismDiscTrainer
 
@@ -78,7 +64,8 @@ def run_prism_disc(model_args: Any, data_args: Any, training_args: Any, finetuni
         processing_class=scorer.processor,
         callbacks=callbacks,
         segments=segments,
-        router_aux_coef=finetuning_args.prism_router_aux_coef,
+        router_aux_coef=(finetuning_args.prism_router_aux_coef if finetuning_args.prism_router_aux_coef is not None
+                         else model.config.router_aux_loss_coef),
     )
     if training_args.do_train:
         train_and_save(trainer, training_args, finetuning_args, reports, PLOT_KEYS)

@@ -4,10 +4,11 @@ SFT teaches the policy the teacher's responses token by token, yet what the poli
 drifts away from them; that gap is what the PRISM alignment stage repairs. With
 ``prism_drift_monitor: DISCRIMINATOR_DIR`` and ``prism_drift_data: HELD_OUT_PROMPTS`` in a stock
 YAML, :class:`DriftMonitorCallback` samples from the model being trained every
-``prism_drift_every`` optimizer steps (and at the end), scores the samples and the teacher
+``prism_drift_every`` optimizer steps (and at the last step), scores the samples and the teacher
 demonstrations with the discriminator, and logs the per-segment teacher − policy score gap and
-the valid-layout ratio as ``drift/*`` entries of ``trainer_state.json``'s ``log_history``, then
-plots them to ``output_dir/training_drift.png``.
+the valid-layout ratio as ``drift/*`` metrics through the Trainer's own ``log`` — so they reach the
+``report_to`` integrations and ``trainer_state.json`` alike — then plots them to
+``output_dir/training_drift.png``.
 
 The sampling and scoring is :func:`prism_plugin.preview.sample_and_score`, the path behind
 ``prism-plugin align-preview``. It runs on the main process alone, with no collectives (the
@@ -17,8 +18,10 @@ DeepSpeed ZeRO-3 and FSDP are refused with a clear error.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -31,7 +34,7 @@ from prism_plugin.llamafactory.arguments import PrismArguments
 if TYPE_CHECKING:
     from transformers import TrainerControl, TrainerState, TrainingArguments
 
-    from prism_plugin.data.records import AlignRecord
+    from prism_plugin.data.records import PromptRecord
     from prism_plugin.preview import ScoredRollouts
 
 PREFIX = "drift/"
@@ -64,8 +67,8 @@ def parse_drift_args(args: dict[str, Any] | list[str] | tuple[str, ...]) -> tupl
     return prism, stock
 
 
-def add_drift_monitor(args: dict[str, Any] | list[str] | tuple[str, ...], callbacks: list[Any]) -> list[Any]:
-    """``callbacks`` plus a :class:`DriftMonitorCallback` built from the run's arguments.
+def make_drift_monitor(args: dict[str, Any] | list[str] | tuple[str, ...]) -> DriftMonitorCallback:
+    """A :class:`DriftMonitorCallback` built from the run's arguments.
 
     Checks the settings and reads the held-out prompts now, on every rank, so that a bad key or
     file stops the run before any model is loaded.
@@ -74,7 +77,7 @@ def add_drift_monitor(args: dict[str, Any] | list[str] | tuple[str, ...], callba
 
     prism, stock = parse_drift_args(args)  # PrismArguments validates the keys (counts >= 1, data given)
     report = load_align(prism.prism_drift_data, skip_invalid=prism.prism_skip_invalid_rows, media_dir=stock.media_dir)
-    monitor = DriftMonitorCallback(
+    return DriftMonitorCallback(
         prism.prism_drift_monitor,
         report.records[: prism.prism_drift_num_prompts],
         every=prism.prism_drift_every,
@@ -84,7 +87,6 @@ def add_drift_monitor(args: dict[str, Any] | list[str] | tuple[str, ...], callba
         policy_source=stock.model_name_or_path,
         trust_remote_code=stock.trust_remote_code,
     )
-    return [*callbacks, monitor]
 
 
 def drift_metrics(scored: ScoredRollouts) -> dict[str, float]:
@@ -158,20 +160,20 @@ def _refuse_sharded_weights(args: TrainingArguments) -> None:
 
 
 class DriftMonitorCallback(TrainerCallback):
-    """Every ``every`` optimizer steps and at train end, log how far the policy's samples drift.
+    """Every ``every`` optimizer steps and at the last step, measure how far the policy's samples drift.
 
-    Only the world's main process works: it samples ``num_generations`` responses per held-out
-    record from the model being trained (eval mode, no grad, train mode restored), scores them
-    with the discriminator, appends a ``drift/*`` entry with the step to ``state.log_history``
-    (so it lands in ``trainer_state.json`` and checkpoints) and prints it. Every check samples
-    from the same seed (the run's ``seed``) inside a forked RNG: the training run's random
-    stream is untouched and successive checks differ by the model, not by sampling noise.
+    Only the world's main process measures: it samples ``num_generations`` responses per held-out
+    record from the model being trained (eval mode, no grad, train mode restored), scores them with
+    the discriminator and hands the ``drift/*`` metrics to the next ``Trainer.log`` of that step (see
+    :func:`log_through_trainer`; the check asks for that log). Every check samples from the same seed
+    (the run's ``seed``) inside a forked RNG: the training run's random stream is untouched and
+    successive checks differ by the model, not by sampling noise.
     """
 
     def __init__(
         self,
         discriminator: str | Path,
-        records: list[AlignRecord],
+        records: list[PromptRecord],
         *,
         every: int,
         num_generations: int,
@@ -191,6 +193,7 @@ class DriftMonitorCallback(TrainerCallback):
         self._discriminator: Any = None
         self._processor: Any = None
         self._last_step = -1
+        self.pending: dict[str, float] = {}
 
     # ----------------------------------------------------------------- Trainer events
 
@@ -206,17 +209,23 @@ class DriftMonitorCallback(TrainerCallback):
             self._load(kwargs["model"])  # fail before the first step, not at the first check
 
     def on_step_end(self, args: TrainingArguments, state: TrainerState, control: TrainerControl,
-                    **kwargs: Any) -> None:
-        if state.global_step % self.every == 0:
-            self._check(args, state, kwargs["model"])
+                    **kwargs: Any) -> TrainerControl:
+        last = state.max_steps > 0 and state.global_step >= state.max_steps
+        if (state.global_step % self.every == 0 or last) and self._check(args, state, kwargs["model"]):
+            control.should_log = True
+        return control
 
     def on_train_end(self, args: TrainingArguments, state: TrainerState, control: TrainerControl,
                      **kwargs: Any) -> None:
-        self._check(args, state, kwargs["model"])
         if state.is_world_process_zero:
             path = plot_drift(state.log_history, args.output_dir)
             if path is not None:
                 _logger().info(f"drift plot saved at {path}")
+
+    def take_pending(self) -> dict[str, float]:
+        """The metrics of the last check not yet logged (empty on other ranks and between checks)."""
+        pending, self.pending = self.pending, {}
+        return pending
 
     # ----------------------------------------------------------------- the check
 
@@ -224,31 +233,30 @@ class DriftMonitorCallback(TrainerCallback):
         """The unwrapped policy, its processor and whether it sees images; loads the scorer once."""
         from accelerate.utils import extract_model_from_parallel
 
-        from prism_plugin.llamafactory.disc_workflow import load_discriminator
-        from prism_plugin.preview import load_policy_processor
+        from prism_plugin.discriminator.loading import load_discriminator
+        from prism_plugin.policy import is_vision_config, load_processor
 
         policy = extract_model_from_parallel(model)
-        vision = hasattr(policy.config, "vision_config")
+        vision = is_vision_config(policy.config)
         if self._discriminator is None:
             self._discriminator = load_discriminator(self.discriminator_path).eval()
         if self._processor is None:
             source = self.policy_source or policy.name_or_path
-            self._processor = load_policy_processor(source, vision, trust_remote_code=self.trust_remote_code)
+            self._processor = load_processor(source, vision, trust_remote_code=self.trust_remote_code)
         return policy, self._processor, vision
 
-    def _check(self, args: TrainingArguments, state: TrainerState, model: Any) -> None:
+    def _check(self, args: TrainingArguments, state: TrainerState, model: Any) -> bool:
+        """Measure once at this step on the main process; True when there are new metrics to log."""
         if not state.is_world_process_zero or state.global_step == self._last_step:
-            return
+            return False
         self._last_step = state.global_step
         started = time.perf_counter()
         metrics = self.measure(model, seed=args.seed)
         metrics[f"{PREFIX}seconds"] = round(time.perf_counter() - started, 3)
-        entry: dict[str, Any] = {**metrics, "step": state.global_step}
-        if state.epoch is not None:
-            entry["epoch"] = state.epoch
-        state.log_history.append(entry)
+        self.pending = metrics
         shown = ", ".join(f"{k[len(PREFIX):]}={v:.4g}" for k, v in metrics.items())
         _logger().info(f"drift at step {state.global_step}: {shown}")
+        return True
 
     def measure(self, model: Any, seed: int = 0) -> dict[str, float]:
         """Sample, score and summarise once (see :func:`drift_metrics`); the discriminator visits the
@@ -270,6 +278,25 @@ class DriftMonitorCallback(TrainerCallback):
         finally:
             self._discriminator = disc.to("cpu")
         return drift_metrics(scored)
+
+
+@contextlib.contextmanager
+def log_through_trainer(monitor: DriftMonitorCallback) -> Iterator[None]:
+    """While the run lasts, ``transformers.Trainer.log`` adds the monitor's pending metrics to the logs
+    it is given, so they take the Trainer's own path (``log_history``, console, ``report_to``)."""
+    from transformers import Trainer
+
+    original = Trainer.log
+
+    def log(self: Any, logs: dict[str, float], *args: Any, **kwargs: Any) -> None:
+        logs.update(monitor.take_pending())
+        original(self, logs, *args, **kwargs)
+
+    Trainer.log = log
+    try:
+        yield
+    finally:
+        Trainer.log = original
 
 
 def _logger() -> Any:

@@ -9,14 +9,13 @@ counted when the user opts in) — never truncated.
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from prism_plugin.data.records import DatasetRowError, LoadReport, PairRecord, Segments, load_pairs
+from prism_plugin.data.records import DatasetRowError, LoadReport, PairRecord, load_and_encode, load_pairs
 from prism_plugin.discriminator.scoring import PromptInputs, pad_right
 
 
@@ -55,80 +54,34 @@ class PairEncoder:
     def __init__(self, scorer: Any, segments: list[str], cutoff_len: int) -> None:
         self.scorer, self.segments, self.cutoff_len = scorer, segments, cutoff_len
 
-    def segment_ids(self, response: Segments | str, side: str) -> dict[str, list[int]]:
-        """Token ids of each configured segment of one response (tokenised alone + end-of-turn)."""
-        text = response.response if isinstance(response, Segments) else response
-        ids = self.scorer.tokenizer(text, add_special_tokens=False)["input_ids"]
-        if not ids or ids[-1] != self.scorer.eot:
-            ids = [*ids, self.scorer.eot]
-        out: dict[str, list[int]] = {}
-        if "response" in self.segments:
-            out["response"] = ids
-        wanted = [s for s in self.segments if s != "response"]
-        if wanted:
-            from prism_plugin.format import split_segments
-
-            split = split_segments(ids, self.scorer.tokenizer, eos_token_ids=self.scorer.eot)
-            if not split.valid:
-                raise ValueError(f"{side} response is not in the <caption>/<think>/<answer> layout")
-            for name in wanted:
-                start, end = split.span(name)
-                if end <= start:
-                    raise ValueError(f"{side} {name} segment is empty")
-                out[name] = ids[start:end]
-        return out
-
     def encode(self, record: PairRecord, path: str) -> PairFeatures:
-        def fail(field: str, message: str) -> DatasetRowError:
-            return DatasetRowError(path, record.row, field, message)
+        def fail(field: str, message: str, reason: str) -> DatasetRowError:
+            return DatasetRowError(path, record.row, field, message, reason)
 
         if not record.segmented and any(s != "response" for s in self.segments):
-            raise fail("teacher_response", "whole-response pairs only train prism_segments: [response]")
+            raise fail("teacher_response", "whole-response pairs only train prism_segments: [response]", "bad_field")
         prompt = self.scorer.render_prompt(record.prompt, list(record.images) or None)
         sides = {}
         for side, response in (("teacher", record.teacher), ("student", record.student)):
             try:
-                sides[side] = self.segment_ids(response, side)
+                sides[side] = self.scorer.segment_ids(response, self.segments)
             except ValueError as exc:
-                raise fail(f"{side}_caption" if record.segmented else f"{side}_response", str(exc)) from None
+                raise fail(f"{side}_caption" if record.segmented else f"{side}_response", f"{side} {exc}",
+                           "layout") from None
             for name, ids in sides[side].items():
                 length = len(prompt.input_ids) + len(ids)
                 if length > self.cutoff_len:
                     field = f"{side}_{'caption' if name == 'caption' else 'cot' if record.segmented else 'response'}"
-                    raise fail(field, f"prompt + {name} segment is {length} tokens, over cutoff_len {self.cutoff_len}")
+                    raise fail(field, f"prompt + {name} segment is {length} tokens, over cutoff_len {self.cutoff_len}",
+                               "too_long")
         return PairFeatures(prompt, sides["teacher"], sides["student"], record.row)
-
-
-def encode_files(
-    files: list[Path], load: Callable[..., LoadReport], encode: Callable[[Any, str], Any], skip_invalid: bool,
-    media_dir: str | None, what: str,
-) -> tuple[list, list[LoadReport]]:
-    """Load, validate and ``encode`` every row of ``files``; a bad row raises unless ``skip_invalid``,
-    when it is counted in its file's report instead. ``what`` names the rows in the empty-set error."""
-    encoded, reports = [], []
-    for path in files:
-        report = load(path, skip_invalid=skip_invalid, media_dir=media_dir)
-        kept = []
-        for record in report.records:
-            try:
-                encoded.append(encode(record, str(path)))
-                kept.append(record)
-            except DatasetRowError as err:
-                if not skip_invalid:
-                    raise
-                report.skipped.append(err)
-        report.records = kept
-        reports.append(report)
-    if not encoded:
-        raise ValueError(f"no usable {what} in " + ", ".join(map(str, files)))
-    return encoded, reports
 
 
 def encode_pairs(
     files: list[Path], encoder: PairEncoder, skip_invalid: bool, media_dir: str | None
 ) -> tuple[list[PairFeatures], list[LoadReport]]:
     """Load, validate and encode every warm-up file; a bad row raises unless ``skip_invalid``."""
-    return encode_files(files, load_pairs, encoder.encode, skip_invalid, media_dir, "warm-up pairs")
+    return load_and_encode(files, load_pairs, encoder.encode, skip_invalid, media_dir, "warm-up pairs")
 
 
 def collate_rows(rows: list[tuple[PromptInputs, list[int], str]], pad_id: int) -> dict[str, Any]:

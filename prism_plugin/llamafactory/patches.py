@@ -106,11 +106,14 @@ def patch_tuner(module: ModuleType) -> None:
 
             run_prism_stage({**config, "args": args})
             return
-        if _wants_drift_monitor(args):
-            from prism_plugin.llamafactory.drift import add_drift_monitor
+        if not _wants_drift_monitor(args):
+            original(config)
+            return
+        from prism_plugin.llamafactory.drift import log_through_trainer, make_drift_monitor
 
-            config = {**config, "args": args, "callbacks": add_drift_monitor(args, list(config.get("callbacks") or []))}
-        original(config)
+        monitor = make_drift_monitor(args)
+        with log_through_trainer(monitor):
+            original({**config, "args": args, "callbacks": [*(config.get("callbacks") or []), monitor]})
 
     _training_function.__prism_original__ = original  # type: ignore[attr-defined]
     _training_function.__doc__ = original.__doc__

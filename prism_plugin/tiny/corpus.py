@@ -9,7 +9,8 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
-from prism_plugin.data.prompts import SYSTEM_PROMPT, render_response
+from prism_plugin.data.prompts import SYSTEM_PROMPT
+from prism_plugin.layout import LAYOUT_TAGS, render_response
 
 COLORS = ("red", "green", "blue", "yellow")
 SHAPES = ("square", "circle")
@@ -78,5 +79,7 @@ def corpus_lines() -> list[str]:
     lines += [line for line in _ENGLISH.strip().splitlines()]
     lines += [line for line in _MULTILINGUAL.strip().splitlines()]
     lines += list(_task_lines())
-    lines += ["<caption> </caption>\n<think> </think>\n<answer> </answer>", "0123456789 10 100 1000 3.14 -2 +7 = %"]
+    lines += ["\n".join(f"{open_tag} {close_tag}" for open_tag, close_tag in zip(LAYOUT_TAGS[::2], LAYOUT_TAGS[1::2],
+                                                                            strict=True)),
+              "0123456789 10 100 1000 3.14 -2 +7 = %"]
     return lines

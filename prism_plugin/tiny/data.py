@@ -22,7 +22,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from prism_plugin.data.prompts import SYSTEM_PROMPT, render_response
+from prism_plugin.data.prompts import SYSTEM_PROMPT
+from prism_plugin.layout import Segments, render_response
 from prism_plugin.tiny.corpus import COLORS
 from prism_plugin.tiny.images import Scene, draw_scene, random_scene, save_png
 
@@ -53,18 +54,8 @@ class Example:
         return render_response(self.caption, self.reasoning, self.answer)
 
     @property
-    def teacher_caption(self) -> str:
-        return split_response(self.response)[0]
-
-    @property
-    def teacher_cot(self) -> str:
-        return split_response(self.response)[1]
-
-
-def split_response(response: str) -> tuple[str, str]:
-    """(``<caption>…</caption>``, ``<think>…</think>\\n<answer>…</answer>``) of a rendered response."""
-    end = response.index("</caption>") + len("</caption>")
-    return response[:end].strip(), response[end:].strip()
+    def teacher(self) -> Segments:
+        return Segments.from_response(self.response)
 
 
 def caption_text(counts: dict[str, int]) -> str:
@@ -98,7 +89,7 @@ def make_example(index: int, scene: Scene, rng: random.Random) -> Example:
     )
 
 
-def student_segments(example: Example, rng: random.Random) -> tuple[str, str]:
+def student_segments(example: Example, rng: random.Random) -> Segments:
     """A plausible but wrong (caption, cot): a miscounted colour carried into the sum, or bad arithmetic."""
     counts = dict(example.counts)
     if rng.random() < 0.5:
@@ -110,7 +101,7 @@ def student_segments(example: Example, rng: random.Random) -> tuple[str, str]:
         counts[other] += 1  # a miscount that does not change the answer…
         wrong = int(example.answer) + rng.choice((-1, 1, 2)) if example.answer != "0" else 1
         reasoning, answer = sum_text(counts, example.asked, wrong), str(wrong)  # …plus an arithmetic slip
-    return split_response(render_response(caption_text(counts), reasoning, answer))
+    return Segments.from_response(render_response(caption_text(counts), reasoning, answer))
 
 
 def build_examples(data_dir: Path, num_examples: int, seed: int) -> list[Example]:
@@ -157,23 +148,23 @@ def write_dataset(data_dir: Path, num_examples: int, seed: int) -> dict[str, str
         {
             "prompt": ex.prompt,
             "images": [ex.image],
-            "teacher_caption": ex.teacher_caption,
-            "teacher_cot": ex.teacher_cot,
+            "teacher_caption": ex.teacher.caption,
+            "teacher_cot": ex.teacher.reasoning,
             "ground_truth": ex.answer,
         }
         for ex in examples
     ]
     pairs = []
     for ex in examples:
-        student_caption, student_cot = student_segments(ex, student_rng)
+        student = student_segments(ex, student_rng)
         pairs.append(
             {
                 "prompt": ex.prompt,
                 "image": ex.image,
-                "teacher_caption": ex.teacher_caption,
-                "teacher_cot": ex.teacher_cot,
-                "student_caption": student_caption,
-                "student_cot": student_cot,
+                "teacher_caption": ex.teacher.caption,
+                "teacher_cot": ex.teacher.reasoning,
+                "student_caption": student.caption,
+                "student_cot": student.reasoning,
             }
         )
     rlvr = [{"prompt": ex.prompt, "images": [ex.image], "answer": ex.answer} for ex in examples]

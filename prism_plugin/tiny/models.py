@@ -10,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from prism_plugin.generation import VISION_SPECIAL_TOKENS
+from prism_plugin.rollout import VISION_SPECIAL_TOKENS
 from prism_plugin.tiny.processor import MERGE_SIZE, PATCH_SIZE, TEMPORAL_PATCH_SIZE
 from prism_plugin.tiny.tokenizer import EOS_TOKEN, PAD_TOKEN
 

@@ -8,14 +8,11 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from prism_plugin.llamafactory.align_rewards import (
-    RuleScorer,
-    load_score_function,
-    segment_texts,
-    verifiable_rewards,
-)
+from prism_plugin.layout import Segments
 from prism_plugin.rewards import compute_score
+from prism_plugin.scorers import FileScorer, VerifiableScorer, load_score_function
 from tests.test_prism_align import run_align
+from tests.testing_utils import align_prompt, rollout_batch
 
 GOOD = "<caption> red 3 blue 2 </caption>\n<think> red 3 + blue 2 = 5 </think>\n<answer> 5 </answer>"
 WRONG = "<caption> red 1 blue 2 </caption>\n<think> red 1 + blue 2 = 3 </think>\n<answer> 3 </answer>"
@@ -42,53 +39,60 @@ def wrong_length(rollouts, teacher, ground_truths):
 '''
 
 
-def test_segment_texts_splits_the_layout_and_rejects_other_text():
-    parts = segment_texts(GOOD)
-    assert parts["caption"] == "<caption> red 3 blue 2 </caption>"
-    assert parts["reasoning"] == "<think> red 3 + blue 2 = 5 </think>\n<answer> 5 </answer>"
-    assert parts["response"] == GOOD
-    with pytest.raises(ValueError, match="layout"):
-        segment_texts(BROKEN)
+def test_segments_split_the_layout_and_reject_other_text():
+    parts = Segments.from_response(GOOD)
+    assert parts.get("caption") == "<caption> red 3 blue 2 </caption>"
+    assert parts.get("reasoning") == "<think> red 3 + blue 2 = 5 </think>\n<answer> 5 </answer>"
+    assert parts.get("response") == GOOD
+    assert Segments.from_response(BROKEN) is None
 
 
-def test_verifiable_reward_is_compute_score_on_every_rollout():
-    scorer = RuleScorer("verifiable", ["caption", "reasoning"])
-    assert scorer.segments == ["response"] and scorer.verifiable
+def test_verifiable_reward_is_compute_score_on_every_rollout(tokenizer):
+    scorer = VerifiableScorer()
+    assert scorer.segments == ["response"]
     texts = [GOOD, WRONG, BROKEN, GOOD]
-    scores = scorer(texts, torch.tensor([True, True, False, True]), [None, None], ["5", "3"], group_size=2)
+    batch = rollout_batch(tokenizer, texts, [align_prompt(ground_truth="5"), align_prompt(ground_truth="3")], 2)
+    scores = scorer.score(batch)
     expected = [compute_score(t, g)["overall"] for t, g in zip(texts, ["5", "5", "3", "3"], strict=True)]
-    assert scores["response"].tolist() == pytest.approx(expected)
+    assert scores.rollout["response"].tolist() == pytest.approx(expected)
     assert expected == pytest.approx([1.0, 0.2, 0.0, 0.2])  # right, wrong answer in format, broken, wrong
-    rewards = verifiable_rewards(texts, ["5", "3"], group_size=2)
-    assert rewards["accuracy"].tolist() == pytest.approx([1.0, 0.0, 0.0, 0.0])
-    assert scorer(texts, None, [None, None], ["5", "3"], 2, rewards=rewards)["response"] is rewards["overall"]
-    assert verifiable_rewards(texts, ["5", None], group_size=2) is None  # a prompt without ground truth
+    assert scores.valid.all()  # the reward gates the format itself
+    assert batch.split.valid.tolist() == [True, True, False, True]  # ...while the layout check still sees it
+    assert batch.rewards["accuracy"].tolist() == pytest.approx([1.0, 0.0, 0.0, 0.0])
+    assert scorer.score(batch).rollout["response"] is batch.rewards["overall"]  # computed once per batch
+    no_truth = rollout_batch(tokenizer, texts, [align_prompt(ground_truth="5"), align_prompt()], 2)
+    assert no_truth.rewards is None  # a prompt without ground truth
 
 
-def test_function_scorer_scores_valid_rollouts_against_their_own_teacher(tmp_path):
+def test_verifiable_scorer_needs_a_ground_truth_per_row():
+    from prism_plugin.data.records import DatasetRowError, PromptRecord
+
+    with pytest.raises(DatasetRowError, match="rlvr.jsonl, row 3, field 'ground_truth'"):
+        VerifiableScorer().prepare(PromptRecord("q", (), None, None, 3), "rlvr.jsonl")
+
+
+def test_function_scorer_scores_valid_rollouts_against_their_own_teacher(tmp_path, tokenizer):
     (tmp_path / "scorers.py").write_text(SCORER_FILE)
-    scorer = RuleScorer(f"{tmp_path / 'scorers.py'}:caption_exact", ["caption", "reasoning"])
-    assert not scorer.verifiable
-    teachers = [segment_texts(GOOD), segment_texts(WRONG)]
-    texts = [GOOD, WRONG, BROKEN, WRONG]
-    scores = scorer(texts, torch.tensor([True, True, False, True]), teachers, ["5", "3"], group_size=2)
-    assert scores["caption"][[0, 1, 3]].tolist() == [1.0, 0.0, 1.0]
-    assert scores["reasoning"][[0, 1, 3]].tolist() == [1.0, 0.0, 1.0]
-    assert math.isnan(scores["caption"][2]) and math.isnan(scores["reasoning"][2])
+    scorer = FileScorer(load_score_function(str(tmp_path / "scorers.py"), "caption_exact"), ["caption", "reasoning"])
+    prompts = [align_prompt(Segments.from_response(GOOD), "5"), align_prompt(Segments.from_response(WRONG), "3")]
+    scores = scorer.score(rollout_batch(tokenizer, [GOOD, WRONG, BROKEN, WRONG], prompts, 2))
+    assert scores.rollout["caption"][[0, 1, 3]].tolist() == [1.0, 0.0, 1.0]
+    assert scores.rollout["reasoning"][[0, 1, 3]].tolist() == [1.0, 0.0, 1.0]
+    assert math.isnan(scores.rollout["caption"][2]) and math.isnan(scores.rollout["reasoning"][2])
+    assert scores.valid.tolist() == [True, True, False, True]
 
 
-def test_function_scorer_errors_name_the_problem(tmp_path):
+def test_function_scorer_errors_name_the_problem(tmp_path, tokenizer):
     (tmp_path / "scorers.py").write_text(SCORER_FILE)
-    scorer = RuleScorer(f"{tmp_path / 'scorers.py'}:wrong_length", ["caption", "reasoning"])
-    teachers = [segment_texts(GOOD)]
+    scorer = FileScorer(load_score_function(str(tmp_path / "scorers.py"), "wrong_length"), ["caption", "reasoning"],
+                        "scorers.py:wrong_length")
+    batch = rollout_batch(tokenizer, [GOOD, GOOD], [align_prompt(Segments.from_response(GOOD), "5")], 2)
     with pytest.raises(ValueError, match="expected 2 'caption' scores, got 1"):
-        scorer([GOOD, GOOD], torch.tensor([True, True]), teachers, ["5"], group_size=2)
+        scorer.score(batch)
     with pytest.raises(AttributeError, match="no function 'missing'"):
-        load_score_function(f"{tmp_path / 'scorers.py'}:missing")
+        load_score_function(str(tmp_path / "scorers.py"), "missing")
     with pytest.raises(FileNotFoundError, match="nope.py"):
-        load_score_function(f"{tmp_path / 'nope.py'}:f")
-    with pytest.raises(ValueError, match="FILE.py:FUNCTION"):
-        load_score_function("scorers:f")
+        load_score_function(str(tmp_path / "nope.py"), "f")
 
 
 def test_prism_reward_key_is_validated():
@@ -96,6 +100,10 @@ def test_prism_reward_key_is_validated():
 
     with pytest.raises(ValueError, match="prism_reward must be"):
         PrismArguments(prism_reward="oracle")
+    with pytest.raises(ValueError, match="did you mean 'verifiable'"):
+        PrismArguments(prism_reward="verifable")
+    with pytest.raises(ValueError, match="FILE.py:FUNCTION"):
+        PrismArguments(prism_reward="scorers:f")
     assert PrismArguments(prism_reward="my_scorer.py:score").prism_reward == "my_scorer.py:score"
 
 
@@ -126,15 +134,12 @@ def test_function_scorer_run_logs_per_segment_scores(tmp_path, tiny_dir, tiny_sf
     assert state["global_step"] == 2
 
 
-def test_align_settings_carry_every_reward_and_advantage_key():
-    from prism_plugin.llamafactory.align_workflow import _settings
+def test_arguments_derive_the_scored_segments_from_the_reward():
     from prism_plugin.llamafactory.arguments import PrismArguments
 
     args = PrismArguments(prism_scale_advantages=False, prism_reward="verifiable", prism_update_discriminator=True)
-    settings = _settings(args, verifiable=True)
-    assert settings.scale_advantages is False
-    assert settings.segment_weights == {"response": 1.0}  # GRPO: one whole-response reward
-    assert settings.update_discriminator is False  # nothing to update without a discriminator
-    default = _settings(PrismArguments(), verifiable=False)
-    assert default.scale_advantages is True and default.segment_weights == {"caption": 0.5, "reasoning": 0.5}
-    assert default.update_discriminator is True
+    assert args.segment_weights == {"response": 1.0}  # GRPO: one whole-response reward
+    assert args.trains_discriminator is False  # nothing to update without a discriminator
+    default = PrismArguments()
+    assert default.prism_scale_advantages is True and default.segment_weights == {"caption": 0.5, "reasoning": 0.5}
+    assert default.trains_discriminator is True

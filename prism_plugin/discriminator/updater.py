@@ -1,0 +1,146 @@
+"""The discriminator's training inside the alignment stage: its optimiser, one step per rollout batch.
+
+:class:`DiscriminatorUpdater` owns the discriminator, its optimiser, the cross-rank reduction,
+checkpointing and resume. What a step trains on is :func:`prism_plugin.losses.discriminator_loss`
+(Bradley–Terry, the score regulariser, and what a rank with no valid pair contributes), plus the
+router load-balancing loss; how the optimiser state lives across ranks is its backend
+(:class:`ReplicatedOptimizer` today: full state on every rank, gradients averaged by all-reduce).
+Every rank joins the same collectives on every step, also when it has nothing of its own to train.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from typing import Any
+
+import torch
+
+from prism_plugin.losses import discriminator_loss
+
+STATE_FILE = "prism_disc_state.pt"
+
+
+def _distributed() -> bool:
+    return torch.distributed.is_available() and torch.distributed.is_initialized()
+
+
+def all_ranks_sum(values: list[float], device: torch.device) -> list[float]:
+    """``values`` summed over every rank (the values themselves in a single process)."""
+    if not _distributed():
+        return list(values)
+    tensor = torch.tensor(values, dtype=torch.float64, device=device)
+    torch.distributed.all_reduce(tensor)
+    return tensor.tolist()
+
+
+class ReplicatedOptimizer:
+    """AdamW with the whole state on every rank; gradients averaged over ranks by all-reduce before the
+    clip and the step, so every rank takes the same step."""
+
+    def __init__(self, params: list[torch.nn.Parameter], lr: float, weight_decay: float) -> None:
+        self.params = params
+        self.optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
+
+    def backward(self, loss: torch.Tensor) -> None:
+        loss.backward()
+
+    def step(self, max_grad_norm: float) -> float:
+        """Average gradients over ranks, clip, step when the norm is finite; returns the norm."""
+        if _distributed():
+            world = torch.distributed.get_world_size()
+            for param in self.params:
+                if param.grad is None:
+                    param.grad = torch.zeros_like(param)
+                torch.distributed.all_reduce(param.grad)
+                param.grad /= world
+        norm = torch.nn.utils.clip_grad_norm_(self.params, max_grad_norm)
+        finite = bool(torch.isfinite(norm))
+        if finite:
+            self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        return float(norm) if finite else float("nan")
+
+    def state_dict(self) -> dict[str, Any]:
+        return self.optimizer.state_dict()
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.optimizer.load_state_dict(state)
+
+
+class DiscriminatorUpdater:
+    """One discriminator optimiser step every ``prism_disc_update_every`` rollout batches.
+
+    ``args`` carries the ``DiscriminatorArguments`` keys; ``score_clip`` and ``router_aux_coef`` are
+    the resolved values (the key, else the discriminator's config).
+    """
+
+    def __init__(self, model: torch.nn.Module, args: Any, *, score_clip: float | None, router_aux_coef: float,
+                 device: torch.device | str = "cpu") -> None:
+        self.model = model
+        self.args = args
+        self.score_clip = score_clip
+        self.router_aux_coef = router_aux_coef
+        self.device = torch.device(device)
+        params = [p for p in model.parameters() if p.requires_grad]
+        self.optimizer = ReplicatedOptimizer(params, args.prism_disc_learning_rate, args.prism_disc_weight_decay)
+        self.batches = 0  # rollout batches seen
+        self.nonfinite_skips = 0
+
+    def due(self) -> bool:
+        """Whether the current rollout batch is one the discriminator trains on."""
+        return self.batches % self.args.prism_disc_update_every == 0
+
+    def advance(self) -> None:
+        """Count a rollout batch (called once per batch, trained on or not)."""
+        self.batches += 1
+
+    def update(self, teacher: Mapping[str, torch.Tensor], student: Mapping[str, torch.Tensor], valid: torch.Tensor,
+               aux: torch.Tensor | None) -> dict[str, float]:
+        """One step on this rank's rows (scores with gradients): the loss of
+        :func:`~prism_plugin.losses.discriminator_loss` + ``router_aux_coef × aux``. Every rank calls it;
+        the step is skipped on every rank when no rank has anything to train or a loss is not finite."""
+        args = self.args
+        loss, metrics = discriminator_loss(
+            teacher, student, valid, args.prism_score_reg_coef, clip=self.score_clip,
+            reg_rows=args.prism_score_reg_rows, no_valid_pair=args.prism_no_valid_pair,
+        )
+        out = {f"disc/{k}": v for k, v in metrics.items() if k != "num_pairs"}
+        if aux is not None:
+            loss = loss + self.router_aux_coef * aux
+            out["disc/router_aux_loss"] = float(aux.detach())
+        trains = loss.requires_grad and ("loss" in metrics)
+        finite = bool(torch.isfinite(loss.detach()))
+        trainers, broken = all_ranks_sum([float(trains), float(not finite)], self.device)
+        if broken:
+            self.nonfinite_skips += 1
+        if not trainers or broken:
+            return {**out, "disc/skipped": 1.0, "disc/nonfinite_skips": float(self.nonfinite_skips)}
+        if trains:
+            self.optimizer.backward(loss)
+        norm = self.optimizer.step(self.args.prism_disc_max_grad_norm)
+        skipped = norm != norm  # NaN: a non-finite gradient norm (the same on every rank after the all-reduce)
+        return {**out, "disc/skipped": float(skipped), "disc/grad_norm": norm,
+                "disc/nonfinite_skips": float(self.nonfinite_skips)}
+
+    # ----------------------------------------------------------------- checkpoints
+
+    def save(self, directory: str | os.PathLike, processor: Any = None) -> None:
+        """The discriminator (and its processor) with the optimiser state and counters, in ``directory``."""
+        os.makedirs(directory, exist_ok=True)
+        self.model.save_pretrained(directory)
+        if processor is not None:
+            processor.save_pretrained(directory)
+        torch.save({"optimizer": self.optimizer.state_dict(), "rollout_batches": self.batches,
+                    "nonfinite_skips": self.nonfinite_skips}, os.path.join(directory, STATE_FILE))
+
+    def load_state(self, directory: str | os.PathLike) -> bool:
+        """Restore the optimiser state and counters saved by :meth:`save`; False when there are none."""
+        path = os.path.join(directory, STATE_FILE)
+        if not os.path.isfile(path):
+            return False
+        state = torch.load(path, map_location="cpu", weights_only=False)
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.batches = state["rollout_batches"]
+        self.nonfinite_skips = state["nonfinite_skips"]
+        return True

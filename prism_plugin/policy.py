@@ -1,0 +1,90 @@
+"""A policy checkpoint outside training: load it (full or LoRA adapter), render its prompts, sample it.
+
+The samplers of ``align-preview``, ``make-pairs``, the drift monitor and ``evaluate`` use
+:func:`sample` — prompts rendered with the PRISM system prompt and the policy's chat template
+(the same ids as the ``prism_qwen3_vl`` / ``prism_qwen3`` LLaMA-Factory templates), completions
+from a :class:`prism_plugin.rollout.RolloutEngine`, split into segments.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from prism_plugin.rollout import HFRolloutEngine, PolicyPrompt, RolloutEngine, Rollouts, Sampling
+
+
+def is_vision_config(config: Any) -> bool:
+    """Whether a model config describes a vision-language model (it has a vision tower)."""
+    return hasattr(config, "vision_config")
+
+
+def load_processor(source: str | Path, vision: bool, **kwargs: Any) -> Any:
+    """What renders prompts for a policy: its processor (vision) or tokenizer (text)."""
+    from transformers import AutoProcessor, AutoTokenizer
+
+    return (AutoProcessor if vision else AutoTokenizer).from_pretrained(source, **kwargs)
+
+
+def load_policy(policy_dir: str | Path, device: str | None = None) -> tuple[Any, Any, bool]:
+    """The policy in ``policy_dir``, its processor, and whether it has vision.
+
+    A LoRA adapter directory (``adapter_config.json``, as ``finetuning_type: lora`` saves it) is
+    loaded on its base model (``base_model_name_or_path``) and merged; its own tokenizer files are
+    used when present, else the base model's.
+    """
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForImageTextToText
+
+    policy_dir = Path(policy_dir)
+    if not policy_dir.is_dir():
+        raise FileNotFoundError(f"policy directory not found: {policy_dir}")
+    adapter = policy_dir / "adapter_config.json"
+    base = Path(json.loads(adapter.read_text())["base_model_name_or_path"]) if adapter.is_file() else policy_dir
+    config = AutoConfig.from_pretrained(base)
+    vision = is_vision_config(config)
+    model_class = AutoModelForImageTextToText if vision else AutoModelForCausalLM
+    model = model_class.from_pretrained(base, dtype=torch.float32)
+    if adapter.is_file():
+        from peft import PeftModel
+
+        model = PeftModel.from_pretrained(model, policy_dir).merge_and_unload()
+    has_own_tokenizer = (policy_dir / "tokenizer_config.json").is_file()
+    processor = load_processor(policy_dir if has_own_tokenizer else base, vision)
+    model.to(device or ("cuda" if torch.cuda.is_available() else "cpu")).eval()
+    return model, processor, vision
+
+
+def policy_prompt(processor: Any, vision: bool, prompt: str, images: Sequence[Any] = ()) -> PolicyPrompt:
+    """``prompt`` (``<image>`` markers) rendered with the PRISM system prompt and the policy's chat template."""
+    from prism_plugin.chat import chat_prompt_text, load_images
+
+    tokenizer = getattr(processor, "tokenizer", processor)
+    loaded = load_images(list(images)) if vision else []
+    text = chat_prompt_text(tokenizer, prompt, len(loaded), vision)
+    if not loaded:
+        return PolicyPrompt(tokenizer(text, add_special_tokens=False)["input_ids"])
+    encoded = processor(text=[text], images=loaded, return_tensors="pt")
+    mm = {k: v for k, v in encoded.items() if k in ("pixel_values", "image_grid_thw")}
+    return PolicyPrompt(encoded["input_ids"][0].tolist(), mm, tuple(images))
+
+
+def sample(
+    policy: Any, processor: Any, vision: bool, records: Sequence[Any], num_samples: int, sampling: Sampling,
+    engine: RolloutEngine | None = None,
+) -> tuple[Rollouts, Any]:
+    """``num_samples`` completions per record (``.prompt``, ``.images``), and their segment split
+    (:class:`prism_plugin.format.SegmentBatch`, prompt-major). Sampling uses the global torch RNG."""
+    from prism_plugin.format import split_segments
+
+    tokenizer = getattr(processor, "tokenizer", processor)
+    engine = engine or HFRolloutEngine(tokenizer)
+    engine.load_policy(policy)
+    prompts = [policy_prompt(processor, vision, r.prompt, r.images) for r in records]
+    rollouts = engine.generate(prompts, num_samples, sampling)
+    eot = getattr(engine, "eot_id", None)
+    split = split_segments(rollouts.completions, tokenizer, rollouts.mask, eos_token_ids=eot)
+    return rollouts, split

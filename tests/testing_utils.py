@@ -1,0 +1,57 @@
+"""Shared test helpers: LLaMA-Factory configs from the shipped tiny YAMLs, and rollout batches built
+from texts with the tiny tokenizer (the real split, no model)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+TINY_YAML = {
+    "sft": REPO / "yaml" / "sft_qwen3vl_tiny.yaml",
+    "prism_disc": REPO / "yaml" / "prism_disc_warmup_tiny.yaml",
+    "prism_align": REPO / "yaml" / "prism_align_tiny.yaml",
+}
+
+
+def lf_config(stage: str, tiny_dir: Path, output_dir: Path, **overrides: Any) -> dict[str, Any]:
+    """The shipped ``yaml/*_tiny.yaml`` of ``stage`` on the test's tiny build: its ``tiny/…`` paths point into
+    ``tiny_dir``, ``output_dir`` replaces its own, and ``overrides`` replace keys (``None`` removes one).
+    A path into the tiny pipeline's ``outputs/`` that the test did not override is an error."""
+    config = yaml.safe_load(TINY_YAML[stage].read_text(encoding="utf-8"))
+    config["output_dir"] = str(output_dir)
+    config.update(overrides)
+    for key, value in list(config.items()):
+        if value is None:
+            del config[key]
+        elif isinstance(value, str) and value.startswith("tiny/"):
+            config[key] = str(tiny_dir / value.removeprefix("tiny/"))
+        elif isinstance(value, str) and value.startswith("outputs/"):
+            raise ValueError(f"lf_config: {key}={value} comes from the tiny pipeline's outputs; pass {key}=…")
+    return config
+
+
+def rollout_batch(tokenizer: Any, texts: Sequence[str], prompts: Sequence[Any], group_size: int) -> Any:
+    """A :class:`prism_plugin.scorers.RolloutBatch` of ``texts`` (rollout ``i`` answers prompt
+    ``i // group_size``): each text tokenised as a policy would have generated it, then split."""
+    from prism_plugin.format import split_segments
+    from prism_plugin.rollout import Rollouts, end_of_turn_id
+    from prism_plugin.scorers import RolloutBatch
+
+    eot = end_of_turn_id(tokenizer)
+    sequences = [tokenizer(text, add_special_tokens=False)["input_ids"] + [eot] for text in texts]
+    rollouts = Rollouts.from_sequences(sequences, [i // group_size for i in range(len(texts))], eot,
+                                       tokenizer.pad_token_id)
+    split = split_segments(rollouts.completions, tokenizer, rollouts.mask, eos_token_ids=eot)
+    return RolloutBatch(list(prompts), rollouts, split)
+
+
+def align_prompt(teacher: Any = None, ground_truth: str | None = None, scorer_inputs: Any = None) -> Any:
+    """An :class:`prism_plugin.scorers.AlignPrompt` with no policy rendering (for scorer tests)."""
+    from prism_plugin.rollout import PolicyPrompt
+    from prism_plugin.scorers import AlignPrompt
+
+    return AlignPrompt(PolicyPrompt([]), teacher, ground_truth, 1, "test", scorer_inputs)
