@@ -48,7 +48,8 @@ def test_fill_invalid_uses_group_valid_min_minus_one_and_zero_when_none_valid():
 def test_segment_advantage_hand_computed_prism():
     # group 0: c=[1, 2, -] r=[0, 1, -], third invalid -> c~=[1,2,0], r~=[0,1,-1]
     # both normalise to [0, 1, -1] (mean 1 / 0, std 1) -> A = [0, 1, -1] - 1.5*[0,0,1]
-    # group 1: one invalid rollout alone -> all invalid -> -1.5
+    # group 1: one invalid rollout alone -> filled -1, normalised with mean 0, std 1 -> 0.5·(-1) + 0.5·(-1) - 1.5
+    # (the authors' grpo_multi_reward gives -2.5 here; a group of >= 2 with no valid member gets -1.5)
     scores = {
         "caption": torch.tensor([1.0, 2.0, float("nan"), 0.5]),
         "reasoning": torch.tensor([0.0, 1.0, 3.0, 2.0]),
@@ -56,7 +57,8 @@ def test_segment_advantage_hand_computed_prism():
     valid = torch.tensor([True, True, False, False])
     out = segment_advantage(scores, PRISM_WEIGHTS, valid, [0, 0, 0, 1])
     k = 1 / (1 + EPS)
-    close(out, [0.0, k, -k - 1.5, -1.5])
+    close(out, [0.0, k, -k - 1.5, -k - 1.5])
+    assert out[3].item() == pytest.approx(-2.5, abs=1e-5)
 
 
 def test_segment_advantage_weights_and_penalty_are_used():
@@ -70,6 +72,9 @@ def test_all_invalid_group_gets_minus_penalty():
     scores = {"caption": torch.randn(4), "reasoning": torch.randn(4)}
     out = segment_advantage(scores, PRISM_WEIGHTS, torch.zeros(4, dtype=torch.bool), [0, 0, 0, 0], format_penalty=2.0)
     close(out, [-2.0] * 4)
+    for scale in (True, False):  # an invalid rollout alone in its group: its filled -1 against mean 0
+        alone = segment_advantage(scores, PRISM_WEIGHTS, torch.zeros(4, dtype=torch.bool), [0, 1, 2, 3], scale=scale)
+        close(alone, [-(1 / (1 + EPS) if scale else 1.0) - 1.5] * 4)
 
 
 def test_gad_single_response_segment_is_plain_group_normalisation():

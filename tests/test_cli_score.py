@@ -53,10 +53,10 @@ def test_score_cli_reports_bad_rows(cli_disc: Path, tiny_dir: Path, tmp_path: Pa
     assert summary["bad_rows"] == 4
     assert summary["bad_by_reason"] == {"bad_json": 1, "layout": 1, "missing_field": 1, "missing_image": 1}
     assert set(summary["mean_score"]) == {"caption", "reasoning"}
-    assert f"{data}:2: field 'image'" in captured.err and "missing.png" in captured.err
-    assert f"{data}:3: field 'student_caption/student_cot'" in captured.err
-    assert f"{data}:5: not valid JSON" in captured.err
-    assert f"{data}:6: field 'prompt'" in captured.err
+    assert f"{data}, row 2, field 'image[0]': image file not found" in captured.err and "missing.png" in captured.err
+    assert f"{data}, row 3, field 'student_caption/student_cot'" in captured.err
+    assert f"{data}, row 5, field '<line>': not valid JSON" in captured.err
+    assert f"{data}, row 6, field 'prompt or question': missing" in captured.err
     records = [json.loads(line) for line in out.read_text().splitlines()]
     assert [r["line"] for r in records] == [1, 2, 3, 4, 5, 6]
     assert records[0]["valid"] and isinstance(records[0]["caption"], float)
@@ -72,7 +72,33 @@ def test_score_cli_over_long_rows(cli_disc: Path, tiny_dir: Path, tmp_path: Path
     data.write_text(json.dumps(row) + "\n")
     out = tmp_path / "scores.jsonl"
     args = ["score", "--discriminator", str(cli_disc), "--data", str(data), "--out", str(out), "--max-length", "20"]
-    assert main(args) == 0
+    assert main(args) == 1  # no row could be scored: a failure, said in one line
     captured = capsys.readouterr()
     assert json.loads(captured.out.strip().splitlines()[-1])["bad_by_reason"] == {"too_long": 1}
-    assert f"{data}:1: field 'response'" in captured.err and "max_length 20" in captured.err
+    assert f"{data}, row 1, field 'response'" in captured.err and "max_length 20" in captured.err
+    assert "prism-plugin score: error: no row of" in captured.err and "Traceback" not in captured.err
+
+
+def test_score_cli_with_a_field_no_row_has_fails_with_a_suggestion(cli_disc: Path, tiny_dir: Path, tmp_path: Path,
+                                                                   capsys) -> None:
+    data = tmp_path / "pairs.jsonl"
+    rows = [json.loads(line) for line in (tiny_dir / "data" / "pairs.jsonl").read_text().splitlines()][:2]
+    data.write_text("".join(json.dumps({**r, "image": str(tiny_dir / "data" / r["image"])}) + "\n" for r in rows))
+    args = ["score", "--discriminator", str(cli_disc), "--data", str(data), "--out", str(tmp_path / "s.jsonl")]
+    assert main([*args, "--response-field", "studnet"]) == 1
+    err = capsys.readouterr().err
+    assert "prism-plugin score: error: no row of" in err and "did you mean 'student_cot'?" in err
+
+
+@pytest.mark.parametrize("which", ["policy", "missing"])
+def test_score_cli_refuses_a_policy_or_a_missing_directory_in_one_line(which: str, tiny_dir: Path, tmp_path: Path,
+                                                                       capsys) -> None:
+    data = tmp_path / "rows.jsonl"
+    data.write_text(json.dumps({"prompt": "How many?", "response": "x"}) + "\n")
+    disc = tiny_dir / "qwen3_vl_policy" if which == "policy" else tmp_path / "discrimnator"
+    args = ["score", "--discriminator", str(disc), "--data", str(data), "--out", str(tmp_path / "s.jsonl")]
+    assert main(args) == 1
+    err = capsys.readouterr().err
+    expected = "is a 'qwen3_vl' model (a policy?)" if which == "policy" else "discriminator directory not found"
+    assert "prism-plugin score: error:" in err and expected in err and str(disc) in err
+    assert "Traceback" not in err and err.count("error:") == 1

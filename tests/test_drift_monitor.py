@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import math
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
@@ -49,7 +50,12 @@ def drift_entries(output_dir: Path) -> dict[int, dict]:
 def test_sft_run_logs_drift_every_n_steps_and_plots_it(drift_run):
     out, log = drift_run
     entries = drift_entries(out)
-    assert sorted(entries) == [10, 20]  # every 10 steps; the end-of-training check is not repeated at 20
+    assert sorted(entries) == [10, 20]  # every 10 steps; the last step's check is not repeated at 20
+    # through the Trainer's own log: in the same entries as its loss, and seen by its callbacks' on_log (the
+    # console printer writes each logs dict), which is where report_to integrations read them
+    assert all("loss" in entry for entry in entries.values())
+    printed = [line for line in log.splitlines() if "'drift/valid_ratio'" in line]
+    assert len(printed) == 2 and all("'loss'" in line for line in printed)
     for step, entry in entries.items():
         for key in DRIFT_KEYS:
             assert key in entry and math.isfinite(entry[key]), (step, key, entry)
@@ -69,15 +75,15 @@ def test_sft_run_without_the_key_has_no_drift(tiny_sft_run):
 
 
 def test_missing_held_out_prompts_is_a_clear_error(tiny_discriminator_dir, tmp_path):
-    from prism_plugin.llamafactory.drift import add_drift_monitor
+    from prism_plugin.llamafactory.drift import make_drift_monitor
 
     with pytest.raises(ValueError, match="prism_drift_monitor needs prism_drift_data"):
-        add_drift_monitor({"stage": "sft", "prism_drift_monitor": str(tiny_discriminator_dir)}, [])
+        make_drift_monitor({"stage": "sft", "prism_drift_monitor": str(tiny_discriminator_dir)})
     with pytest.raises(ValueError, match="prism_drift_monitor needs prism_drift_data"):
-        add_drift_monitor(["--stage", "sft", "--prism_drift_monitor", str(tiny_discriminator_dir)], [])
+        make_drift_monitor(["--stage", "sft", "--prism_drift_monitor", str(tiny_discriminator_dir)])
     with pytest.raises(FileNotFoundError, match="nowhere.jsonl"):
-        add_drift_monitor({"prism_drift_monitor": str(tiny_discriminator_dir),
-                           "prism_drift_data": str(tmp_path / "nowhere.jsonl")}, [])
+        make_drift_monitor({"prism_drift_monitor": str(tiny_discriminator_dir),
+                            "prism_drift_data": str(tmp_path / "nowhere.jsonl")})
 
 
 def test_prompts_render_as_the_prism_template_does(tiny_dir):
@@ -87,7 +93,7 @@ def test_prompts_render_as_the_prism_template_does(tiny_dir):
     from llamafactory.model import load_tokenizer
 
     from prism_plugin.data.records import load_align
-    from prism_plugin.preview import _policy_inputs, load_policy_processor
+    from prism_plugin.policy import load_processor, policy_prompt
 
     policy = tiny_dir / "qwen3_vl_policy"
     loaded = load_tokenizer(ModelArguments(model_name_or_path=str(policy)))
@@ -100,8 +106,8 @@ def test_prompts_render_as_the_prism_template_does(tiny_dir):
     )
     prompt_ids, response_ids = template.encode_oneturn(tokenizer, messages, None, None)
     prompt_ids, _ = template.mm_plugin.process_token_ids(prompt_ids, response_ids, images, [], [], tokenizer, processor)
-    ours = _policy_inputs(load_policy_processor(policy, True), True, record.prompt, record.images)
-    assert ours["input_ids"][0].tolist() == prompt_ids
+    ours = policy_prompt(load_processor(policy, True), True, record.prompt, record.images)
+    assert ours.input_ids == prompt_ids
 
 
 def test_align_preview_cli(tiny_dir, tiny_sft_run, tiny_discriminator_dir, tmp_path, capsys):
@@ -154,10 +160,10 @@ def test_drift_metrics_pair_each_sample_with_its_teacher():
     assert "drift/caption_policy_score" not in metrics and "drift/teacher_caption_score" in metrics
 
 
-def test_checks_run_on_the_main_process_every_n_steps_and_once_at_the_end(tmp_path):
+def test_checks_run_on_the_main_process_every_n_steps_and_at_the_last_step(tmp_path):
     from transformers import TrainerControl, TrainerState, TrainingArguments
 
-    from prism_plugin.llamafactory.drift import PLOT_NAME, DriftMonitorCallback
+    from prism_plugin.llamafactory.drift import DriftMonitorCallback
 
     class Counting(DriftMonitorCallback):
         calls: list[int]
@@ -170,20 +176,45 @@ def test_checks_run_on_the_main_process_every_n_steps_and_once_at_the_end(tmp_pa
     for main_process in (True, False):
         monitor = Counting("unused", [], every=10, num_generations=1, max_new_tokens=1)
         monitor.calls = []
-        state = TrainerState(is_world_process_zero=main_process)
-        state.log_history = [{"drift/valid_ratio": 0.1, "step": 10}]  # resumed from a checkpoint at step 10
-        monitor._last_step = 10
+        state = TrainerState(is_world_process_zero=main_process, max_steps=25)
+        monitor._last_step = 10  # resumed from a checkpoint at step 10
+        logged = {}
         for step in (10, 15, 20, 25):
             state.global_step = step
-            monitor.on_step_end(args, state, TrainerControl(), model=None)
-        monitor.on_train_end(args, state, TrainerControl(), model=None)
-        monitor.on_train_end(args, state, TrainerControl(), model=None)
-        steps = [e["step"] for e in state.log_history]
+            control = monitor.on_step_end(args, state, TrainerControl(), model=None)
+            pending = monitor.take_pending()
+            assert control.should_log == bool(pending)  # a check asks for the step's log
+            if pending:
+                logged[step] = pending
         if main_process:
-            assert monitor.calls == [7, 7] and steps == [10, 20, 25]  # same seed at every check
-            assert (tmp_path / PLOT_NAME).stat().st_size > 0
+            assert monitor.calls == [7, 7] and sorted(logged) == [20, 25]  # same seed at every check
+            assert logged[20]["drift/valid_ratio"] == 0.5 and "drift/seconds" in logged[20]
         else:
-            assert monitor.calls == [] and steps == [10]
+            assert monitor.calls == [] and logged == {}
+
+
+def test_pending_metrics_join_the_next_trainer_log_only_while_the_run_lasts(tmp_path):
+    from transformers import Trainer, TrainerState
+
+    from prism_plugin.llamafactory.drift import DriftMonitorCallback, log_through_trainer
+
+    monitor = DriftMonitorCallback("unused", [], every=1, num_generations=1, max_new_tokens=1)
+    seen = []
+
+    class Recorder:
+        state = TrainerState()
+        args = SimpleNamespace(include_num_input_tokens_seen="no")
+        control = None
+        callback_handler = type("H", (), {"on_log": staticmethod(lambda a, s, c, logs: seen.append(dict(logs)))})()
+
+    original = Trainer.log
+    with log_through_trainer(monitor):
+        monitor.pending = {"drift/valid_ratio": 0.25}
+        Trainer.log(Recorder(), {"loss": 1.0})
+        Trainer.log(Recorder(), {"loss": 2.0})
+    assert Trainer.log is original
+    assert [{k: v for k, v in logs.items() if k != "epoch"} for logs in seen] == [
+        {"loss": 1.0, "drift/valid_ratio": 0.25}, {"loss": 2.0}]
 
 
 def test_a_check_leaves_the_policy_and_the_random_stream_as_it_found_them(tiny_dir, tiny_sft_run,

@@ -37,13 +37,57 @@ def test_discriminator_loss_hand_computed():
     assert m["num_pairs"] == 2
 
 
-def test_discriminator_loss_ignores_invalid_pairs():
+def test_discriminator_loss_ignores_invalid_pairs_in_bradley_terry():
     teacher = {"caption": torch.tensor([1.0, 50.0]), "reasoning": torch.tensor([0.0, 50.0])}
     student = {"caption": torch.tensor([0.0, -50.0]), "reasoning": torch.tensor([1.0, -50.0])}
-    loss, m = discriminator_loss(teacher, student, torch.tensor([True, False]), score_reg_coef=0.01)
+    loss, m = discriminator_loss(teacher, student, torch.tensor([True, False]), score_reg_coef=0.01,
+                                 reg_rows="valid")
     expected = nls(1) + nls(-1) + 0.01 * (1 + 0 + 0 + 1) / 4
     assert loss.item() == pytest.approx(expected, abs=1e-6)
     assert m["caption/accuracy"] == 1.0 and m["reasoning/accuracy"] == 0.0
+    nan = {"caption": torch.tensor([1.0, float("nan")]), "reasoning": torch.tensor([0.0, float("nan")])}
+    assert discriminator_loss(nan, student, torch.tensor([True, False]), 0.01, reg_rows="valid")[0].item() == (
+        pytest.approx(expected, abs=1e-6))  # scores of unused rows may be anything
+
+
+# The authors' update_critic on these inputs (their code, commit 6079044) gives the values below.
+
+
+def test_scores_are_clipped_before_the_bradley_terry_loss():
+    t_c = torch.tensor([12.0], requires_grad=True)
+    teacher = {"caption": t_c, "reasoning": torch.tensor([1.0])}
+    student = {"caption": torch.tensor([0.0]), "reasoning": torch.tensor([0.0])}
+    loss, _ = discriminator_loss(teacher, student, torch.tensor([True]), clip=10.0)
+    assert loss.item() == pytest.approx(nls(10) + nls(1) + 0.001 * (100 + 1 + 0 + 0) / 4, abs=1e-7)
+    assert loss.item() == pytest.approx(0.3385571, abs=1e-7)
+    loss.backward()
+    assert t_c.grad.item() == 0.0  # past the clip: no gradient from either term
+    unclipped, _ = discriminator_loss(teacher, student, torch.tensor([True]), clip=None)
+    assert unclipped.item() == pytest.approx(0.3495178, abs=1e-7)
+
+
+def test_a_batch_without_valid_pairs_trains_the_teacher_scores_up():
+    t_c = torch.tensor([1.0], requires_grad=True)
+    t_r = torch.tensor([1.0], requires_grad=True)
+    loss, m = discriminator_loss({"caption": t_c, "reasoning": t_r},
+                                 {"caption": torch.tensor([0.0]), "reasoning": torch.tensor([0.0])},
+                                 torch.tensor([False]), clip=10.0)
+    assert loss.item() == pytest.approx(0.01 * 2 * nls(1) + 0.001 * (1 + 1 + 0 + 0) / 4, abs=1e-7)
+    assert loss.item() == pytest.approx(0.006765, abs=1e-6) and m["num_pairs"] == 0.0
+    loss.backward()  # d/dt [0.01·(−log σ(t))] + d/dt [0.001·t²/4] at t = 1
+    assert t_c.grad.item() == pytest.approx(-0.01 * (1 - math.exp(-nls(1))) + 0.0005, abs=1e-7)
+    assert t_c.grad.item() == pytest.approx(-0.00219, abs=1e-5) and t_r.grad.item() == t_c.grad.item()
+
+
+def test_the_regulariser_covers_every_row_by_default():
+    teacher = {"caption": torch.tensor([1.0, 2.0]), "reasoning": torch.tensor([1.0, 2.0])}
+    student = {"caption": torch.tensor([0.0, 3.0]), "reasoning": torch.tensor([0.0, 3.0])}
+    valid = torch.tensor([True, False])
+    authors, _ = discriminator_loss(teacher, student, valid, clip=10.0)
+    assert authors.item() == pytest.approx(2 * nls(1) + 0.001 * (1 + 4 + 1 + 4 + 0 + 9 + 0 + 9) / 8, abs=1e-7)
+    assert authors.item() == pytest.approx(0.6300234, abs=1e-7)
+    valid_rows, _ = discriminator_loss(teacher, student, valid, clip=10.0, reg_rows="valid")
+    assert valid_rows.item() == pytest.approx(0.6270234, abs=1e-7)
 
 
 def test_discriminator_accuracy_counts_a_tie_as_one_half():
@@ -63,10 +107,10 @@ def test_discriminator_loss_gradient_pushes_teacher_up_student_down():
     assert t.grad.item() == pytest.approx(-0.5) and s.grad.item() == pytest.approx(0.5)
 
 
-def test_discriminator_loss_without_valid_pairs_is_connected_zero():
+def test_skip_without_valid_pairs_is_a_connected_zero():
     t = torch.tensor([3.0, 1.0], requires_grad=True)
     s = torch.tensor([2.0, 1.0], requires_grad=True)
-    loss, m = discriminator_loss({"caption": t}, {"caption": s}, torch.tensor([False, False]))
+    loss, m = discriminator_loss({"caption": t}, {"caption": s}, torch.tensor([False, False]), no_valid_pair="skip")
     assert loss.item() == 0.0 and m == {"num_pairs": 0.0}
     loss.backward()
     assert t.grad.tolist() == [0.0, 0.0]
@@ -78,12 +122,22 @@ def test_discriminator_loss_without_valid_pairs_is_connected_zero():
 @pytest.mark.parametrize(
     "mode, expected",
     [("token-mean", 10 / 4), ("seq-mean-token-mean", 3.0), ("seq-mean-token-sum", 5.0),
-     ("seq-mean-token-sum-norm", 5 / 3)],
+     ("seq-mean-token-sum-norm", (6 + 4) / 10 / 2)],
 )
 def test_aggregate_loss_modes(mode, expected):
     loss = torch.tensor([[1.0, 2.0, 3.0], [4.0, 100.0, 100.0]])
     mask = torch.tensor([[1, 1, 1], [1, 0, 0]])
-    assert aggregate_loss(loss, mask, mode).item() == pytest.approx(expected)
+    assert aggregate_loss(loss, mask, mode, horizon=10).item() == pytest.approx(expected)
+
+
+def test_dr_grpo_aggregation_divides_by_the_budget_not_the_padded_width():
+    loss = torch.tensor([[1.0, 2.0, 3.0], [4.0, 100.0, 100.0]])
+    mask = torch.tensor([[1, 1, 1], [1, 0, 0]])
+    wider = torch.cat([loss, torch.zeros(2, 5)], dim=1), torch.cat([mask, torch.zeros(2, 5, dtype=torch.long)], dim=1)
+    narrow = aggregate_loss(loss, mask, "seq-mean-token-sum-norm", horizon=64)
+    assert aggregate_loss(*wider, "seq-mean-token-sum-norm", horizon=64).item() == narrow.item() == 10 / 64 / 2
+    with pytest.raises(ValueError, match="horizon"):
+        aggregate_loss(loss, mask, "seq-mean-token-sum-norm")
 
 
 def test_aggregate_loss_unknown_mode():
