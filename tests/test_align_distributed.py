@@ -1,126 +1,263 @@
-"""The discriminator step of prism_align across two real gloo processes when a rank has no valid rollout.
-
-Every rank must join the same collectives (the valid-rollout count, then each gradient), or the ranks
-deadlock; the step happens on every rank as soon as one rank has a valid rollout, with the same result.
+"""The alignment step across two real gloo processes: the same result as one process where the method says so,
+and every rank in the same collectives where one rank's batch differs (no valid rollout, a non-finite score).
 """
 
 from __future__ import annotations
 
+import os
+import socket
 import time
 from datetime import timedelta
 from pathlib import Path
-from types import SimpleNamespace
 
 import pytest
 import torch
 
-G = 3  # rollouts per prompt
-RANK0_VALID = [True, False, True, True, True, False]
-DEADLINE_S = 90
+DEADLINE_S = 240
 
 
-def _trainer_and_batch(tiny_dir: Path, disc_dir: Path):
-    """A PrismAlignTrainer holding only what ``_update_discriminator`` reads, and a batch of 2 prompts × G."""
-    from transformers import AutoModel
-
-    import prism_plugin.discriminator  # noqa: F401
-    from prism_plugin.data.records import load_pairs
-    from prism_plugin.discriminator.texts import TextScorer
-    from prism_plugin.llamafactory.align_data import AlignItem
-    from prism_plugin.llamafactory.align_trainer import AlignSettings, PrismAlignTrainer
-    from prism_plugin.llamafactory.pairs import PairEncoder
-
-    torch.manual_seed(0)
-    disc = AutoModel.from_pretrained(disc_dir)
-    encoder = PairEncoder(TextScorer(disc), ["caption", "reasoning"], cutoff_len=1024)
-    records = load_pairs(tiny_dir / "data" / "pairs.jsonl").records[:2]
-    items, students = [], []
-    for k, record in enumerate(records):
-        feat = encoder.encode(record, "pairs.jsonl")
-        items.append(AlignItem([], {}, feat.prompt, feat.teacher, None, record.row, "pairs.jsonl"))
-        other = encoder.segment_ids(records[1 - k].student, "student")
-        students += [feat.student, other, feat.student]
-    trainer = object.__new__(PrismAlignTrainer)
-    trainer.settings = AlignSettings(segment_weights={"caption": 0.5, "reasoning": 0.5}, num_generations=G)
-    trainer.segments, trainer.discriminator = ["caption", "reasoning"], disc
-    trainer.disc_tokenizer = encoder.scorer.tokenizer
-    trainer.disc_optimizer = torch.optim.AdamW([p for p in disc.parameters() if p.requires_grad], lr=1e-3)
-    trainer.nonfinite_skips = {"scores": 0, "disc_loss": 0, "policy_loss": 0}
-    trainer.accelerator = SimpleNamespace(device=torch.device("cpu"))
-    return trainer, items, students
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
 
 
-def _params(module: torch.nn.Module) -> list[torch.Tensor]:
-    return [p.detach().clone() for p in module.parameters()]
-
-
-def _worker(rank: int, world: int, init_file: str, tiny_dir: str, disc_dir: str, out_dir: str) -> None:
-    torch.set_num_threads(1)
-    torch.distributed.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world,
-                                         timeout=timedelta(seconds=DEADLINE_S))
-    try:
-        trainer, items, students = _trainer_and_batch(Path(tiny_dir), Path(disc_dir))
-        result = {"before": _params(trainer.discriminator)}
-        # one valid rollout set on rank 0 only; rank 1's rollouts are all invalid (no segments)
-        valid = torch.tensor(RANK0_VALID if rank == 0 else [False] * len(students))
-        mine = [s if v else {} for s, v in zip(students, valid.tolist(), strict=True)]
-        result["one_valid"] = trainer._update_discriminator(items, mine, valid)
-        result["after_one_valid"] = _params(trainer.discriminator)
-        # no valid rollout on any rank
-        none = torch.zeros(len(students), dtype=torch.bool)
-        result["none_valid"] = trainer._update_discriminator(items, [{}] * len(students), none)
-        result["after_none_valid"] = _params(trainer.discriminator)
-        torch.save(result, Path(out_dir) / f"rank{rank}.pt")
-    finally:
-        torch.distributed.destroy_process_group()
-
-
-@pytest.fixture(scope="module")
-def two_rank_results(tiny_dir, tiny_discriminator_dir, tmp_path_factory) -> tuple[list[dict], float]:
-    """Both ranks' metrics and discriminator parameters, and the wall time of the two-process run."""
+def spawn(worker, world: int, *args) -> float:
+    """Run ``worker(rank, world, *args)`` in ``world`` fresh processes; fail on a rank error or a hang."""
     import torch.multiprocessing as mp
 
-    work = tmp_path_factory.mktemp("gloo")
     start = time.monotonic()
-    context = mp.start_processes(_worker, args=(2, str(work / "rendezvous"), str(tiny_dir), str(tiny_discriminator_dir),
-                                                str(work)), nprocs=2, join=False, start_method="spawn")
+    context = mp.start_processes(worker, args=(world, *args), nprocs=world, join=False, start_method="spawn")
     try:
-        while not context.join(timeout=max(1.0, DEADLINE_S - (time.monotonic() - start))):
+        while not context.join(timeout=5.0):
             if time.monotonic() - start > DEADLINE_S:
-                pytest.fail(f"the two ranks did not finish within {DEADLINE_S} s (deadlock?)")
+                pytest.fail(f"{world} ranks did not finish within {DEADLINE_S} s (deadlock?)")
     finally:
         for process in context.processes:
             if process.is_alive():
                 process.kill()
-    elapsed = time.monotonic() - start
-    return [torch.load(work / f"rank{r}.pt", weights_only=False) for r in range(2)], elapsed
+    return time.monotonic() - start
 
 
-def test_a_rank_without_valid_rollouts_joins_the_step(two_rank_results, tiny_dir, tiny_discriminator_dir):
-    (rank0, rank1), elapsed = two_rank_results
-    assert elapsed < DEADLINE_S
-    assert rank0["one_valid"]["disc/skipped"] == 0.0
-    assert rank1["one_valid"]["disc/skipped"] == 0.0  # the step happened globally, not only where there was data
-    assert "disc/loss" in rank0["one_valid"] and "disc/loss" not in rank1["one_valid"]
-    assert rank0["one_valid"]["disc/grad_norm"] == pytest.approx(rank1["one_valid"]["disc/grad_norm"])
-    for before0, before1 in zip(rank0["before"], rank1["before"], strict=True):
-        assert torch.equal(before0, before1)
-    after0, after1 = rank0["after_one_valid"], rank1["after_one_valid"]
-    assert all(torch.equal(a, b) for a, b in zip(after0, after1, strict=True))
-    assert any(not torch.equal(a, b) for a, b in zip(rank0["before"], after0, strict=True))
-    assert all(torch.isfinite(p).all() for p in after0)
-
-    # rank 1 contributes nothing: the step equals a single process's step on rank 0's rollouts
-    trainer, items, students = _trainer_and_batch(tiny_dir, tiny_discriminator_dir)
-    valid = torch.tensor(RANK0_VALID)
-    trainer._update_discriminator(items, [s if v else {} for s, v in zip(students, RANK0_VALID, strict=True)], valid)
-    for single, both in zip(_params(trainer.discriminator), after0, strict=True):
-        torch.testing.assert_close(both, single, rtol=1e-5, atol=1e-6)
+# ---------------------------------------------------------------------- the discriminator update
 
 
-def test_no_rank_with_valid_rollouts_skips_the_step(two_rank_results):
-    (rank0, rank1), _ = two_rank_results
-    assert rank0["none_valid"] == {"disc/skipped": 1.0}
-    assert rank1["none_valid"] == {"disc/skipped": 1.0}
-    for rank in (rank0, rank1):
-        assert all(torch.equal(a, b) for a, b in zip(rank["after_one_valid"], rank["after_none_valid"], strict=True))
+def scorer_and_batch(tiny_dir: Path, disc_dir: Path, **keys):
+    """The tiny discriminator's scorer and a batch of 2 prompts × G = 3 (as in test_prism_align)."""
+    from transformers import AutoTokenizer
+
+    from prism_plugin.rollout import end_of_turn_id
+    from tests.test_prism_align import scorer_case
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_dir / "tokenizer")
+    assert end_of_turn_id(tokenizer) is not None
+    return scorer_case(tiny_dir, disc_dir, tokenizer, **keys), tokenizer
+
+
+def _disc_worker(rank: int, world: int, init_file: str, tiny_dir: str, disc_dir: str, out_dir: str, keys: dict):
+    from tests.testing_utils import rollout_batch
+
+    torch.set_num_threads(1)
+    torch.distributed.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world,
+                                         timeout=timedelta(seconds=DEADLINE_S))
+    try:
+        (scorer, batch), tokenizer = scorer_and_batch(Path(tiny_dir), Path(disc_dir), **keys)
+        before = [p.detach().clone() for p in scorer.model.parameters()]
+        if rank == 1:  # rank 1's rollouts are all outside the layout
+            batch = rollout_batch(tokenizer, ["<caption> red 1 </caption> five"] * 6, batch.prompts, 3)
+        metrics = scorer.update(batch, scorer.score(batch))
+        torch.save({"before": before, "after": [p.detach().clone() for p in scorer.model.parameters()],
+                    "metrics": metrics}, Path(out_dir) / f"rank{rank}.pt")
+    finally:
+        torch.distributed.destroy_process_group()
+
+
+@pytest.fixture(scope="module", params=[{}, {"prism_no_valid_pair": "skip", "prism_score_reg_rows": "valid"}],
+                ids=["authors", "skip"])
+def two_rank_disc(request, tiny_dir, tiny_discriminator_dir, tmp_path_factory):
+    work = tmp_path_factory.mktemp("gloo")
+    spawn(_disc_worker, 2, str(work / "rendezvous"), str(tiny_dir), str(tiny_discriminator_dir), str(work),
+          request.param)
+    return request.param, [torch.load(work / f"rank{r}.pt", weights_only=False) for r in range(2)]
+
+
+def test_a_rank_without_valid_rollouts_joins_the_discriminator_step(two_rank_disc, tiny_dir, tiny_discriminator_dir):
+    """Each rank's loss is its own (the authors' teacher term where it has no valid pair, or nothing with
+    ``skip``), gradients are averaged over ranks, and every rank ends with the same discriminator."""
+    from tests.testing_utils import rollout_batch
+
+    keys, (rank0, rank1) = two_rank_disc
+    assert rank0["metrics"]["disc/skipped"] == rank1["metrics"]["disc/skipped"] == 0.0
+    assert "disc/caption/accuracy" in rank0["metrics"] and "disc/caption/accuracy" not in rank1["metrics"]
+    assert rank0["metrics"]["disc/grad_norm"] == pytest.approx(rank1["metrics"]["disc/grad_norm"])
+    assert all(torch.equal(a, b) for a, b in zip(rank0["after"], rank1["after"], strict=True))
+    assert any(not torch.equal(a, b) for a, b in zip(rank0["before"], rank0["after"], strict=True))
+
+    # the same step in one process: the two ranks' losses averaged
+    (scorer, batch), tokenizer = scorer_and_batch(tiny_dir, tiny_discriminator_dir, **keys)
+    invalid = rollout_batch(tokenizer, ["<caption> red 1 </caption> five"] * 6, batch.prompts, 3)
+    updater = scorer.updater
+    losses = []
+    for part in (batch, invalid):
+        scores = scorer.score(part)
+        pending = scores.pending
+        from prism_plugin.losses import discriminator_loss
+
+        rows = pending.rows
+        if rows:
+            teacher = {n: pending.scores[[pending.teacher_slot[(int(part.group_index[i]), n)] for i, _, _ in rows]]
+                       for n in scorer.segments}
+            student = {n: pending.scores[[slots[n] for _, _, slots in rows]] for n in scorer.segments}
+            valid = torch.tensor([v for _, v, _ in rows])
+        else:
+            teacher = {n: pending.scores[[pending.teacher_slot[(k, n)] for k in range(2)]] for n in scorer.segments}
+            student = {n: torch.zeros(2) for n in scorer.segments}
+            valid = torch.zeros(2, dtype=torch.bool)
+        loss, metrics = discriminator_loss(teacher, student, valid, 0.001, clip=10.0,
+                                           reg_rows=updater.args.prism_score_reg_rows,
+                                           no_valid_pair=updater.args.prism_no_valid_pair)
+        if "loss" in metrics:
+            losses.append(loss + 0.01 * pending.aux)
+    assert len(losses) == (2 if not keys else 1)  # with skip, rank 1 has nothing to train on
+    (sum(losses) / 2).backward()
+    updater.optimizer.step(updater.args.prism_disc_max_grad_norm)
+    for single, both in zip(scorer.model.parameters(), rank0["after"], strict=True):
+        torch.testing.assert_close(both, single.detach(), rtol=1e-5, atol=1e-6)
+
+
+# ---------------------------------------------------------------------- the policy update under DDP
+
+
+GOOD = "<caption> red 3 blue 2 </caption>\n<think> red 3 + blue 2 = 5 </think>\n<answer> 5 </answer>"
+LONG = ("<caption> red 3 blue 2 green 0 yellow 1 </caption>\n<think> red 3 + blue 2 = 5, and 5 is the sum of "
+        "the two </think>\n<answer> 4 </answer>")
+WRONG = "<caption> red 1 blue 2 </caption>\n<think> red 1 + blue 2 = 3 </think>\n<answer> 3 </answer>"
+
+
+class ReplayEngine:
+    """A :class:`prism_plugin.rollout.RolloutEngine` that answers each prompt with fixed completions, so that
+    one process and two ranks train on the same rollouts."""
+
+    def __init__(self, tokenizer, answers: dict[tuple[int, ...], list[str]]) -> None:
+        from prism_plugin.rollout import end_of_turn_id
+
+        self.tokenizer, self.answers = tokenizer, answers
+        self.eot_id = end_of_turn_id(tokenizer)
+
+    def load_policy(self, policy) -> None:
+        pass
+
+    def generate(self, prompts, num_samples, sampling):
+        from prism_plugin.rollout import Rollouts
+
+        texts = [self.answers[tuple(p.input_ids)][:num_samples] for p in prompts]
+        ids = [self.tokenizer(t, add_special_tokens=False)["input_ids"] + [self.eot_id] for group in texts for t in group]
+        rows = [k for k in range(len(prompts)) for _ in range(num_samples)]
+        return Rollouts.from_sequences(ids, rows, self.eot_id, self.tokenizer.pad_token_id)
+
+
+NAN_ONCE = '''import math
+import os
+
+calls = {"n": 0}
+
+
+def nan_once_on_rank_one(rollouts, teachers, ground_truths):
+    calls["n"] += 1
+    bad = calls["n"] == 1 and os.environ["RANK"] == "1"
+    return {"response": [math.nan if bad else float(len(r)) for r in rollouts["response"]]}
+'''
+
+
+def _policy_worker(rank: int, world: int, port: int, tiny_dir: str, out_dir: str, reward: str, per_device: int,
+                   steps: int) -> None:
+    """One rank of a real PrismAlignTrainer run (DDP on gloo when world > 1) that records, at every optimizer
+    step, each parameter's gradient (None when the step trains nothing) and the logged metrics."""
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), LOCAL_RANK=str(rank),
+                      WORLD_SIZE=str(world), OMP_NUM_THREADS="1")
+    torch.set_num_threads(1)
+    from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback, TrainingArguments
+
+    from prism_plugin.layout import Segments
+    from prism_plugin.llamafactory.align_trainer import PrismAlignTrainer
+    from prism_plugin.llamafactory.arguments import PrismArguments
+    from prism_plugin.policy import policy_prompt
+    from prism_plugin.scorers import AlignPrompt, FileScorer, VerifiableScorer, load_score_function
+
+    torch.manual_seed(0)
+    policy_dir = Path(tiny_dir) / "qwen3_policy"
+    tokenizer = AutoTokenizer.from_pretrained(policy_dir)
+    model = AutoModelForCausalLM.from_pretrained(policy_dir, dtype=torch.float32)
+    prompts = [AlignPrompt(policy_prompt(tokenizer, False, q), Segments.from_response(GOOD), answer, k + 1, "test")
+               for k, (q, answer) in enumerate([("How many red and blue?", "5"), ("How many in total?", "3")])]
+    answers = {tuple(prompts[0].policy.input_ids): [GOOD, WRONG], tuple(prompts[1].policy.input_ids): [LONG, WRONG]}
+    if reward == "verifiable":
+        scorer = VerifiableScorer()
+    else:
+        (Path(out_dir) / f"scorer{rank}.py").write_text(NAN_ONCE)
+        scorer = FileScorer(load_score_function(str(Path(out_dir) / f"scorer{rank}.py"), "nan_once_on_rank_one"),
+                            ["response"])
+    records: list[dict] = []
+
+    class Record(TrainerCallback):
+        def on_pre_optimizer_step(self, args, state, control, model=None, **kwargs):
+            records.append({"grads": {n: None if p.grad is None else p.grad.detach().clone()
+                                      for n, p in model.named_parameters()}})
+
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            records.append({"logs": dict(logs)})
+
+    args = TrainingArguments(output_dir=str(Path(out_dir) / f"run{rank}"), per_device_train_batch_size=per_device,
+                             max_steps=steps, learning_rate=1e-3, max_grad_norm=0.0, logging_steps=1,
+                             report_to="none", save_strategy="no", seed=0, ddp_backend="gloo" if world > 1 else None,
+                             use_cpu=True, dataloader_drop_last=False, remove_unused_columns=False)
+    prism = PrismArguments(prism_reward=reward if reward == "verifiable" else "scorer.py:f",
+                           prism_segments=["response"], prism_segment_weights=[1.0], prism_num_generations=2,
+                           prism_max_new_tokens=64)
+    trainer = PrismAlignTrainer(model=model, args=args, train_dataset=prompts * steps, data_collator=lambda b: b,
+                                processing_class=tokenizer, callbacks=[Record()], prism_args=prism, scorer=scorer,
+                                engine=ReplayEngine(tokenizer, answers))
+    trainer.train()
+    torch.save(records, Path(out_dir) / f"rank{rank}.pt")
+
+
+def run_policy(tmp_path: Path, tiny_dir: Path, world: int, reward: str = "verifiable", steps: int = 1) -> list:
+    per_device = 2 // world
+    spawn(_policy_worker, world, free_port(), str(tiny_dir), str(tmp_path), reward, per_device, steps)
+    return [torch.load(tmp_path / f"rank{r}.pt", weights_only=False) for r in range(world)]
+
+
+def test_two_ranks_with_one_prompt_each_give_the_gradients_of_one_rank_with_both(tiny_dir, tmp_path):
+    """The policy loss is the mean over the global count of completion tokens, not a mean of per-rank means:
+    the two prompts' rollouts have different lengths, so a per-rank mean would weight them differently."""
+    single = run_policy(tmp_path / "one", tiny_dir, 1)[0]
+    ranks = run_policy(tmp_path / "two", tiny_dir, 2)
+    grads = [next(r["grads"] for r in records if "grads" in r) for records in (single, *ranks)]
+    assert all(g is not None for g in grads[0].values())
+    compared = 0
+    for name, expected in grads[0].items():
+        for rank_grads in grads[1:]:
+            torch.testing.assert_close(rank_grads[name], expected, rtol=1e-4, atol=1e-7)
+            compared += 1
+    assert compared == 2 * len(grads[0])
+    logged = [next(r["logs"] for r in records if "logs" in r) for records in (single, *ranks)]
+    assert logged[1]["loss"] == pytest.approx(logged[0]["loss"], rel=1e-4)
+    # metrics gathered over ranks: every rank logs the statistics of all four rollouts
+    assert logged[1]["response_length"] == logged[2]["response_length"] == pytest.approx(logged[0]["response_length"])
+
+
+def test_a_non_finite_score_on_one_rank_skips_the_step_on_every_rank(tiny_dir, tmp_path):
+    """Rank-agreed skip: the rank that sees a NaN score and the one that does not both join the same step with
+    a zero loss, drop its gradients (the optimiser leaves the policy), and train normally on the next step."""
+    ranks = run_policy(tmp_path, tiny_dir, 2, reward="file", steps=2)
+    for records in ranks:
+        steps = [r["grads"] for r in records if "grads" in r]
+        logs = [r["logs"] for r in records if "logs" in r and "loss" in r["logs"]]
+        assert len(steps) == 2 and len(logs) == 2
+        assert all(g is None for g in steps[0].values())  # step 1: skipped everywhere
+        assert all(g is not None and torch.isfinite(g).all() for g in steps[1].values())  # step 2: trains
+        assert logs[0]["nonfinite_skips/scores"] == 1.0 and logs[0]["policy/skipped"] == 1.0
+        assert logs[1]["policy/skipped"] == 0.0
+    for name, grad in ranks[0][[i for i, r in enumerate(ranks[0]) if "grads" in r][1]]["grads"].items():
+        other = ranks[1][[i for i, r in enumerate(ranks[1]) if "grads" in r][1]]["grads"][name]
+        torch.testing.assert_close(grad, other)

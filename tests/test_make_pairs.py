@@ -121,8 +121,34 @@ def test_bad_input_row_names_row_and_field_or_is_skipped(tiny_dir, tiny_sft_run,
 
 
 def test_student_segments_split():
-    from prism_plugin.data.make_pairs import student_segments
+    from prism_plugin.layout import Segments
 
     text = "\n <caption>a cat</caption>\n<think>it is</think> <answer>cat</answer>\n"
-    assert student_segments(text) == ("<caption>a cat</caption>", "<think>it is</think> <answer>cat</answer>")
-    assert student_segments("<caption>a</caption><answer>b</answer>") is None
+    assert Segments.from_response(text) == Segments("<caption>a cat</caption>",
+                                                    "<think>it is</think> <answer>cat</answer>")
+    assert Segments.from_response("<caption>a</caption><answer>b</answer>") is None
+
+
+def test_relative_paths_from_another_working_directory_and_an_empty_result_fails(tiny_dir, tiny_sft_run, tmp_path,
+                                                                                   monkeypatch, capsys):
+    """The README's pattern with relative paths: images resolve against the data file's folder, whatever the
+    working directory and wherever the output goes; a run that writes no pair is a failure, said in one line."""
+    import shutil
+
+    from prism_plugin.cli import main
+    from prism_plugin.data.records import load_pairs
+
+    shutil.copytree(tiny_dir / "data", tmp_path / "tiny" / "data")
+    monkeypatch.chdir(tmp_path)
+    argv = ["data", "make-pairs", "--policy", str(tiny_sft_run[0]), "--data", "tiny/data/align.jsonl",
+            "--out", "tiny/data/pairs_sft.jsonl", "--max-new-tokens", "96", "--num-samples", "2"]
+    assert main(argv) == 0
+    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert summary["pairs_written"] > 0
+    rows = [json.loads(line) for line in (tmp_path / "tiny" / "data" / "pairs_sft.jsonl").read_text().splitlines()]
+    assert all(Path(p).is_absolute() and Path(p).is_file() for row in rows for p in row["images"])
+    assert len(load_pairs(tmp_path / "tiny" / "data" / "pairs_sft.jsonl").records) == summary["pairs_written"]
+
+    assert main([*argv[:-4], "--max-new-tokens", "2", "--num-samples", "1"]) == 1  # every sample truncated
+    err = capsys.readouterr().err
+    assert "prism-plugin data make-pairs: error: no pair written" in err and "Traceback" not in err
