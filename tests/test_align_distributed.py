@@ -151,7 +151,8 @@ class ReplayEngine:
         from prism_plugin.rollout import Rollouts
 
         texts = [self.answers[tuple(p.input_ids)][:num_samples] for p in prompts]
-        ids = [self.tokenizer(t, add_special_tokens=False)["input_ids"] + [self.eot_id] for group in texts for t in group]
+        ids = [self.tokenizer(t, add_special_tokens=False)["input_ids"] + [self.eot_id]
+               for group in texts for t in group]
         rows = [k for k in range(len(prompts)) for _ in range(num_samples)]
         return Rollouts.from_sequences(ids, rows, self.eot_id, self.tokenizer.pad_token_id)
 

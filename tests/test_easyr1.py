@@ -319,7 +319,8 @@ def test_converter_bad_rows(tiny_dir, tmp_path):
     assert (err.value.path, err.value.row, err.value.field) == (str(bad), 2, "ground_truth")
     report = to_easyr1(bad, tmp_path / "out.parquet", skip_invalid=True)
     assert len(report.records) == 1
-    assert [(e.row, e.field) for e in report.skipped] == [(2, "ground_truth"), (3, "prompt"), (4, "images[0]"), (5, "<line>")]
+    assert [(e.row, e.field) for e in report.skipped] == [(2, "ground_truth"), (3, "prompt"), (4, "images[0]"),
+                                                          (5, "<line>")]
     assert "1 rows kept, 4 skipped" in report.summary()
 
 
