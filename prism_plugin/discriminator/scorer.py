@@ -105,11 +105,12 @@ class DiscriminatorScorer:
         return segs if all(segs.values()) else None
 
     def _half_segments(self, batch: RolloutBatch, row: int) -> dict[str, list[int]] | None:
-        """An invalid rollout as the authors score it for the regulariser: split at half its length."""
+        """An invalid rollout as the authors score it for the regulariser: split at half its length (at least
+        one token each side; a one-token rollout has no second part and stays out)."""
         ids = self._ids(batch, row)
         if not ids or len(ids) < 2:
             return None
-        half = len(ids) // 2
+        half = max(1, len(ids) // 2)
         spans = {"caption": ids[:half], "reasoning": ids[half:], "response": ids}
         return {name: spans[name] for name in self.segments}
 
