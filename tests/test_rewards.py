@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import time
 from pathlib import Path
 
@@ -18,6 +19,7 @@ from prism_plugin.rewards import (
     unregister_matcher,
 )
 from prism_plugin.rewards import matchers as matchers_mod
+from prism_plugin.rewards.units import DIMENSIONS, UNIT_ALIASES
 
 CASES = [
     json.loads(line) for line in (Path(__file__).parent / "data" / "answers.jsonl").read_text("utf-8").splitlines()
@@ -58,8 +60,8 @@ def test_matcher_order_is_documented() -> None:
         "coordinates",
         "multiple_choice",
         "numbers",
-        "text",
         "units",
+        "text",
         "math_verify",
     ]
 
@@ -87,6 +89,16 @@ def test_split_parts() -> None:
     assert split_parts("(1, 2), \\{3, 4\\}, [5, 6]") == ("(1, 2)", "\\{3, 4\\}", "[5, 6]")
     assert split_parts("1,000,000") == ("1,000,000",)
     assert split_parts("1.5") == ("1.5",)
+
+
+def test_every_unit_word_is_a_unit_or_a_counting_word() -> None:
+    for alias, unit in UNIT_ALIASES.items():
+        assert unit == "" or unit in DIMENSIONS, alias
+    for unit, (dimension, factor) in DIMENSIONS.items():
+        assert dimension and factor > 0 and math.isfinite(factor), unit
+    counting = {alias for alias, unit in UNIT_ALIASES.items() if not unit}
+    assert {"个", "人", "apples", "times", "people", "units"} <= counting
+    assert not counting & {"N", "J", "W", "V", "Pa", "Hz", "kJ", "kW", "kPa", "mph", "year", "months"}
 
 
 def test_extract_letter_priorities() -> None:

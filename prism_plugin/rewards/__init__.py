@@ -5,16 +5,23 @@ Public API:
 - :func:`compute_score` — the reward of one response: format gate (0), empty or
   >= 1024-char answer (0.2), else 0.8·accuracy + 0.2, plus optional DAPO overlong shaping.
 - :func:`answers_match` — does a predicted answer match a gold answer? Tries the registered
-  matchers in order (exact, multi_part, coordinates, multiple_choice, numbers, text, units,
+  matchers in order (exact, multi_part, coordinates, multiple_choice, numbers, units, text,
   math_verify); the first that decides wins. Extend with :func:`register_matcher`.
 
 Decisions on cases the reference leaves open (each has tests in tests/data/answers.jsonl):
 
 - "3.0" == "3"; "x = 3" == "3" (a one-variable left-hand side is ignored on both sides).
 - "50%" matches "50" and "0.5"; "0.5" matches "50%" but not "50".
-- A unit on one side only is decoration ("5 cm" == "5"); two different units are
-  converted within a dimension ("3 m" == "300 cm", "1 h" == "60 min"), never across
-  ("3 m" != "3 kg"). Counting words and classifiers (个, 人, apples …) are always dropped.
+- A unit is ignored only when one side carries none ("5 cm" == "5"). Two different units
+  match only through an exact factor within one dimension ("3 m" == "300 cm", "5 kJ" ==
+  "5000 J", "60 mph" == "96.56064 km/h" but != "60 km/h"), never across ("5 J" != "5 W",
+  "3 m" != "3 kg", "€5" != "$5"); the units matcher runs before the case-blind text
+  matcher ("5 mW" != "5 MW"). Units without an exact factor match only themselves:
+  temperatures are affine ("25 °C" != "77 °F"; a bare "°"/"度" may stand for °C or °F),
+  years and months convert into each other but not into days, "ton" and "calorie" are
+  ambiguous, cal/kcal are not converted to joules. Short aliases read as in science: "m"
+  metre, "t" tonne, "in" inch, "A" ampere, "K" kelvin. Only counting words and classifiers
+  (个, 人, 分, apples, times, people …) are decoration, always dropped ("10个" == "10人").
 - "1,000" is one thousand (digit + comma + 3 digits); "1, 000" and "1,00" are two parts.
   Parts match in order ("2, 3" != "3, 2"); a multi-part prediction never matches a
   single-part gold ("5, which is prime" != "5"); a coordinate gold needs a "(x, y)" pair.

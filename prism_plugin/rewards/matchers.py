@@ -8,7 +8,7 @@ adding a decorated function::
     def roman(pred: str, gold: str) -> bool | None: ...
 
 Default order: exact (0), multi_part (10), coordinates (20), multiple_choice (30),
-numbers (40), text (50), units (60), math_verify (90). No matcher decides -> False.
+numbers (40), units (45), text (50), math_verify (90). No matcher decides -> False.
 """
 
 from __future__ import annotations
@@ -305,22 +305,14 @@ def match_numbers(pred: str, gold: str) -> bool | None:
     return quantities_equal(pred_q, gold_q)
 
 
-# --------------------------------------------------------------------------- text
-
-
-@register_matcher("text", order=50)
-def match_text(pred: str, gold: str) -> bool | None:
-    """Equal after LaTeX clean-up, lowercasing and dropping punctuation and spaces."""
-    return True if normalize_text(pred) == normalize_text(gold) else None
-
-
 # --------------------------------------------------------------------------- units
 
 
-@register_matcher("units", order=60)
+@register_matcher("units", order=45)
 def match_units(pred: str, gold: str) -> bool | None:
-    """Two quantities with different units: convert within a dimension ("3 m" == "300 cm");
-    different or unconvertible dimensions do not match. Final when both carry units."""
+    """Two quantities with different units: convert by the exact factor within a dimension
+    ("3 m" == "300 cm", "5 kJ" == "5000 J"); different dimensions do not match. Final when
+    both carry units, and tried before the case-blind text matcher ("5 mW" != "5 MW")."""
     gold_q = parse_quantity(gold)
     pred_q = parse_quantity(pred)
     if gold_q is None or pred_q is None or not gold_q.unit or not pred_q.unit:
@@ -329,6 +321,15 @@ def match_units(pred: str, gold: str) -> bool | None:
     if gold_base is None or pred_base is None or gold_base[0] != pred_base[0]:
         return False
     return numbers_equal(pred_base[1], gold_base[1])
+
+
+# --------------------------------------------------------------------------- text
+
+
+@register_matcher("text", order=50)
+def match_text(pred: str, gold: str) -> bool | None:
+    """Equal after LaTeX clean-up, lowercasing and dropping punctuation and spaces."""
+    return True if normalize_text(pred) == normalize_text(gold) else None
 
 
 # --------------------------------------------------------------------------- math_verify

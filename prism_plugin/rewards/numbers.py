@@ -1,9 +1,10 @@
-"""Numbers with optional units: parsing, a tiny safe arithmetic evaluator, unit conversion.
+"""Numbers with optional units: parsing, a tiny safe arithmetic evaluator, comparison.
 
 :func:`parse_quantity` turns ``"1,234.5 cm"``, ``"-\\frac{3}{4}"``, ``"2\\sqrt{3}"``,
 ``"1.2 \\times 10^{-5}"`` or ``"50%"`` into a :class:`Quantity`; anything with a free
 variable or an unknown word is not a number (``None``). Evaluation is float-only (no big
-integers, exponent capped) so it can never stall.
+integers, exponent capped) so it can never stall. The unit words and their conversions
+live in :mod:`.units`.
 """
 
 from __future__ import annotations
@@ -15,110 +16,21 @@ import re
 from dataclasses import dataclass
 from functools import lru_cache
 
-from .normalize import clean_latex, strip_assignment
+from .normalize import canonical, clean_latex, strip_assignment
+from .units import UNIT_ALIASES, same_unit, to_base
 
 REL_TOL = 1e-6
 _MAX_EXPR_CHARS = 200
 _MAX_EXPONENT = 400.0
 
-# Unit aliases -> canonical unit. Units here are stripped from numbers; those that also
-# appear in _CONVERSIONS can be compared across scales ("3 m" == "300 cm").
-_UNIT_ALIASES: dict[str, str] = {}
-
-
-def _alias(canonical_unit: str, *names: str) -> None:
-    for name in (canonical_unit, *names):
-        _UNIT_ALIASES[name] = canonical_unit
-
-
-_alias("mm", "millimeter", "millimeters", "millimetre", "millimetres", "毫米")
-_alias("cm", "centimeter", "centimeters", "centimetre", "centimetres", "厘米")
-_alias("dm", "decimeter", "decimeters", "分米")
-_alias("m", "meter", "meters", "metre", "metres", "米")
-_alias("km", "kilometer", "kilometers", "kilometre", "kilometres", "千米", "公里")
-_alias("in", "inch", "inches")
-_alias("ft", "foot", "feet")
-_alias("mi", "mile", "miles")
-_alias("mg", "milligram", "milligrams", "毫克")
-_alias("g", "gram", "grams", "克")
-_alias("kg", "kilogram", "kilograms", "千克", "公斤")
-_alias("t", "ton", "tons", "tonne", "tonnes", "吨")
-_alias("s", "sec", "secs", "second", "seconds", "秒")
-_alias("min", "mins", "minute", "minutes", "分钟")
-_alias("h", "hr", "hrs", "hour", "hours", "小时")
-_alias("day", "days", "天")
-_alias("mm^2", "mm2", "平方毫米")
-_alias("cm^2", "cm2", "平方厘米")
-_alias("dm^2", "dm2", "平方分米")
-_alias("m^2", "m2", "平方米")
-_alias("km^2", "km2", "平方千米", "平方公里")
-_alias("mm^3", "mm3", "立方毫米")
-_alias("cm^3", "cm3", "cc", "立方厘米")
-_alias("dm^3", "dm3", "立方分米")
-_alias("m^3", "m3", "立方米")
-_alias("ml", "mL", "milliliter", "milliliters", "millilitre", "毫升")
-_alias("l", "L", "liter", "liters", "litre", "litres", "升")
-_alias("m/s", "米/秒", "米每秒")
-_alias("km/h", "kph", "千米/小时", "千米每小时", "公里/小时")
-_alias("°", "deg", "degree", "degrees", "度")
-_alias("元", "yuan", "块")
-_alias("角")
-_alias("$", "dollar", "dollars", "usd")
-_alias("cent", "cents")
-# Counting words and classifiers are pure decoration: stripped, never compared.
-for _word in (
-    "个 人 只 本 次 岁 倍 页 辆 张 条 名 棵 件 种 分 份 朵 头 匹 位 支 把 杯 盒 袋 箱 台 道 组 根 双 对 层 "
-    "units unit times people students apples items pieces points years year months month "
-    "N J W V Pa Hz kJ kW kPa mph"
-).split():
-    _UNIT_ALIASES[_word] = ""
-
-# canonical unit -> (dimension, factor to the dimension's base unit)
-_CONVERSIONS: dict[str, tuple[str, float]] = {
-    "mm": ("length", 1e-3),
-    "cm": ("length", 1e-2),
-    "dm": ("length", 0.1),
-    "m": ("length", 1.0),
-    "km": ("length", 1e3),
-    "in": ("length", 0.0254),
-    "ft": ("length", 0.3048),
-    "mi": ("length", 1609.344),
-    "mg": ("mass", 1e-3),
-    "g": ("mass", 1.0),
-    "kg": ("mass", 1e3),
-    "t": ("mass", 1e6),
-    "s": ("time", 1.0),
-    "min": ("time", 60.0),
-    "h": ("time", 3600.0),
-    "day": ("time", 86400.0),
-    "mm^2": ("area", 1e-6),
-    "cm^2": ("area", 1e-4),
-    "dm^2": ("area", 1e-2),
-    "m^2": ("area", 1.0),
-    "km^2": ("area", 1e6),
-    "mm^3": ("volume", 1e-9),
-    "cm^3": ("volume", 1e-6),
-    "dm^3": ("volume", 1e-3),
-    "m^3": ("volume", 1.0),
-    "ml": ("volume", 1e-6),
-    "l": ("volume", 1e-3),
-    "m/s": ("speed", 1.0),
-    "km/h": ("speed", 1 / 3.6),
-    "元": ("cny", 1.0),
-    "角": ("cny", 0.1),
-    "$": ("usd", 1.0),
-    "cent": ("usd", 0.01),
-}
-
-_UNIT_RE = re.compile(
-    r"^(?P<body>.*?)\s*(?:\\)?(?P<unit>"
-    + "|".join(re.escape(u) for u in sorted(_UNIT_ALIASES, key=len, reverse=True))
-    + r")\s*\.?$",
-    re.DOTALL,
-)
+_MAX_UNIT_CHARS = max(map(len, UNIT_ALIASES))
 _PLAIN_RE = re.compile(r"^[+-]?(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?$")
 _THOUSANDS_RE = re.compile(r"(?<![\d.])\d{1,3}(?:,\d{3})+(?![\d,])")
-_CURRENCY_PREFIX_RE = re.compile(r"^([+-]?)\s*(?:\\\$|\$|¥|€|£|rmb|usd)\s*", re.IGNORECASE)
+_CURRENCY_PREFIX_RE = re.compile(r"^([+-]?)\s*(¥|€|£|rmb|usd)\s*", re.IGNORECASE)
+# currency written before the number -> canonical unit (¥ is read as the yuan, as in 元)
+_CURRENCY_PREFIX_UNITS = {"usd": "$", "¥": "元", "rmb": "元", "€": "€", "£": "£"}
+# clean_latex drops every '$' (math delimiters), so a dollar sign is looked for before it
+_DOLLAR_RE = re.compile(r"(?:^|=)\s*[+-]?\s*\\?\$\s*[+-]?[\d.]|[\d.]\s*\\?\$$")
 _MIXED_RE = re.compile(r"^([+-]?)(\d+)\s*\\frac\{(\d+)\}\{(\d+)\}$")
 _TOKEN_RE = re.compile(r"\s*(\d+\.?\d*(?:[eE][+-]?\d+)?|\.\d+|sqrt|pi|\*\*|[-+*/()])")
 
@@ -133,20 +45,33 @@ class Quantity:
 
 
 def _strip_unit(text: str) -> tuple[str, str | None]:
-    m = _UNIT_RE.match(text)
-    if m is None or not m.group("body"):
+    """(body, canonical unit) for ``body [\\]unit[.]`` with the longest unit alias at the end."""
+    core = (text[:-1] if text.endswith(".") else text).rstrip()
+    for size in range(min(len(core), _MAX_UNIT_CHARS), 0, -1):  # dict look-ups, longest first
+        unit = UNIT_ALIASES.get(core[-size:])
+        if unit is not None:
+            break
+    else:
         return text, None
-    body = m.group("body").rstrip()
-    unit = m.group("unit")
-    # A bare letter unit must be separated from a letter body ("2x m" is not a number anyway).
-    if body.endswith("^") or body.endswith("_"):
+    body = core[:-size]
+    body = (body[:-1] if body.endswith("\\") else body).rstrip()
+    # "2^m", "x_m": the letter belongs to the expression, not a unit.
+    if not body or body.endswith("^") or body.endswith("_"):
         return text, None
-    return body, _UNIT_ALIASES[unit]
+    return body, unit
+
+
+def _has_dollar_sign(text: str) -> bool:
+    """'$5', '\\$5', '5$', 'x = $5': a currency dollar (a '$…$' math pair is not)."""
+    if "$" not in text or text.count("$") - text.count("\\$") > 1:
+        return False
+    return _DOLLAR_RE.search(text) is not None
 
 
 @lru_cache(maxsize=65536)
 def parse_quantity(text: str) -> Quantity | None:
     """Parse a number with optional thousands separators, currency, unit or percent sign."""
+    text = canonical(text)
     s = strip_assignment(clean_latex(text))
     if not s or len(s) > _MAX_EXPR_CHARS:
         return None
@@ -154,16 +79,14 @@ def parse_quantity(text: str) -> Quantity | None:
     percent = False
     if s.endswith("%"):
         percent, s = True, s[:-1].rstrip()
-    unit = ""
+    unit = "$" if _has_dollar_sign(text) else ""
     m = _CURRENCY_PREFIX_RE.match(s)
     if m and m.end() < len(s):
-        s, unit = m.group(1) + s[m.end() :], "$" if "$" in m.group(0) or "usd" in m.group(0).lower() else ""
-        if "¥" in m.group(0) or "rmb" in m.group(0).lower():
-            unit = "元"
+        s, unit = m.group(1) + s[m.end() :], _CURRENCY_PREFIX_UNITS[m.group(2).lower()]
     if not percent and not _PLAIN_RE.match(s):
         body, found = _strip_unit(s)
         if found is not None:
-            s, unit = body, found
+            s, unit = body, found or unit
             if s.endswith("%"):
                 percent, s = True, s[:-1].rstrip()
     if "," in s:
@@ -324,10 +247,10 @@ def numbers_equal(pred: float, gold: float, rel_tol: float = REL_TOL) -> bool:
 def quantities_equal(pred: Quantity, gold: Quantity) -> bool | None:
     """Compare two quantities; None when both carry different units (left to unit conversion).
 
-    A unit on one side only is decoration. A percent sign on one side only accepts either
-    reading: "50%" matches both "50" and "0.5".
+    A unit on one side only is decoration (a counting word is no unit). A percent sign on
+    one side only accepts either reading: "50%" matches both "50" and "0.5".
     """
-    if pred.unit and gold.unit and pred.unit != gold.unit:
+    if pred.unit and gold.unit and not same_unit(pred.unit, gold.unit):
         return None
     if pred.percent == gold.percent:
         return numbers_equal(pred.value, gold.value)
@@ -337,8 +260,5 @@ def quantities_equal(pred: Quantity, gold: Quantity) -> bool | None:
 
 
 def convert_to_base(quantity: Quantity) -> tuple[str, float] | None:
-    """(dimension, value in the dimension's base unit), or None for an unconvertible unit."""
-    conv = _CONVERSIONS.get(quantity.unit)
-    if conv is None:
-        return None
-    return conv[0], quantity.value * conv[1]
+    """(dimension, value in the dimension's base unit), or None for a quantity without a unit."""
+    return to_base(quantity.unit, quantity.value)
