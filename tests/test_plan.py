@@ -169,6 +169,27 @@ def test_prism_disc_trains_the_discriminator_as_the_trainer_model(tiny_discrimin
     assert {what: plan[("discriminator", what)] for what in real} == real
 
 
+@pytest.mark.slow
+@pytest.mark.parametrize("stage", [1, 2])
+def test_zero_counts_equal_deepspeed_state(stage: int, tiny_dir: Path, tmp_path: Path) -> None:
+    """One process, bf16, ZeRO-1/2: the plan's DeepSpeed rows equal what DeepSpeed itself holds."""
+    pytest.importorskip("deepspeed")
+    policy = tiny_dir / "qwen3_vl_policy"
+    env = dict(os.environ, PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""), HF_HUB_OFFLINE="1",
+               MASTER_PORT=str(29541 + stage))
+    proc = subprocess.run([sys.executable, str(REPO / "tests" / "zero_state.py"), str(policy), str(tmp_path / "out"),
+                           str(stage)], env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    real = json.loads(proc.stdout.strip().splitlines()[-1])
+    (tmp_path / "ds.json").write_text(json.dumps({"bf16": {"enabled": "auto"},
+                                                  "zero_optimization": {"stage": stage, "reduce_bucket_size": 1000}}))
+    config = _write_yaml(tmp_path / "run.yaml", model_name_or_path=str(policy), stage="sft", finetuning_type="full",
+                         bf16=True, deepspeed=str(tmp_path / "ds.json"))
+    plan = _items(build_plan(config, 1, 80))
+    assert {what: plan[("policy", what)] for what in real} == real
+    assert plan[("policy", "ZeRO reduce buckets")] == 1000 * 2
+
+
 # ----------------------------------------------------------------------------- rollout KV cache
 
 
