@@ -322,6 +322,8 @@ def test_trainer_model_under_zero() -> None:
     z3 = _by_what(trainer_model(c, _settings(4, _zero(3)), upcast_trainable=True))
     # tensors of >= 100 elements are sharded (1000 -> 250, 500 -> 125), the 10-element one is replicated
     assert z3 == z2 | {"weights": (250 + 125 + 10) * 2 + 16, "ZeRO-3 live parameters": 1510 * 2}
+    z3_offload = _by_what(trainer_model(c, _settings(4, _zero(3, offload_param=True)), upcast_trainable=True))
+    assert z3_offload["weights"] == 10 * 2 + 16
     offload = _by_what(trainer_model(c, _settings(4, _zero(2, offload_optimizer=True)), upcast_trainable=True))
     assert offload == z2 | {"fp32 master weights": 0, "AdamW moments": 0, "gradients": 505}
     fp32 = _by_what(trainer_model(c, _settings(4, _zero(2), half=None), upcast_trainable=True))

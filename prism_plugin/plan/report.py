@@ -14,6 +14,7 @@ GIB = 1024**3
 DEFAULT_PROMPT_TOKENS = 1024
 DEFAULT_RESERVE_GIB = 4.0
 DEFAULT_EXPERTS, DEFAULT_TOP_K = 4, 2
+ADAMW_OPTIMS = ("adamw_torch", "adamw_torch_fused")
 DISC_HINT = "a discriminator directory, a prism_discriminator / qwen3_vl_moe config, or a dense Qwen3-VL config"
 POLICY_HINT = "a model directory or its config.json"
 NOT_COUNTED = (
@@ -219,6 +220,12 @@ def build_plan(
                          "such prompts are rejected")
     for census in models:
         notes += [f"{census.label}: {note}" for note in census.notes]
+    if s.zero is not None and s.zero.stage >= 1:
+        notes.append("DeepSpeed rows are each a peak: the reduce buckets (backward) and the fp32 gradient copy "
+                     "(optimizer step) do not coexist, so the total over-states by the smaller of the two")
+    optim = s.raw.get("optim")
+    if optim is not None and optim not in ADAMW_OPTIMS:
+        notes.append(f"optim {optim}: its state is counted as torch AdamW's")
     return Plan(s, gpu_memory_gib, reserve_gib, models, items, _batch_line(s), rollout, notes, not_counted)
 
 

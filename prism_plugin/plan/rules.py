@@ -75,7 +75,8 @@ def trainer_model(c: Census, s: RunSettings, upcast_trainable: bool) -> list[Ite
       AdamW state: exp_avg + exp_avg_sq in the parameter's dtype, plus a 4-byte ``step`` per trainable tensor.
     DeepSpeed ZeRO stage s (the engine casts every parameter to bf16/fp16 when that is enabled; buffers stay):
       weights: all parameters at 2 bytes (4 in fp32), replicated; s = 3: each tensor of at least
-        ``stage3_param_persistence_threshold`` elements /N, smaller ones replicated;
+        ``stage3_param_persistence_threshold`` elements /N (on the host with ``offload_param``), smaller
+        ones replicated;
       fp32 master weights: a flat fp32 copy of the trainable parameters, /N for s >= 1 (DeepSpeed clones it
         even in fp32 runs); s = 0 keeps a replicated fp32 copy only under bf16/fp16;
       gradients: the half-precision gradients (replicated for s <= 1, a /N partition for s >= 2) plus, under
@@ -85,6 +86,9 @@ def trainer_model(c: Census, s: RunSettings, upcast_trainable: bool) -> list[Ite
         twice with ``overlap_comm``;
       s = 3 live parameters: up to ``stage3_max_live_parameters`` gathered half-precision elements (a bound);
       ``offload_optimizer`` (cpu/nvme): master weights, moments and the fp32 gradient copy live on the host.
+    Each row is that item's peak; the reduce buckets (backward) and the fp32 gradient copy (step) never
+    coexist, so their sum over-states the peak slightly. Checked against DeepSpeed 0.19's own tensors for
+    ZeRO-1/2 on one process (``tests/zero_state.py``).
     """
     n, label = s.world, c.label
     trainable = [t for t in c.params if t.trainable]
@@ -108,8 +112,10 @@ def trainer_model(c: Census, s: RunSettings, upcast_trainable: bool) -> list[Ite
     trainable_numel = sum(t.numel for t in trainable)
     if z.stage == 3:
         threshold = z.persistence_threshold(c.hidden_size)
-        weights = sum(shard(t.numel, n) if t.numel >= threshold else t.numel for t in c.params) * _size(low)
-        weight_detail = f"{_name(low)}, /{n} (tensors < {threshold:,} elements replicated)"
+        sharded = 0 if z.offload_param else sum(shard(t.numel, n) for t in c.params if t.numel >= threshold)
+        weights = (sharded + sum(t.numel for t in c.params if t.numel < threshold)) * _size(low)
+        where = "on the host (offload_param)" if z.offload_param else f"/{n}"
+        weight_detail = f"{_name(low)}, {where} (tensors < {threshold:,} elements replicated)"
     else:
         weights, weight_detail = numel * _size(low), f"{_name(low)}, replicated"
     items = [Item(label, "weights", weights + _buffers(c), weight_detail)]
