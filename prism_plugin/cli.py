@@ -186,9 +186,46 @@ def _add_data(sub: argparse._SubParsersAction) -> None:
     _add_make_pairs(data_sub)
 
 
+def _plan(args: argparse.Namespace) -> int:
+    import sys
+
+    from prism_plugin.plan import PlanError, build_plan, format_plan
+
+    try:
+        plan = build_plan(
+            args.config, args.gpus, args.gpu_memory, policy_config=args.policy_config,
+            discriminator_config=args.discriminator_config, upcycle_experts=args.upcycle_experts,
+            upcycle_top_k=args.upcycle_top_k, prompt_tokens=args.prompt_tokens, reserve_gib=args.reserve_gib,
+        )
+    except PlanError as err:
+        print(f"prism-plugin plan: error: {err}", file=sys.stderr)
+        return 2
+    print(json.dumps(plan.to_dict(), indent=1) if args.json else format_plan(plan))
+    return 0
+
+
+def _add_plan(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("plan", help="per-GPU memory of a training YAML (prism_align, prism_disc, sft), before renting")
+    p.add_argument("config", help="LLaMA-Factory training YAML (relative paths in it resolve against the working dir)")
+    p.add_argument("--gpus", type=int, required=True, help="data-parallel GPUs (N)")
+    p.add_argument("--gpu-memory", type=float, required=True, help="memory per GPU in GiB")
+    p.add_argument("--policy-config", help="policy config dir or config.json (instead of model_name_or_path)")
+    p.add_argument(
+        "--discriminator-config",
+        help="discriminator dir or config.json (instead of prism_discriminator / prism_disc's model_name_or_path): "
+             "a PRISM discriminator, a qwen3_vl_moe backbone, or a dense Qwen3-VL / Qwen3 to upcycle",
+    )
+    p.add_argument("--upcycle-experts", type=int, help="experts when upcycling a dense config (default 4; 0: dense)")
+    p.add_argument("--upcycle-top-k", type=int, help="experts per token when upcycling (default 2)")
+    p.add_argument("--prompt-tokens", type=int, default=1024, help="longest prompt in a rollout batch (default 1024)")
+    p.add_argument("--reserve-gib", type=float, default=4.0, help="safety margin per GPU in GiB (default 4)")
+    p.add_argument("--json", action="store_true", help="print the plan as JSON")
+    p.set_defaults(func=_plan)
+
+
 # Sub-command registrars: each adds one parser and sets ``func``; add new ones here.
 SUBCOMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [
-    _add_make_tiny, _add_upcycle, _add_score, _add_align_preview, _add_paths, _add_data,
+    _add_make_tiny, _add_upcycle, _add_score, _add_align_preview, _add_paths, _add_data, _add_plan,
 ]
 
 

@@ -1,0 +1,204 @@
+"""Accounting rules: per-GPU bytes of one model kind under the run's precision and sharding.
+
+Each rule is one function over a :class:`~prism_plugin.plan.census.Census` (exact tensor counts) and
+:class:`~prism_plugin.plan.settings.RunSettings`; its docstring is the rule. ``/N`` is a shard over the
+N data-parallel ranks, rounded up per tensor or flat group.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from prism_plugin.plan.census import Census, Tensor
+from prism_plugin.plan.settings import RunSettings
+
+FP32 = torch.float32
+STEP_BYTES = 4  # torch AdamW keeps one float32 ``step`` scalar per parameter tensor
+
+
+@dataclass(frozen=True)
+class Item:
+    """One line of the plan: ``nbytes`` per GPU for ``what`` of ``model``."""
+
+    model: str
+    what: str
+    nbytes: int
+    detail: str = ""
+
+
+def shard(nbytes: int, ranks: int) -> int:
+    """Bytes of one rank's shard: ``ceil(nbytes / ranks)``."""
+    return -(-nbytes // ranks)
+
+
+def _size(dtype: torch.dtype) -> int:
+    return torch.empty((), dtype=dtype).element_size()
+
+
+def _name(dtype: torch.dtype) -> str:
+    return str(dtype).removeprefix("torch.").replace("float32", "fp32").replace("bfloat16", "bf16").replace(
+        "float16", "fp16")
+
+
+def held_dtype(t: Tensor, settings: RunSettings, upcast_trainable: bool) -> torch.dtype:
+    """The dtype a parameter is held in without DeepSpeed: LLaMA-Factory's ``init_adapter`` upcasts trainable
+    parameters to fp32 unless ``pure_bf16`` (ZeRO-3 skips it too, but ZeRO-3 is DeepSpeed's rule);
+    frozen ones keep the checkpoint dtype."""
+    if t.trainable and upcast_trainable and not settings.pure_bf16:
+        return FP32
+    return t.dtype
+
+
+def _buffers(c: Census) -> int:
+    return sum(b.numel * _size(b.dtype) for b in c.buffers)
+
+
+def _dtype_mix(c: Census, s: RunSettings, upcast_trainable: bool) -> str:
+    """E.g. ``fp32 trainable + bf16 frozen, replicated``."""
+    parts = []
+    for trainable, word in ((True, "trainable"), (False, "frozen")):
+        dtypes = sorted({_name(held_dtype(t, s, upcast_trainable)) for t in c.params if t.trainable == trainable})
+        if dtypes:
+            parts.append(f"{'/'.join(dtypes)} {word}")
+    return " + ".join(parts) + ", replicated"
+
+
+def trainer_model(c: Census, s: RunSettings, upcast_trainable: bool) -> list[Item]:
+    """The Trainer's model (the policy; the discriminator in ``prism_disc``), with the Trainer's AdamW.
+
+    Without DeepSpeed (plain DDP when N > 1), nothing is sharded:
+      weights: frozen parameters in the checkpoint dtype, trainable ones per :func:`held_dtype`, plus buffers;
+      gradients: every trainable parameter, in its held dtype;
+      DDP buckets (N > 1): a second copy of those gradients (``gradient_as_bucket_view`` is off in the Trainer);
+      AdamW state: exp_avg + exp_avg_sq in the parameter's dtype, plus a 4-byte ``step`` per trainable tensor.
+    DeepSpeed ZeRO stage s (the engine casts every parameter to bf16/fp16 when that is enabled; buffers stay):
+      weights: all parameters at 2 bytes (4 in fp32), replicated; s = 3: each tensor of at least
+        ``stage3_param_persistence_threshold`` elements /N (on the host with ``offload_param``), smaller
+        ones replicated;
+      fp32 master weights: a flat fp32 copy of the trainable parameters, /N for s >= 1 (DeepSpeed clones it
+        even in fp32 runs); s = 0 keeps a replicated fp32 copy only under bf16/fp16;
+      gradients: the half-precision gradients (replicated for s <= 1, a /N partition for s >= 2) plus, under
+        bf16/fp16, the fp32 copy of the rank's partition made for the optimizer step (/N; replicated for s = 0);
+      AdamW moments: fp32, 8 bytes per trainable parameter, /N for s >= 1;
+      reduce bucket (s >= 1, contiguous_gradients): ``reduce_bucket_size`` elements in the gradient dtype,
+        twice with ``overlap_comm``;
+      s = 3 live parameters: up to ``stage3_max_live_parameters`` gathered half-precision elements (a bound);
+      ``offload_optimizer`` (cpu/nvme): master weights, moments and the fp32 gradient copy live on the host.
+    Each row is that item's peak; the reduce buckets (backward) and the fp32 gradient copy (step) never
+    coexist, so their sum over-states the peak slightly. Checked against DeepSpeed 0.19's own tensors for
+    ZeRO-1/2 on one process (``tests/zero_state.py``).
+    """
+    n, label = s.world, c.label
+    trainable = [t for t in c.params if t.trainable]
+    tensors = len(trainable)
+    z = s.zero
+    if z is None:
+        weights = sum(t.numel * _size(held_dtype(t, s, upcast_trainable)) for t in c.params) + _buffers(c)
+        grads = sum(t.numel * _size(held_dtype(t, s, upcast_trainable)) for t in trainable)
+        moments = 2 * grads + STEP_BYTES * tensors
+        grad_dtypes = sorted({_name(held_dtype(t, s, upcast_trainable)) for t in trainable})
+        items = [
+            Item(label, "weights", weights, _dtype_mix(c, s, upcast_trainable)),
+            Item(label, "gradients", grads, "/".join(grad_dtypes) + ", replicated"),
+            Item(label, "AdamW state", moments, "2 moments + step, replicated"),
+        ]
+        if n > 1:
+            items.append(Item(label, "DDP gradient buckets", grads, "a copy of the gradients"))
+        return items
+    low = s.half or FP32
+    numel = c.numel
+    trainable_numel = sum(t.numel for t in trainable)
+    if z.stage == 3:
+        threshold = z.persistence_threshold(c.hidden_size)
+        sharded = 0 if z.offload_param else sum(shard(t.numel, n) for t in c.params if t.numel >= threshold)
+        weights = (sharded + sum(t.numel for t in c.params if t.numel < threshold)) * _size(low)
+        where = "on the host (offload_param)" if z.offload_param else f"/{n}"
+        weight_detail = f"{_name(low)}, {where} (tensors < {threshold:,} elements replicated)"
+    else:
+        weights, weight_detail = numel * _size(low), f"{_name(low)}, replicated"
+    items = [Item(label, "weights", weights + _buffers(c), weight_detail)]
+    shard_opt = n if z.stage >= 1 else 1
+    master = 0 if (z.stage == 0 and low == FP32) else shard(trainable_numel * 4, shard_opt)
+    grad_low = trainable_numel * _size(low)
+    grad_low = shard(grad_low, n) if z.stage >= 2 else grad_low
+    grad_fp32 = shard(trainable_numel * 4, shard_opt) if low != FP32 else 0
+    moments = shard(trainable_numel * 8, shard_opt)
+    host = z.offload_optimizer
+    where = "on the host (offload_optimizer)" if host else f"/{shard_opt}"
+    items += [
+        Item(label, "fp32 master weights", 0 if host else master, where),
+        Item(label, "gradients", grad_low + (0 if host else grad_fp32),
+             f"{_name(low)}{f' /{n}' if z.stage >= 2 else ''}" + (f" + fp32 copy at the step {where}"
+                                                                   if low != FP32 else "")),
+        Item(label, "AdamW moments", 0 if host else moments, f"fp32 {where}"),
+    ]
+    if z.stage >= 1 and z.contiguous_gradients:
+        buckets = 2 if z.overlap_comm else 1
+        items.append(Item(label, "ZeRO reduce buckets", buckets * z.bucket_elements(c.hidden_size) * _size(low),
+                          f"{buckets} × {z.bucket_elements(c.hidden_size):,} elements"))
+    if z.stage == 3:
+        live = min(z.max_live_parameters, numel)
+        items.append(Item(label, "ZeRO-3 live parameters", live * _size(low), "upper bound"))
+    return items
+
+
+def side_discriminator(c: Census, s: RunSettings, trains: bool) -> list[Item]:
+    """The discriminator ``prism_align`` trains beside the policy, with its own AdamW.
+
+    weights: compute weights in bf16 when the run is bf16, else fp32 (fp16 runs: fp32), plus buffers;
+      replicated, or /N under DeepSpeed ZeRO-3;
+    fp32 master weights: only when the compute dtype is not fp32, one per trainable parameter;
+    gradients: fp32, one per trainable parameter;
+    AdamW state: fp32 exp_avg + exp_avg_sq (8 bytes) + a 4-byte ``step`` per trainable tensor.
+    Sharding: under DeepSpeed ZeRO >= 2, master weights, gradients and AdamW state /N; otherwise with N > 1
+    (no DeepSpeed, or ZeRO 0/1), master weights and AdamW state /N (torch ``ZeroRedundancyOptimizer``) and
+    gradients replicated. A discriminator that does not train (``prism_update_discriminator: false``) holds
+    its weights only.
+    """
+    n, label = s.world, c.label
+    compute = torch.bfloat16 if s.half == torch.bfloat16 else FP32
+    z = s.zero
+    weights = c.numel * _size(compute)
+    weights = (shard(weights, n) if z is not None and z.stage == 3 else weights) + _buffers(c)
+    sharding = f"/{n}" if z is not None and z.stage == 3 else "replicated"
+    items = [Item(label, "weights", weights, f"{_name(compute)}, {sharding}")]
+    if not trains:
+        return items
+    trainable = [t for t in c.params if t.trainable]
+    numel = sum(t.numel for t in trainable)
+    all_sharded = z is not None and z.stage >= 2
+    opt_ranks = n if n > 1 else 1
+    grad_ranks = n if all_sharded else 1
+    how = "DeepSpeed" if all_sharded else "ZeroRedundancyOptimizer" if n > 1 else "single process"
+    master = shard(numel * 4, opt_ranks) if compute != FP32 else 0
+    items += [
+        Item(label, "fp32 master weights", master, f"/{opt_ranks} ({how})" if master else "none (fp32 compute)"),
+        Item(label, "gradients", shard(numel * 4, grad_ranks), f"fp32 /{grad_ranks}"),
+        Item(label, "AdamW state", shard(numel * 8 + STEP_BYTES * len(trainable), opt_ranks),
+             f"fp32 2 moments + step /{opt_ranks}"),
+    ]
+    return items
+
+
+def rollout_dtype(policy: Census, s: RunSettings) -> torch.dtype:
+    """The dtype of the rollout keys/values: bf16/fp16 when the run is (the Trainer's autocast wraps the
+    policy's forward; DeepSpeed casts its weights), else the dtype its text ``k_proj`` weight is held in."""
+    if s.half is not None:
+        return s.half
+    return held_dtype(policy.kv_weight, s, upcast_trainable=True) if policy.kv_weight else FP32
+
+
+def kv_bytes_per_token(policy: Census, dtype: torch.dtype) -> int:
+    """Bytes one token adds to a ``DynamicCache``: every text layer's k_proj + v_proj outputs in ``dtype``."""
+    return sum(policy.kv_features) * _size(dtype)
+
+
+def rollout_kv(policy: Census, s: RunSettings, sequences: int, tokens: int) -> Item:
+    """The rollout KV cache of one ``generate`` call: ``sequences`` × ``tokens`` × :func:`kv_bytes_per_token`
+    (2 × text layers × kv heads × head_dim × dtype bytes); ``tokens`` = prompt + ``prism_max_new_tokens``."""
+    dtype = rollout_dtype(policy, s)
+    per_token = kv_bytes_per_token(policy, dtype)
+    return Item(policy.label, "rollout KV cache", sequences * tokens * per_token,
+                f"{sequences} seq × {tokens:,} tokens × {per_token / 1024:g} KiB/token ({_name(dtype)})")
