@@ -127,7 +127,7 @@ def test_discriminator_counts_equal_the_alignment_state(
     tiny_dir: Path, tiny_discriminator_dir: Path, tmp_path: Path
 ) -> None:
     """fp32 run: the discriminator as ``prism_align`` loads it, with the same AdamW as the alignment workflow."""
-    from prism_plugin.llamafactory.disc_workflow import load_discriminator
+    from prism_plugin.discriminator.loading import load_discriminator
 
     real = _adamw_step(load_discriminator(str(tiny_discriminator_dir)))
     plan = _items(build_plan(_align_yaml(tmp_path, tiny_dir, tiny_discriminator_dir), 1, 80))
@@ -160,7 +160,7 @@ def test_mixed_precision_discriminator_counts(tiny_dir: Path, tiny_discriminator
 
 
 def test_prism_disc_trains_the_discriminator_as_the_trainer_model(tiny_discriminator_dir: Path, tmp_path: Path) -> None:
-    from prism_plugin.llamafactory.disc_workflow import load_discriminator
+    from prism_plugin.discriminator.loading import load_discriminator
 
     real = _adamw_step(load_discriminator(str(tiny_discriminator_dir)))
     config = _write_yaml(tmp_path / "disc.yaml", model_name_or_path=str(tiny_discriminator_dir),
