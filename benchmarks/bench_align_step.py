@@ -35,6 +35,7 @@ import time
 from datetime import date
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository root: tests.peers
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
@@ -241,14 +242,17 @@ def summarise(records: list[dict], logs: list[dict], warmup: int, extra: dict) -
 def run_ours(work: Path, modality: str, tokens: int, policy: Path, disc: Path, steps: int) -> tuple[list, list, dict]:
     from llamafactory.train.tuner import run_exp
 
+    from prism_plugin.discriminator.scorer import DiscriminatorScorer
+    from prism_plugin.llamafactory import align_trainer
     from prism_plugin.llamafactory.align_trainer import PrismAlignTrainer
+    from prism_plugin.rollout import HFRolloutEngine
 
     timer = PhaseTimer()
-    timer.wrap(PrismAlignTrainer, "_prepare_inputs", "prep_total")
-    timer.wrap(PrismAlignTrainer, "_rollouts", "generation")
-    timer.wrap(PrismAlignTrainer, "_score", "scoring")
-    timer.wrap(PrismAlignTrainer, "_update_discriminator", "disc_update")
-    timer.wrap(PrismAlignTrainer, "_record_step_metrics", "step_metrics")
+    timer.wrap(PrismAlignTrainer, "get_batch_samples", "prep_total")
+    timer.wrap(HFRolloutEngine, "generate", "generation")
+    timer.wrap(DiscriminatorScorer, "score", "scoring")
+    timer.wrap(DiscriminatorScorer, "update", "disc_update")
+    timer.wrap(align_trainer, "step_metrics", "step_metrics")
     records, logs = [], []
     out = work / "runs" / f"ours_{modality}_{tokens}"
     config = {
@@ -285,9 +289,9 @@ def run_trl(work: Path, modality: str, tokens: int, policy: Path, steps: int) ->
     import torch
     from datasets import Dataset
     from PIL import Image
+    from prism_plugin.compat.trl_imports import fix_trl_import_flags
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-    from prism_plugin.compat.trl_imports import fix_trl_import_flags
     from prism_plugin.data.prompts import SYSTEM_PROMPT
     from prism_plugin.layout import layout_parts
 
@@ -432,8 +436,9 @@ def print_table(results: dict, args: argparse.Namespace) -> None:
                   f"{_mean(ours['valid_ratio'][args.warmup:]):.2f} | {updates} |")
     print()
     print("Breakdown, median s/step (trl: generation = `_generate`, scoring = reward model; ours: generation = "
-          "`_rollouts`, scoring = `_score`, disc update = `_update_discriminator`; other prep = the rest of "
-          "`_prepare_inputs`; policy update = step - `_prepare_inputs`):")
+          "the rollout engine's `generate`, scoring = the discriminator scorer's `score` (the update batch's "
+          "forward with gradients), disc update = its `update` (backward and step); other prep = the rest of "
+          "`get_batch_samples`; policy update = step - `get_batch_samples`):")
     print()
     print("| policy | new tok | side | " + " | ".join(p.replace("_", " ") for p in PHASES) + " | step |")
     print("|" + "|".join("---" for _ in range(len(PHASES) + 4)) + "|")

@@ -95,7 +95,7 @@ def eval_checkpoints(run_dir: Path, offset: int, processor_dir: str, records: li
     from transformers import AutoProcessor
 
     from benchmarks.efficacy.task import evaluate
-    from prism_plugin.preview import load_policy
+    from prism_plugin.policy import load_policy
 
     processor = AutoProcessor.from_pretrained(processor_dir)
     for ckpt in sorted(run_dir.glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[1])):
@@ -119,18 +119,17 @@ def discriminator_gate(disc_dir: Path, sft_dir: Path, dev_file: Path, args: argp
     import torch
 
     from benchmarks.efficacy.task import caption_counts, load_eval_records
+    from prism_plugin.discriminator.loading import load_discriminator
     from prism_plugin.discriminator.texts import score_texts
     from prism_plugin.layout import layout_parts
-    from prism_plugin.discriminator.loading import load_discriminator
-    from prism_plugin.preview import load_policy, sample_responses
+    from prism_plugin.policy import load_policy, sample
+    from prism_plugin.rollout import Sampling
 
     torch.manual_seed(0)
     policy, processor, _ = load_policy(sft_dir)
     policy.eval()
     records = load_eval_records(dev_file, args.gate_prompts)
-    with torch.no_grad():
-        split = sample_responses(policy, processor, [(r.prompt, r.images) for r in records], vision=True,
-                                 num_generations=4, max_new_tokens=args.max_new_tokens)
+    _, split = sample(policy, processor, True, records, 4, Sampling(args.max_new_tokens))
     rows = [(i // 4, text) for i, text in enumerate(split.texts) if layout_parts(text) is not None]
     disc = load_discriminator(str(disc_dir)).eval()
     with torch.no_grad():
@@ -238,7 +237,7 @@ def run_seed(seed: int, args: argparse.Namespace) -> dict:
         from transformers import AutoProcessor
 
         from benchmarks.efficacy.task import evaluate
-        from prism_plugin.preview import load_policy
+        from prism_plugin.policy import load_policy
 
         result["wall_s"]["sft"] = time.perf_counter() - start
         result["sft"] = {"dev": json.loads((work / "sft_dev.json").read_text()),

@@ -86,25 +86,16 @@ def oracle_scores(rollouts: dict[str, list[str]], teacher: dict[str, list[str]],
 def evaluate(policy: Any, processor: Any, records: list[EvalRecord], *, batch_size: int = 256,
              max_new_tokens: int = 48) -> dict[str, float]:
     """Greedy answers for ``records``: accuracy, caption exact-match, reasoning consistency, valid layout."""
-    from prism_plugin.format import split_segments
-    from prism_plugin.generation import completion_mask, end_of_turn_id, vision_suppress_ids
     from prism_plugin.layout import layout_parts
-    from prism_plugin.preview import policy_batch_inputs
+    from prism_plugin.policy import sample
     from prism_plugin.rewards import answers_match
+    from prism_plugin.rollout import Sampling
 
-    tokenizer = getattr(processor, "tokenizer", processor)
-    eos_id = end_of_turn_id(tokenizer)
     was_training = policy.training
-    policy.eval()
     totals = {"accuracy": 0.0, "caption_exact": 0.0, "reasoning_consistent": 0.0, "valid": 0.0}
     for start in range(0, len(records), batch_size):
         batch = records[start:start + batch_size]
-        inputs = policy_batch_inputs(processor, True, [(r.prompt, r.images) for r in batch])
-        out = policy.generate(**inputs, do_sample=False, max_new_tokens=max_new_tokens, use_cache=True,
-                              suppress_tokens=vision_suppress_ids(tokenizer) or None, eos_token_id=eos_id,
-                              pad_token_id=tokenizer.pad_token_id)
-        completions = out[:, inputs["input_ids"].shape[1]:]
-        split = split_segments(completions, tokenizer, completion_mask(completions, eos_id), eos_token_ids=eos_id)
+        _, split = sample(policy, processor, True, batch, 1, Sampling(max_new_tokens, temperature=0.0))
         for record, text in zip(batch, split.texts, strict=True):
             parts = layout_parts(text)
             if parts is None:
