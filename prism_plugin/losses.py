@@ -159,6 +159,11 @@ def register_policy_loss(name: str) -> Callable[[PolicyLoss], PolicyLoss]:
     return decorator
 
 
+def unregister_policy_loss(name: str) -> None:
+    """Remove ``name`` from the registry (a KeyError if it is not there)."""
+    del _POLICY_LOSSES[name]
+
+
 def get_policy_loss(name: str) -> PolicyLoss:
     """The registered policy loss ``name``; a clear error lists the known ones."""
     try:

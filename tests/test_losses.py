@@ -13,6 +13,7 @@ from prism_plugin.losses import (
     overlong_penalty,
     policy_loss_names,
     register_policy_loss,
+    unregister_policy_loss,
 )
 
 
@@ -237,11 +238,15 @@ def test_registering_a_variant_is_adding_a_function():
     def reinforce(log_probs, old_log_probs, advantages, mask, **_):
         return aggregate_loss(-advantages.unsqueeze(-1) * log_probs, mask), {}
 
-    ones = torch.ones(1, 2)
-    loss, _ = get_policy_loss("test_reinforce")(ones, ones, torch.tensor([2.0]), ones)
-    assert loss.item() == -2.0
-    with pytest.raises(ValueError, match="already registered"):
-        register_policy_loss("test_reinforce")(lambda *a, **k: None)
+    try:
+        ones = torch.ones(1, 2)
+        loss, _ = get_policy_loss("test_reinforce")(ones, ones, torch.tensor([2.0]), ones)
+        assert loss.item() == -2.0
+        with pytest.raises(ValueError, match="already registered"):
+            register_policy_loss("test_reinforce")(lambda *a, **k: None)
+    finally:
+        unregister_policy_loss("test_reinforce")
+    assert "test_reinforce" not in policy_loss_names()
 
 
 # --------------------------------------------------------------------------- DAPO helpers
