@@ -50,6 +50,22 @@ def _add_upcycle(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=_upcycle)
 
 
+def _import_discriminator(args: argparse.Namespace) -> int:
+    from prism_plugin.discriminator.cli import run_import
+
+    return run_import(args)
+
+
+def _add_import_discriminator(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "import-discriminator",
+        help="write a discriminator in the PRISM authors' released format (or ours) as a prism-plugin one",
+    )
+    p.add_argument("src", help="discriminator directory (e.g. the authors' Qwen3-VL-2B-4X-Moe-warmup-120k)")
+    p.add_argument("out", help="output directory (prism_discriminator format, same scores, same dtype)")
+    p.set_defaults(func=_import_discriminator)
+
+
 def _score(args: argparse.Namespace) -> int:
     from prism_plugin.discriminator.cli import run_score
 
@@ -225,7 +241,8 @@ def _add_plan(sub: argparse._SubParsersAction) -> None:
 
 # Sub-command registrars: each adds one parser and sets ``func``; add new ones here.
 SUBCOMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [
-    _add_make_tiny, _add_upcycle, _add_score, _add_align_preview, _add_paths, _add_data, _add_plan,
+    _add_make_tiny, _add_upcycle, _add_import_discriminator, _add_score, _add_align_preview, _add_paths, _add_data,
+    _add_plan,
 ]
 
 
