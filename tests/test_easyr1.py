@@ -2,9 +2,11 @@
 
 Always run (no EasyR1 needed): the reward file loaded by path as EasyR1 loads it, the loss plugins
 called with EasyR1's keyword sets, the presets against EasyR1's key list (tests/data), the
-launcher's rewriting, the converter. With ``EASYR1_SRC`` (skipped otherwise): EasyR1's own reward
-manager, loss parity with its ``core_algos``, its config loader (needs omegaconf 2.3), the setup
-hook on a fresh ``core_algos``; with ``ray`` importable too, the patch inside a real Ray worker.
+launcher's rewriting, the converter. With ``EASYR1_SRC`` (skipped otherwise; b44b311 or v0.3.2, whose
+missing ``loss_type`` skips the native gspo cases): EasyR1's own reward manager, loss parity with its
+``core_algos``, its dataset on converted text-only rows, its config loader (needs omegaconf 2.3), the
+setup hook on a fresh ``core_algos``; with ``ray`` importable too, the patch inside a real Ray worker.
+Every test must leave the process as it found it (:func:`tests.easyr1_support.no_global_changes`).
 """
 
 from __future__ import annotations
@@ -30,7 +32,21 @@ from prism_plugin.easyr1 import hook, launcher, loss_plugin, paths
 from prism_plugin.easyr1.convert import to_easyr1
 from prism_plugin.losses import get_policy_loss
 from prism_plugin.rewards import compute_score
-from tests.easyr1_support import easyr1_reward_manager, easyr1_root, load_easyr1
+from tests.easyr1_support import (
+    POLICY_LOSS_KEYWORDS,
+    batch_reward_manager,
+    easyr1_reward_manager,
+    easyr1_root,
+    fresh_loss_modules,
+    global_changes,
+    global_state,
+    import_easyr1,
+    kept_environ,
+    load_easyr1,
+    no_global_changes,
+    policy_loss_keywords,
+    skip_without_loss_type,
+)
 
 DATA = Path(__file__).resolve().parent / "data"
 KEYS_HEAD = json.loads((DATA / "easyr1_config_keys_b44b311.json").read_text())
@@ -41,6 +57,30 @@ DAPO_KWARGS = {"max_response_length": 8192, "overlong_buffer_length": 4096, "ove
 GOOD = "<caption> two apples </caption>\n<think> 2 + 3 = 5 </think>\n<answer> 5 </answer>"
 WRONG = "<caption> two apples </caption>\n<think> 2 + 2 = 4 </think>\n<answer> 4 </answer>"
 BAD = "the answer is 5"
+
+
+@pytest.fixture(autouse=True)
+def _leaves_no_global_changes():
+    with no_global_changes():
+        yield
+
+
+def test_global_change_guard_sees_leaks(monkeypatch):
+    """The guard above catches what the launcher tests used to leave behind."""
+    before = global_state()
+    os.environ[loss_plugin.ENV_LOSS] = "prism_dapo"  # what launcher.run sets in its process
+    try:
+        assert global_changes(before) == [f"os.environ[{loss_plugin.ENV_LOSS!r}]"]
+    finally:
+        del os.environ[loss_plugin.ENV_LOSS]
+    patched = types.ModuleType(hook.CORE_ALGOS)
+    patched.compute_policy_loss = loss_plugin.make_dispatcher(lambda **kwargs: None)
+    monkeypatch.setitem(sys.modules, hook.CORE_ALGOS, patched)
+    monkeypatch.setitem(yaml.Dumper.yaml_representers, float, lambda dumper, value: None)
+    problems = global_changes(before)
+    assert f"{hook.CORE_ALGOS}.compute_policy_loss patched" in problems
+    assert "yaml.Dumper representers" in problems
+    assert not any(p.startswith("os.environ") for p in problems)
 
 
 # --------------------------------------------------------------------------- reward file
@@ -115,9 +155,8 @@ def test_cli_paths(capsys):
 
 # --------------------------------------------------------------------------- loss plugins
 
-HEAD_KWARGS = ("old_log_probs", "log_probs", "advantages", "response_mask", "clip_ratio_low", "clip_ratio_high",
-               "clip_ratio_dual", "tau_positive", "tau_negative", "loss_type", "loss_avg_mode")
-V032_KWARGS = HEAD_KWARGS[:7] + ("loss_avg_mode",)
+HEAD_KWARGS = POLICY_LOSS_KEYWORDS["b44b311"]
+V032_KWARGS = POLICY_LOSS_KEYWORDS["v0.3.2"]
 EASYR1_METRICS = {"ppo_kl", "entropy_loss", "pg_clipfrac_higher", "pg_clipfrac_lower"}
 # prism loss -> (EasyR1 settings: loss_type, loss_avg_mode, clip low/high), our registry call options
 SETTINGS = {
@@ -346,12 +385,10 @@ def easyr1():
 
 
 @pytest.fixture()
-def fresh_core_algos(easyr1, monkeypatch):
-    """A freshly imported ``verl.trainer.core_algos`` (the previous module restored afterwards)."""
-    for name in (hook.CORE_ALGOS, hook.DP_ACTOR):
-        monkeypatch.delitem(sys.modules, name, raising=False)
-    monkeypatch.delenv(loss_plugin.ENV_LOSS, raising=False)
-    return importlib.import_module(hook.CORE_ALGOS)
+def fresh_core_algos(easyr1):
+    """A freshly imported ``verl.trainer.core_algos`` to patch; modules and ``$PRISM_EASYR1_LOSS`` restored after."""
+    with fresh_loss_modules() as core_algos:
+        yield core_algos
 
 
 class _CharTokenizer:
@@ -379,7 +416,7 @@ def test_reward_through_easyr1_manager(easyr1):
                                    reward_function_kwargs={**DAPO_KWARGS, "max_response_length": 60,
                                                            "overlong_buffer_length": 20})
     config.post_init()
-    manager = function.AutoRewardManager(config, _CharTokenizer())
+    manager = batch_reward_manager(function)(config, _CharTokenizer())
     responses = [GOOD, WRONG, BAD]
     width = max(map(len, responses))
     ids = torch.zeros(3, width, dtype=torch.long)
@@ -402,7 +439,9 @@ def test_reward_through_easyr1_manager(easyr1):
 @pytest.mark.parametrize("seed", [0, 1, 2])
 @pytest.mark.parametrize("name", list(SETTINGS))
 def test_loss_parity_with_easyr1(fresh_core_algos, name, seed):
-    native_kwargs = easyr1_kwargs(name, seed)
+    keywords = policy_loss_keywords(fresh_core_algos)
+    skip_without_loss_type(keywords, SETTINGS[name][0][0])
+    native_kwargs = easyr1_kwargs(name, seed, keyset=keywords)
     plugin_kwargs = {**native_kwargs, "log_probs": native_kwargs["log_probs"].detach().clone().requires_grad_(True)}
     native_loss, native_metrics = fresh_core_algos.compute_policy_loss(**native_kwargs)
     loss, metrics = getattr(loss_plugin, name)(**plugin_kwargs)
@@ -416,6 +455,7 @@ def test_loss_parity_with_easyr1(fresh_core_algos, name, seed):
 
 
 def test_setup_hook_patches_fresh_core_algos(fresh_core_algos, monkeypatch):
+    keywords = policy_loss_keywords(fresh_core_algos)
     original = fresh_core_algos.compute_policy_loss
     dp_actor = types.ModuleType(hook.DP_ACTOR)  # stands in for an already imported dp_actor (needs ray/GPU libs)
     dp_actor.compute_policy_loss = original
@@ -427,10 +467,11 @@ def test_setup_hook_patches_fresh_core_algos(fresh_core_algos, monkeypatch):
     assert patched is not original and patched.__wrapped__ is original and dp_actor.compute_policy_loss is patched
     assert hook.patch_status() | {"core_algos_file": None} == {
         "active": True, "core_algos": True, "dp_actor": True, "loss": "prism_gspo", "core_algos_file": None}
-    _, metrics = patched(**easyr1_kwargs("prism_gspo"))  # EasyR1 passes loss_type=gspo: the env var wins
+    _, metrics = patched(**easyr1_kwargs("prism_gspo", keyset=keywords))  # EasyR1 passes loss_type=gspo: env wins
     assert metrics["prism/loss_plugin"] == 1.0
     monkeypatch.delenv(loss_plugin.ENV_LOSS)
-    assert "prism/loss_plugin" not in patched(**easyr1_kwargs("prism_gspo"))[1]  # no selection: EasyR1's own loss
+    native = patched(**easyr1_kwargs("prism_grpo", keyset=keywords))[1]  # no selection: EasyR1's own loss
+    assert "prism/loss_plugin" not in native and EASYR1_METRICS <= set(native)
 
 
 def test_launcher_run_with_stub_ray(fresh_core_algos, monkeypatch):
@@ -459,25 +500,33 @@ def test_launcher_run_with_stub_ray(fresh_core_algos, monkeypatch):
 
     logs = []
     argv = ["config=prism://preset-dapo", "worker.actor.loss_type=prism_dapo"]
-    assert launcher.run(argv, easyr1_main=easyr1_main, ray=ray, has_loss_type=True, log=logs.append) == "trained"
-    assert calls["argv"][1] == "worker.actor.loss_type=default"
+    assert launcher.run(argv, easyr1_main=easyr1_main, ray=ray, log=logs.append) == "trained"  # detects loss_type
+    native = ["worker.actor.loss_type=default"] if "loss_type" in policy_loss_keywords(fresh_core_algos) else []
+    assert calls["argv"][1:] == native  # v0.3.2 would reject the key: dropped
     assert calls["runtime_env"]["env_vars"] == {"NCCL_DEBUG": "WARN", "PRISM_EASYR1_LOSS": "prism_dapo"}
     assert calls["runtime_env"]["worker_process_setup_hook"] == hook.HOOK
     assert any("active in Ray worker" in line for line in logs)
-    assert os.environ[loss_plugin.ENV_LOSS] == "prism_dapo"
-    monkeypatch.delenv(loss_plugin.ENV_LOSS)
+    assert os.environ[loss_plugin.ENV_LOSS] == "prism_dapo"  # the launcher's process state; the fixture undoes it
 
 
-def test_presets_through_easyr1_config_loader(easyr1, tmp_path):
+def test_presets_through_easyr1_config_loader(easyr1, tmp_path, monkeypatch):
     import omegaconf
     from omegaconf import OmegaConf
 
     if tuple(int(x) for x in omegaconf.__version__.split(".")[:2]) >= (2, 4):
         pytest.skip(f"omegaconf {omegaconf.__version__}: EasyR1's config needs omegaconf 2.3 (Tuple[str] logger)")
     config_module = load_easyr1(easyr1)
+    # the launcher runs with EasyR1 imported, i.e. with its rounding YAML float representer registered
+    py_functional = import_easyr1("verl.utils.py_functional", easyr1)
+    monkeypatch.setitem(yaml.Dumper.yaml_representers, float, py_functional.float_representer)
+    has_loss_type = launcher.easyr1_has_loss_type()
     for name, ref in PRESETS.items():
-        plan = launcher.plan_launch([f"config=prism://{ref}", "worker.actor.model.model_path=/tmp/model"],
-                                    has_loss_type=True, out_dir=tmp_path / name)
+        argv = [f"config=prism://{ref}", "worker.actor.model.model_path=/tmp/model"]
+        if name == "gspo" and not has_loss_type:  # v0.3.2: the preset's native gspo needs the prism loss
+            with pytest.raises(launcher.LaunchError, match="no loss_type option"):
+                launcher.plan_launch(argv, has_loss_type=False, out_dir=tmp_path / "refused")
+            argv.append("worker.actor.loss_type=prism_gspo")
+        plan = launcher.plan_launch(argv, has_loss_type=has_loss_type, out_dir=tmp_path / name)
         merged = OmegaConf.merge(OmegaConf.structured(config_module.PPOConfig()), OmegaConf.load(plan.config_path),
                                  OmegaConf.from_cli(plan.args[1:]))
         config = OmegaConf.to_object(merged)
@@ -486,36 +535,39 @@ def test_presets_through_easyr1_config_loader(easyr1, tmp_path):
         assert config.worker.reward.reward_function_name == "compute_score"
         assert config.data.format_prompt == str(paths.path_of("format-prompt"))
         assert config.worker.rollout.response_length == 8192 and config.worker.actor.optim.lr == pytest.approx(1e-6)
-        assert config.worker.actor.loss_type == {"gspo": "gspo"}.get(name, "default")
-        if name == "gspo":  # survives EasyR1's rounding YAML float representer (imported with its config)
+        if has_loss_type:
+            assert config.worker.actor.loss_type == {"gspo": "gspo"}.get(name, "default")
+        else:
+            assert not hasattr(config.worker.actor, "loss_type") and plan.loss == {"gspo": "prism_gspo"}.get(name)
+        if name == "gspo":  # the rewritten config (JSON) survives EasyR1's rounding YAML float representer
             assert (config.worker.actor.clip_ratio_low, config.worker.actor.clip_ratio_high) == (3e-4, 4e-4)
         if name == "dapo":
             assert config.algorithm.filter_key == "accuracy" and config.worker.actor.clip_ratio_high == 0.28
             assert config.worker.reward.reward_function_kwargs == DAPO_KWARGS
 
 
-def test_patch_active_inside_ray_worker(easyr1, monkeypatch):
+def test_patch_active_inside_ray_worker(fresh_core_algos, easyr1, monkeypatch):
     ray = pytest.importorskip("ray", reason="ray is not installed (EasyR1 runs its trainer on Ray)")
     monkeypatch.setenv("PYTHONPATH", os.pathsep.join(filter(None, [str(easyr1), os.environ.get("PYTHONPATH")])))
     monkeypatch.setattr(ray, "init", ray.init)  # restored after the launcher wraps it
     monkeypatch.setattr(sys, "argv", ["prism_plugin.easyr1"])
+    keywords = policy_loss_keywords(fresh_core_algos)
 
     def worker_loss():
         from verl.trainer import core_algos
 
-        return core_algos.compute_policy_loss(**easyr1_kwargs("prism_gspo"))[1]
+        return core_algos.compute_policy_loss(**easyr1_kwargs("prism_gspo", keyset=keywords))[1]
 
     def easyr1_main():
-        ray.init(num_cpus=1, include_dashboard=False, runtime_env={"env_vars": {"TOKENIZERS_PARALLELISM": "true"}})
-        try:
-            return ray.get(ray.remote(worker_loss).remote(), timeout=120)
-        finally:
-            ray.shutdown()
+        with kept_environ():  # a local Ray leaves PYTHONBREAKPOINT, RAY_* … in this process
+            ray.init(num_cpus=1, include_dashboard=False, runtime_env={"env_vars": {"TOKENIZERS_PARALLELISM": "true"}})
+            try:
+                return ray.get(ray.remote(worker_loss).remote(), timeout=120)
+            finally:
+                ray.shutdown()
 
-    metrics = launcher.run(["worker.actor.loss_type=prism_gspo"], easyr1_main=easyr1_main, has_loss_type=True,
-                           log=lambda line: None)
+    metrics = launcher.run(["worker.actor.loss_type=prism_gspo"], easyr1_main=easyr1_main, log=lambda line: None)
     assert metrics["prism/loss_plugin"] == 1.0
-    monkeypatch.delenv(loss_plugin.ENV_LOSS)
 
 
 def test_probe_fails_loudly_when_worker_unpatched():
