@@ -21,6 +21,7 @@ import sys
 import types
 from pathlib import Path
 
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import torch
@@ -362,12 +363,47 @@ def test_converter_bad_rows(tiny_dir, tmp_path):
     assert "1 rows kept, 4 skipped" in report.summary()
 
 
+TEXT_ROWS = [{"prompt": "What is 2 + 3?", "answer": "5"}, {"question": "What is 1 + 1?", "ground_truth": 2}]
+
+
+def write_jsonl(path: Path, rows: list[dict]) -> Path:
+    path.write_text("".join(json.dumps(row) + "\n" for row in rows), encoding="utf-8")
+    return path
+
+
+def test_converter_text_only_rows_have_no_image_column(tiny_dir, tmp_path):
+    src = write_jsonl(tmp_path / "text.jsonl", TEXT_ROWS)
+    for embed in (False, True):
+        to_easyr1(src, tmp_path / "text.parquet", embed_images=embed)
+        table = pq.read_table(tmp_path / "text.parquet")
+        assert table.column_names == ["prompt", "answer"]  # EasyR1 reads rows without the column as text-only
+        assert table.to_pylist() == [{"prompt": "What is 2 + 3?", "answer": "5"},
+                                     {"prompt": "What is 1 + 1?", "answer": "2"}]
+    image_row = json.loads((tiny_dir / "data" / "rlvr.jsonl").read_text().splitlines()[0])
+    image_row["images"] = [str(tiny_dir / "data" / p) for p in image_row["images"]]
+    mixed = write_jsonl(tmp_path / "mixed.jsonl", [image_row, TEXT_ROWS[0]])
+    to_easyr1(mixed, tmp_path / "mixed.parquet")
+    table = pq.read_table(tmp_path / "mixed.parquet")
+    assert table.column_names == ["prompt", "images", "answer"]
+    assert [len(images) for images in table.column("images").to_pylist()] == [len(image_row["images"]), 0]
+
+
 def test_cli_to_easyr1(tiny_dir, tmp_path, capsys):
     from prism_plugin.cli import main
 
     out = tmp_path / "rlvr.parquet"
     assert main(["data", "to-easyr1", str(tiny_dir / "data" / "rlvr.jsonl"), str(out)]) == 0
-    assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["rows"] == pq.read_table(out).num_rows
+    captured = capsys.readouterr()
+    result = json.loads(captured.out.strip().splitlines()[-1])
+    assert result["rows"] == pq.read_table(out).num_rows and result["images"] == "paths"
+    assert "--embed-images" in captured.err and "every node" in captured.err  # the multi-node hint
+    assert main(["data", "to-easyr1", str(tiny_dir / "data" / "rlvr.jsonl"), str(out), "--embed-images"]) == 0
+    captured = capsys.readouterr()
+    assert json.loads(captured.out.strip().splitlines()[-1])["images"] == "bytes" and not captured.err
+    text = write_jsonl(tmp_path / "text.jsonl", TEXT_ROWS)
+    assert main(["data", "to-easyr1", str(text), str(tmp_path / "text.parquet")]) == 0
+    captured = capsys.readouterr()
+    assert json.loads(captured.out.strip().splitlines()[-1])["images"] is None and not captured.err
 
 
 # --------------------------------------------------------------------------- with EasyR1 (EASYR1_SRC)
@@ -434,6 +470,28 @@ def test_reward_through_easyr1_manager(easyr1):
     assert metrics["accuracy"] == [1.0, 0.0, 0.0] and metrics["overlong"] == pytest.approx(
         [e["overlong"] for e in expected])
     assert any(e["overlong"] < 0 for e in expected)
+
+
+def test_text_only_rows_through_easyr1_dataset(easyr1, tokenizer, tmp_path):
+    pytest.importorskip("qwen_vl_utils", reason="qwen-vl-utils (an EasyR1 requirement) is not installed")
+    pq_path = tmp_path / "text.parquet"
+    to_easyr1(write_jsonl(tmp_path / "text.jsonl", TEXT_ROWS), pq_path)
+    flat = preset("grpo")
+    options = {"prompt_key": flat["data.prompt_key"], "answer_key": flat["data.answer_key"],
+               "image_key": flat["data.image_key"], "max_prompt_length": flat["data.max_prompt_length"],
+               "format_prompt": str(paths.path_of("format-prompt")), "filter_overlong_prompts_workers": 1}
+    dataset_cls = import_easyr1("verl.utils.dataset", easyr1).RLHFDataset
+    dataset = dataset_cls(str(pq_path), tokenizer, None, **options)  # a text model: no processor
+    assert len(dataset) == 2
+    example = dataset[0]
+    prompt = tokenizer.decode(example["raw_prompt_ids"])
+    assert example["ground_truth"] == "5" and "What is 2 + 3?" in prompt and SYSTEM_PROMPT in prompt
+    assert "multi_modal_data" not in example
+    # with an images column (even empty) EasyR1 takes its multimodal branch, which needs a processor
+    with_column = pq.read_table(pq_path).append_column("images", pa.array([[], []], pa.list_(pa.string())))
+    pq.write_table(with_column, tmp_path / "with_column.parquet")
+    with pytest.raises(AttributeError, match="apply_chat_template"):
+        dataset_cls(str(tmp_path / "with_column.parquet"), tokenizer, None, **options)
 
 
 @pytest.mark.parametrize("seed", [0, 1, 2])
