@@ -142,7 +142,14 @@ def test_paths_and_references():
     for name in paths.names():
         assert paths.path_of(name).is_absolute() and paths.path_of(name).is_file()
     assert paths.resolve_reference("prism://reward:compute_score") == f"{paths.path_of('reward')}:compute_score"
+    assert paths.resolve_reference("${prism:reward}:compute_score") == f"{paths.path_of('reward')}:compute_score"
+    assert paths.resolve_reference("${prism:format-prompt}") == str(paths.path_of("format-prompt"))
     assert paths.resolve_reference("./local.py:fn") == "./local.py:fn"
+    assert paths.resolve_reference("${data.max_response_length}") == "${data.max_response_length}"
+    assert [paths.has_reference(v) for v in ("prism://reward", "x${prism:reward}", "${oc.env:X}", "prism")] == [
+        True, True, False, False]
+    with pytest.raises(KeyError, match="known"):
+        paths.resolve_reference("${prism:rewards}")
     with pytest.raises(KeyError, match="known"):
         paths.path_of("nope")
 
@@ -254,8 +261,10 @@ def test_presets_paper_settings():
     common = {"data.max_prompt_length": 2048, "data.max_response_length": 8192, "data.rollout_batch_size": 32,
               "worker.rollout.n": 16, "worker.actor.optim.lr": 1e-6, "algorithm.disable_kl": True,
               "algorithm.use_kl_loss": False, "algorithm.adv_estimator": "grpo",
-              "data.format_prompt": "prism://format-prompt",
-              "worker.reward.reward_function": "prism://reward:compute_score"}
+              "data.format_prompt": "${prism:format-prompt}",
+              "worker.reward.reward_function": "${prism:reward}:compute_score",
+              "data.image_key": "images", "trainer.save_freq": 100, "trainer.save_limit": 3,
+              "trainer.logger": ["console"]}
     expected = {
         "grpo": {"worker.actor.clip_ratio_low": 0.2, "worker.actor.clip_ratio_high": 0.2,
                  "worker.actor.loss_avg_mode": "token", "algorithm.online_filtering": False},
@@ -274,6 +283,32 @@ def test_presets_paper_settings():
         assert name == "gspo" or "worker.actor.loss_type" not in flat
 
 
+@pytest.mark.parametrize("name", list(PRESETS))
+def test_preset_loggers_work_offline_on_both_versions(name):
+    loggers = preset(name)["trainer.logger"]
+    assert set(loggers) <= set(KEYS_HEAD["loggers"]) & set(KEYS_V032["loggers"])  # else "… is not supported"
+    assert "wandb" not in loggers  # EasyR1's default; wandb.init fails offline without a login
+
+
+README_PLAIN_EASYR1 = ["data.format_prompt=/abs/prism_format.jinja", "worker.reward.reward_function=/abs/r.py:fn"]
+
+
+@pytest.mark.parametrize("name", list(PRESETS))
+def test_presets_stop_plain_easyr1_without_the_overrides(name):
+    """Plain EasyR1 resolves the config as OmegaConf does: unresolvable ${prism:…} stops it, naming the key."""
+    from omegaconf import OmegaConf
+    from omegaconf.errors import UnsupportedInterpolationType
+
+    config = OmegaConf.load(paths.path_of(PRESETS[name]))
+    for given in ([], README_PLAIN_EASYR1[:1], README_PLAIN_EASYR1[1:]):
+        merged = OmegaConf.merge(config, OmegaConf.from_cli(given))
+        with pytest.raises(UnsupportedInterpolationType, match="prism"):
+            OmegaConf.to_container(merged, resolve=True)
+    resolved = OmegaConf.to_container(OmegaConf.merge(config, OmegaConf.from_cli(README_PLAIN_EASYR1)), resolve=True)
+    assert resolved["data"]["format_prompt"] == "/abs/prism_format.jinja"
+    assert resolved["worker"]["reward"]["reward_function"] == "/abs/r.py:fn"
+
+
 # --------------------------------------------------------------------------- launcher rewriting
 
 
@@ -288,6 +323,8 @@ def test_plan_cli_loss_rewrite(tmp_path):
     old = launcher.plan_launch(argv, has_loss_type=False)  # v0.3.2: EasyR1 would reject the key
     assert old.loss == "prism_gspo" and not any(a.startswith(launcher.LOSS_KEY) for a in old.args)
     assert launcher.plan_launch(["worker.actor.loss_type=gspo"], has_loss_type=True).loss is None
+    interpolated = launcher.plan_launch(["data.format_prompt=${prism:format-prompt}"], has_loss_type=True)
+    assert interpolated.args == [f"data.format_prompt={paths.path_of('format-prompt')}"]
     with pytest.raises(ValueError, match="unknown prism loss"):
         launcher.plan_launch(["worker.actor.loss_type=prism_ppo"], has_loss_type=True)
 
@@ -570,6 +607,7 @@ def test_launcher_run_with_stub_ray(fresh_core_algos, monkeypatch):
 def test_presets_through_easyr1_config_loader(easyr1, tmp_path, monkeypatch):
     import omegaconf
     from omegaconf import OmegaConf
+    from omegaconf.errors import UnsupportedInterpolationType
 
     if tuple(int(x) for x in omegaconf.__version__.split(".")[:2]) >= (2, 4):
         pytest.skip(f"omegaconf {omegaconf.__version__}: EasyR1's config needs omegaconf 2.3 (Tuple[str] logger)")
@@ -578,7 +616,17 @@ def test_presets_through_easyr1_config_loader(easyr1, tmp_path, monkeypatch):
     py_functional = import_easyr1("verl.utils.py_functional", easyr1)
     monkeypatch.setitem(yaml.Dumper.yaml_representers, float, py_functional.float_representer)
     has_loss_type = launcher.easyr1_has_loss_type()
+    readme_overrides = [f"data.format_prompt={paths.path_of('format-prompt')}",
+                        f"worker.reward.reward_function={paths.path_of('reward')}:compute_score"]
     for name, ref in PRESETS.items():
+        if name != "gspo" or has_loss_type:  # plain EasyR1 (no launcher), as its main() loads the config
+            plain = OmegaConf.merge(OmegaConf.structured(config_module.PPOConfig()), OmegaConf.load(paths.path_of(ref)))
+            with pytest.raises(UnsupportedInterpolationType, match=r"(?s)prism.*full_key: data\.format_prompt"):
+                OmegaConf.to_object(plain)
+            config = OmegaConf.to_object(OmegaConf.merge(plain, OmegaConf.from_cli(readme_overrides)))
+            config.deep_post_init()
+            assert config.data.format_prompt == str(paths.path_of("format-prompt"))
+            assert config.worker.reward.reward_function == str(paths.path_of("reward"))
         argv = [f"config=prism://{ref}", "worker.actor.model.model_path=/tmp/model"]
         if name == "gspo" and not has_loss_type:  # v0.3.2: the preset's native gspo needs the prism loss
             with pytest.raises(launcher.LaunchError, match="no loss_type option"):
@@ -593,6 +641,8 @@ def test_presets_through_easyr1_config_loader(easyr1, tmp_path, monkeypatch):
         assert config.worker.reward.reward_function_name == "compute_score"
         assert config.data.format_prompt == str(paths.path_of("format-prompt"))
         assert config.worker.rollout.response_length == 8192 and config.worker.actor.optim.lr == pytest.approx(1e-6)
+        trainer = config.trainer
+        assert (trainer.save_freq, trainer.save_limit, list(trainer.logger)) == (100, 3, ["console"])
         if has_loss_type:
             assert config.worker.actor.loss_type == {"gspo": "gspo"}.get(name, "default")
         else:
