@@ -39,8 +39,8 @@ def score_rows(directory: Path) -> tuple[list[float], list[float]]:
 
     model = load_discriminator(directory).eval()
     rows = reference_rows()
-    out = model.score_texts([r["prompt"] for r in rows], [Segments(r["caption"], r["reasoning"]).response for r in rows],
-                            [[r["image"]] for r in rows])
+    responses = [Segments(r["caption"], r["reasoning"]).response for r in rows]
+    out = model.score_texts([r["prompt"] for r in rows], responses, [[r["image"]] for r in rows])
     return out["caption"].tolist(), out["reasoning"].tolist()
 
 

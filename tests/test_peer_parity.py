@@ -37,7 +37,9 @@ def loss_and_grad(fn, new, *args, **kwargs):
 TRL_CASES = [
     ("grpo", {"loss_type": "grpo"}, "grpo", {"agg_mode": "seq-mean-token-mean"}),
     ("bnpo", {"loss_type": "bnpo"}, "grpo", {"agg_mode": "token-mean"}),
-    ("dr_grpo", {"loss_type": "dr_grpo"}, "grpo", {"agg_mode": "seq-mean-token-sum-norm"}),
+    # Dr. GRPO divides by the generation budget (trl: max_completion_length), not the batch's padded width
+    ("dr_grpo", {"loss_type": "dr_grpo", "max_completion_length": 16}, "grpo",
+     {"agg_mode": "seq-mean-token-sum-norm", "horizon": 16}),
     ("dapo", {"loss_type": "dapo", "epsilon_high": 0.28}, "dapo", {}),
     ("gspo", {"loss_type": "grpo", "importance_sampling_level": "sequence", "epsilon_low": 3e-4,
               "epsilon_high": 4e-4}, "gspo", {}),
