@@ -97,8 +97,8 @@ def discriminator_loss(
 
 
 def _clamped(scores: torch.Tensor, clip: float | None, used: torch.Tensor) -> torch.Tensor:
-    """``scores`` as float, clamped to ±clip; rows outside ``used`` zeroed so that a NaN there stays out."""
-    scores = scores.float()
+    """``scores`` in at least float32, clamped to ±clip; rows outside ``used`` zeroed so a NaN there stays out."""
+    scores = scores.to(torch.promote_types(scores.dtype, torch.float32))
     scores = torch.where(used.to(scores.device), scores, torch.zeros_like(scores))
     return scores if clip is None else scores.clamp(-clip, clip)
 
