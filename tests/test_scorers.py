@@ -143,3 +143,17 @@ def test_arguments_derive_the_scored_segments_from_the_reward():
     default = PrismArguments()
     assert default.prism_scale_advantages is True and default.segment_weights == {"caption": 0.5, "reasoning": 0.5}
     assert default.trains_discriminator is True
+
+
+def test_overlong_shaping_adds_the_dapo_penalty_by_token_length(tokenizer):
+    from prism_plugin.rewards import overlong_penalty_value
+
+    texts = [GOOD, GOOD.replace("red 3 + blue 2", "red 3 + blue 2 + green 0 + yellow 0 + 0 + 0")]
+    batch = rollout_batch(tokenizer, texts, [align_prompt(ground_truth="5")], 2)
+    lengths = batch.rollouts.lengths.tolist()
+    limit, buffer = lengths[0] + 8, 8  # the first ends where the buffer starts, the second inside it
+    shaped = VerifiableScorer((limit, buffer, 1.0)).score(batch).rollout["response"]
+    plain = VerifiableScorer().score(batch).rollout["response"]
+    expected = [overlong_penalty_value(n, limit, buffer, 1.0) for n in lengths]
+    assert expected[0] == 0.0 and expected[1] < 0.0
+    assert (shaped - plain).tolist() == pytest.approx(expected)

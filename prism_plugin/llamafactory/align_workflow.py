@@ -39,7 +39,8 @@ def build_scorer(args: Any, policy_tokenizer: Any, cutoff_len: int, device: Any,
 
     reward = args.prism_reward
     if reward == VERIFIABLE:
-        return VerifiableScorer()
+        buffer = args.prism_overlong_buffer
+        return VerifiableScorer((args.prism_max_new_tokens, buffer, args.prism_overlong_penalty) if buffer else None)
     if reward != DISCRIMINATOR:
         path, name = check_reward_spec(reward)
         return FileScorer(load_score_function(path, name), args.prism_segments, reward)

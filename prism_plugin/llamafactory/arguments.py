@@ -149,8 +149,34 @@ class AlignArguments:
                           "than this share of the fresh rollouts (0 = never skip)."},
     )
 
+    prism_dynamic_sampling: bool = field(
+        default=False,
+        metadata={"help": "prism_reward: verifiable: drop prompt groups whose rewards do not vary (no signal under "
+                          "group normalisation) and refill from further prompts, as DAPO does."},
+    )
+    prism_max_sampling_rounds: int = field(
+        default=3,
+        metadata={"help": "prism_dynamic_sampling: rounds of further prompts a batch may draw to refill dropped "
+                          "groups; what is still missing after them is left out of that step."},
+    )
+    prism_overlong_buffer: int = field(
+        default=0,
+        metadata={"help": "prism_reward: verifiable: DAPO's soft overlong punishment over the last this many tokens "
+                          "before prism_max_new_tokens (0: off)."},
+    )
+    prism_overlong_penalty: float = field(
+        default=1.0, metadata={"help": "prism_overlong_buffer: the penalty at prism_max_new_tokens."}
+    )
+
     def __post_init__(self) -> None:
         check_reward_spec(self.prism_reward)
+        if (self.prism_dynamic_sampling or self.prism_overlong_buffer) and self.prism_reward != VERIFIABLE:
+            raise ConfigError("prism_dynamic_sampling and prism_overlong_buffer shape the verifiable reward: set "
+                              f"prism_reward: verifiable (got {self.prism_reward!r})")
+        if not 0 <= self.prism_overlong_buffer <= self.prism_max_new_tokens:
+            raise ConfigError(f"prism_overlong_buffer must be in [0, prism_max_new_tokens]; got "
+                              f"{self.prism_overlong_buffer}")
+        _at_least_one(self, "prism_max_sampling_rounds")
         _at_least_one(self, "prism_num_generations", "prism_max_new_tokens")
         if self.prism_temperature <= 0:
             raise ConfigError(f"prism_temperature must be > 0; got {self.prism_temperature}")
