@@ -14,6 +14,7 @@ TINY_YAML = {
     "sft": REPO / "yaml" / "sft_qwen3vl_tiny.yaml",
     "prism_disc": REPO / "yaml" / "prism_disc_warmup_tiny.yaml",
     "prism_align": REPO / "yaml" / "prism_align_tiny.yaml",
+    "prism_rlvr": REPO / "yaml" / "prism_rlvr_tiny.yaml",
 }
 
 
