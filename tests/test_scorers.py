@@ -178,5 +178,6 @@ def test_the_tiny_rlvr_config_runs_dapo_inside_llamafactory(tmp_path, tiny_dir, 
         assert 0.0 <= step["valid_ratio"] <= 1.0 and "disc/loss" not in step
     assert "policy loss dapo" in proc.stderr + proc.stdout
     kept = [s for s in steps if s["dapo/kept_groups"] > 0]
-    before, after = load_file(str(policy / "model.safetensors")), load_file(str(tmp_path / "rlvr" / "model.safetensors"))
+    before = load_file(str(policy / "model.safetensors"))
+    after = load_file(str(tmp_path / "rlvr" / "model.safetensors"))
     assert any(not torch.equal(before[k], after[k]) for k in before) == bool(kept)
