@@ -118,6 +118,21 @@ def _add_align_preview(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=_align_preview)
 
 
+def _init(args: argparse.Namespace) -> int:
+    from prism_plugin.resources import init_folder
+
+    copied = init_folder(args.folder, force=args.force)
+    print(json.dumps({"copied": copied, "next": f"cd {args.folder} && bash examples/tiny_pipeline.sh"}))
+    return 0
+
+
+def _add_init(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("init", help="copy the shipped configs (yaml/) and examples (examples/) into a folder")
+    p.add_argument("folder", help="where to put yaml/ and examples/ (created); run the pipeline from there")
+    p.add_argument("--force", action="store_true", help="overwrite yaml/ and examples/ if they exist")
+    p.set_defaults(func=_init)
+
+
 def _paths(args: argparse.Namespace) -> int:
     from prism_plugin.easyr1 import paths
 
@@ -257,8 +272,8 @@ def _add_plan(sub: argparse._SubParsersAction) -> None:
 
 # Sub-command registrars: each adds one parser and sets ``func``; add new ones here.
 SUBCOMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [
-    _add_make_tiny, _add_upcycle, _add_import_discriminator, _add_score, _add_align_preview, _add_paths, _add_data,
-    _add_plan,
+    _add_init, _add_make_tiny, _add_upcycle, _add_import_discriminator, _add_score, _add_align_preview, _add_paths,
+    _add_data, _add_plan,
 ]
 
 

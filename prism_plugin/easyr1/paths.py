@@ -28,9 +28,9 @@ _PRESETS = {"preset-grpo": "rlvr_grpo.yaml", "preset-dapo": "rlvr_dapo.yaml", "p
 
 
 def _preset_path(file_name: str) -> Path:
-    # Wheels carry the presets inside the package (force-include); a source checkout keeps them in yaml/.
-    packaged = PACKAGE_DIR / "presets" / file_name
-    return packaged if packaged.is_file() else PACKAGE_DIR.parents[1] / "yaml" / file_name
+    from prism_plugin.resources import shipped_root
+
+    return shipped_root() / "yaml" / file_name
 
 
 def names() -> list[str]:
