@@ -56,3 +56,21 @@ def checkpoint_dtype(config: Any) -> torch.dtype:
     if isinstance(value, str):
         value = getattr(torch, value, None)
     return value if isinstance(value, torch.dtype) else torch.float32
+
+
+def save_discriminator(model: Any, directory: str | Path, processor: Any = None,
+                       state_dict: dict[str, torch.Tensor] | None = None) -> None:
+    """Save ``model`` (with its processor) in the dtype it was loaded in (``model.checkpoint_dtype``), whatever
+    dtype it trains in: a bf16 discriminator trained with fp32 master weights is saved bf16 again."""
+    dtype = getattr(model, "checkpoint_dtype", None)
+    state = state_dict if state_dict is not None else model.state_dict()
+    if dtype is not None:
+        state = {k: v.to(dtype) if v.is_floating_point() else v for k, v in state.items()}
+    model.save_pretrained(directory, state_dict=state)
+    if dtype is not None:  # save_pretrained records the in-memory dtype; the tensors on disk are ``dtype``
+        in_memory = model.config.dtype
+        model.config.dtype = str(dtype).removeprefix("torch.")
+        model.config.save_pretrained(directory)
+        model.config.dtype = in_memory
+    if processor is not None:
+        processor.save_pretrained(directory)

@@ -51,7 +51,10 @@ class DiscriminatorScorer:
     """Scores rollouts with a PRISM discriminator and (with an ``updater``) trains it on each batch."""
 
     def __init__(self, text_scorer: TextScorer, segments: list[str], *, policy_tokenizer: Any, score_clip: float,
-                 cutoff_len: int, updater: DiscriminatorUpdater | None = None, reg_rows: str = "all") -> None:
+                 cutoff_len: int, updater: DiscriminatorUpdater | None = None, reg_rows: str = "all",
+                 compute_dtype: torch.dtype | None = None) -> None:
+        """``compute_dtype`` (bf16 / fp16 runs) is the autocast dtype of the forwards; the weights the
+        optimiser updates stay as loaded (float32 master weights)."""
         self.text = text_scorer
         self.model = text_scorer.model
         self.segments = list(segments)
@@ -63,6 +66,7 @@ class DiscriminatorScorer:
         self.cutoff_len = cutoff_len
         self.updater = updater
         self.reg_rows = reg_rows
+        self.compute_dtype = compute_dtype
 
     # ----------------------------------------------------------------- data load
 
@@ -155,14 +159,15 @@ class DiscriminatorScorer:
         pending = None
         if train:
             model.train()
-            states, aux = segment_states(model, prompts, queries, batch_size=len(queries), with_aux=True)
-            pending = _Pending(model.score_hidden(states, names), aux, teacher_slot, rows)
+            with self._autocast():
+                states, aux = segment_states(model, prompts, queries, batch_size=len(queries), with_aux=True)
+                pending = _Pending(model.score_hidden(states, names), aux, teacher_slot, rows)
             with torch.no_grad():
-                values = model.score_hidden(states.detach(), names, dropout=False)
+                values = model.score_hidden(states.detach().float(), names, dropout=False)
         else:
             was_training = model.training
             model.eval()
-            with torch.no_grad():
+            with torch.no_grad(), self._autocast():
                 states, _ = segment_states(model, prompts, queries, batch_size=len(queries))
                 values = model.score_hidden(states, names)
             model.train(was_training)
@@ -175,6 +180,12 @@ class DiscriminatorScorer:
         teacher = {name: torch.stack([values[teacher_slot[(k, name)]] for k in range(len(inputs))])
                    for name in self.segments}
         return Scores(rollout, valid, teacher, compared, pending)
+
+    def _autocast(self) -> Any:
+        """The forwards' autocast (a no-op without a compute dtype)."""
+        device = next(self.model.parameters()).device
+        return torch.autocast(device.type, dtype=self.compute_dtype or torch.float32,
+                              enabled=self.compute_dtype is not None)
 
     # ----------------------------------------------------------------- training
 
@@ -211,8 +222,9 @@ class DiscriminatorScorer:
         if self.updater is not None:
             self.updater.save(directory, self.text.processor)
         else:
-            self.model.save_pretrained(directory)
-            self.text.processor.save_pretrained(directory)
+            from prism_plugin.discriminator.loading import save_discriminator
+
+            save_discriminator(self.model, directory, self.text.processor)
 
     def load_state(self, directory: str) -> bool:
         return self.updater is not None and self.updater.load_state(directory)

@@ -126,13 +126,17 @@ class DiscriminatorUpdater:
     # ----------------------------------------------------------------- checkpoints
 
     def save(self, directory: str | os.PathLike, processor: Any = None) -> None:
-        """The discriminator (and its processor) with the optimiser state and counters, in ``directory``."""
+        """The discriminator (and its processor) in the dtype it was loaded in, with the optimiser state, the
+        counters and — when that dtype is not float32 — the fp32 master weights, so a resume is exact."""
+        from prism_plugin.discriminator.loading import save_discriminator
+
         os.makedirs(directory, exist_ok=True)
-        self.model.save_pretrained(directory)
-        if processor is not None:
-            processor.save_pretrained(directory)
-        torch.save({"optimizer": self.optimizer.state_dict(), "rollout_batches": self.batches,
-                    "nonfinite_skips": self.nonfinite_skips}, os.path.join(directory, STATE_FILE))
+        save_discriminator(self.model, directory, processor)
+        state = {"optimizer": self.optimizer.state_dict(), "rollout_batches": self.batches,
+                 "nonfinite_skips": self.nonfinite_skips}
+        if getattr(self.model, "checkpoint_dtype", torch.float32) != torch.float32:
+            state["master_weights"] = {k: v.detach().cpu() for k, v in self.model.state_dict().items()}
+        torch.save(state, os.path.join(directory, STATE_FILE))
 
     def load_state(self, directory: str | os.PathLike) -> bool:
         """Restore the optimiser state and counters saved by :meth:`save`; False when there are none."""
@@ -140,6 +144,8 @@ class DiscriminatorUpdater:
         if not os.path.isfile(path):
             return False
         state = torch.load(path, map_location="cpu", weights_only=False)
+        if "master_weights" in state:
+            self.model.load_state_dict(state["master_weights"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.batches = state["rollout_batches"]
         self.nonfinite_skips = state["nonfinite_skips"]

@@ -31,8 +31,15 @@ def resume_dir(training_args: Any) -> str | None:
     return str(resume)
 
 
+def compute_dtype(training_args: Any) -> Any:
+    """The dtype a bf16 / fp16 run computes in (None: float32); the discriminator's forwards autocast to it."""
+    import torch
+
+    return torch.bfloat16 if training_args.bf16 else torch.float16 if training_args.fp16 else None
+
+
 def build_scorer(args: Any, policy_tokenizer: Any, cutoff_len: int, device: Any, checkpoint: str | None,
-                 logger: Any) -> Any:
+                 logger: Any, compute_dtype: Any = None) -> Any:
     """The scorer ``prism_reward`` names: the discriminator (resumed from ``checkpoint`` when it holds one,
     with an updater unless ``prism_update_discriminator: false``), the verifiable reward, or a scorer file."""
     from prism_plugin.scorers import FileScorer, VerifiableScorer, load_score_function
@@ -64,7 +71,7 @@ def build_scorer(args: Any, policy_tokenizer: Any, cutoff_len: int, device: Any,
                if args.prism_update_discriminator else None)
     scorer = DiscriminatorScorer(TextScorer(model), args.prism_segments, policy_tokenizer=policy_tokenizer,
                                  score_clip=clip, cutoff_len=cutoff_len, updater=updater,
-                                 reg_rows=args.prism_score_reg_rows)
+                                 reg_rows=args.prism_score_reg_rows, compute_dtype=compute_dtype)
     if not scorer.same_vocab:
         logger.warning_rank0("policy and discriminator tokenizers differ: rollouts are re-tokenised for scoring")
     return scorer
@@ -91,7 +98,8 @@ def run_prism_align(
     tokenizer, processor = tokenizer_module["tokenizer"], tokenizer_module["processor"]
     template = get_template_and_fix_tokenizer(tokenizer, data_args)
     checkpoint = resume_dir(training_args)
-    scorer = build_scorer(args, tokenizer, data_args.cutoff_len, training_args.device, checkpoint, logger)
+    scorer = build_scorer(args, tokenizer, data_args.cutoff_len, training_args.device, checkpoint, logger,
+                          compute_dtype(training_args))
     encoder = AlignEncoder(template, tokenizer, processor, scorer, data_args.cutoff_len, args.prism_max_new_tokens)
     files = resolve_dataset_files(list(data_args.dataset or []), data_args.dataset_dir)
     items, reports = encode_align(files, encoder, args.prism_skip_invalid_rows, getattr(data_args, "media_dir", None),

@@ -50,6 +50,14 @@ class PrismDiscTrainer(MetricsLogMixin, Trainer):
         self.record_metrics("train" if model.training else "eval", metrics)
         return (loss, None) if return_outputs else loss
 
+    def _save(self, output_dir: str | None = None, state_dict: dict | None = None) -> None:
+        """Save in the dtype the discriminator was loaded in (it trains with float32 master weights)."""
+        from prism_plugin.discriminator.loading import save_discriminator
+
+        output_dir = output_dir or self.args.output_dir
+        save_discriminator(self.model, output_dir, self.processing_class, state_dict)
+        torch.save(self.args, f"{output_dir}/training_args.bin")
+
     def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):
         inputs = self._prepare_inputs(inputs)
         with torch.no_grad():
