@@ -103,3 +103,46 @@ def test_prism_disc_in_bf16_trains_float32_master_weights_and_saves_bf16(tiny_di
     assert {s["exp_avg"].dtype for s in optimizer["state"].values()} == {torch.float32}
     before, after = load_discriminator(source), load_discriminator(tmp_path / "warm")
     assert any(not torch.equal(a, b) for a, b in zip(before.parameters(), after.parameters(), strict=True))
+
+
+def test_the_prefix_path_under_gradient_checkpointing_gives_the_same_loss_and_gradients(tiny_dir,
+                                                                                          tiny_discriminator_dir,
+                                                                                          tokenizer, monkeypatch):
+    """At paper scale the update needs gradient checkpointing; the shared-prefix path keeps working under it,
+    with the loss and every gradient of the run without it (and of one full forward per row)."""
+    from prism_plugin.discriminator.scoring import segment_states
+
+    scorer, batch = scorer_case(tiny_dir, tiny_discriminator_dir, tokenizer)
+    model = scorer.model
+    model.train()
+    model.head_dropout.p = 0.0
+    inputs = [p.scorer_inputs for p in batch.prompts]
+    from prism_plugin.discriminator.scoring import SegmentQuery
+
+    queries = [SegmentQuery(k, name, item.teacher[name]) for k, item in enumerate(inputs)
+               for name in ("caption", "reasoning")]
+    queries += [SegmentQuery(0, "caption", batch.rollouts.completions[1, :9].tolist()),
+                SegmentQuery(1, "reasoning", batch.rollouts.completions[4, 5:30].tolist())]
+    prompts = [item.prompt for item in inputs]
+    checkpoint, calls = torch.utils.checkpoint.checkpoint, []
+    monkeypatch.setattr(torch.utils.checkpoint, "checkpoint", lambda *a, **k: calls.append(1) or checkpoint(*a, **k))
+    results = {}
+    for name, checkpointing, reuse in (("plain", False, True), ("checkpointed", True, True), ("full", False, False)):
+        if checkpointing:
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        model.zero_grad(set_to_none=True)
+        states, aux = segment_states(model, prompts, queries, reuse_prefix=reuse, batch_size=3, with_aux=True)
+        loss = model.score_hidden(states, [q.segment for q in queries]).pow(2).sum() + 0.01 * aux
+        loss.backward()
+        results[name] = (loss.detach(), {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None})
+        model.gradient_checkpointing_disable()
+    plain, checkpointed = results["plain"], results["checkpointed"]
+    assert calls  # the continuations were checkpointed (recomputed in the backward pass)
+    torch.testing.assert_close(checkpointed[0], plain[0], rtol=1e-6, atol=1e-7)
+    assert set(checkpointed[1]) == set(plain[1]) and len(plain[1]) > 10
+    for name, grad in plain[1].items():
+        torch.testing.assert_close(checkpointed[1][name], grad, rtol=1e-5, atol=1e-7)
+    # the prefix path's scores are the full forwards' (the aux loss counts tokens differently by design)
+    full_states, _ = segment_states(model, prompts, queries, reuse_prefix=False)
+    plain_states, _ = segment_states(model, prompts, queries, reuse_prefix=True)
+    torch.testing.assert_close(plain_states, full_states, rtol=1e-4, atol=1e-5)

@@ -23,7 +23,8 @@ over all its forwards (see its docstring for how the two paths count prompt toke
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import contextlib
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -105,8 +106,8 @@ def score(
     for rewards; the warm-up and alignment updates call it with gradients). ``reuse_prefix``
     encodes each prompt once and scores its segments as continuations of the cached prefix;
     ``False`` runs one full forward per query (the reference). ``batch_size`` bounds the rows of
-    one forward; ``clip`` clamps the scores to ±clip. A model training with gradient checkpointing
-    always gets full forwards: transformers' checkpointed layers drop the KV cache.
+    one forward; ``clip`` clamps the scores to ±clip. Under gradient checkpointing the prefix path
+    checkpoints each batch of continuations as a whole (see :func:`_continuation`).
     """
     states, _ = segment_states(model, prompts, queries, reuse_prefix=reuse_prefix, batch_size=batch_size)
     scores = model.score_hidden(states, [q.segment for q in queries]) if queries else states.new_zeros(0)
@@ -154,8 +155,6 @@ def segment_states(
     log = [] if with_aux and model.config.is_moe else None
     if not queries:
         return torch.zeros(0, model.config.backbone_hidden_size), None
-    if model.training and getattr(model, "is_gradient_checkpointing", False):
-        reuse_prefix = False
     run = _states_with_prefix if reuse_prefix else _states_full
     states = run(model, prompts, queries, batch_size, log)
     return states, _aux_loss(model, log)
@@ -216,6 +215,45 @@ def select_cache(cache: DynamicCache, rows: torch.Tensor) -> DynamicCache:
     return DynamicCache(ddp_cache_data=layers)
 
 
+def _checkpointing(model) -> bool:
+    return model.training and getattr(model, "is_gradient_checkpointing", False)
+
+
+@contextlib.contextmanager
+def _layers_keep_cache(model) -> Iterator[None]:
+    """Let transformers' checkpointed layers keep the KV cache for one call (they drop it when checkpointing)."""
+    layers = [m for m in model.modules() if getattr(m, "gradient_checkpointing", False) is True]
+    for layer in layers:
+        layer.gradient_checkpointing = False
+    try:
+        yield
+    finally:
+        for layer in layers:
+            layer.gradient_checkpointing = True
+
+
+def _continuation(model, ids, attention_mask, positions, cache: DynamicCache, segments: list[str],
+                  with_router: bool) -> tuple[torch.Tensor, tuple[torch.Tensor, ...]]:
+    """Last-token states (and router logits) of segments continuing a cached prefix. Under gradient checkpointing
+    the whole continuation is one checkpointed call, recomputed in the backward pass from the prefix cache (the
+    layers' own checkpointing would drop that cache), so the prefix path and its memory saving both hold."""
+    cached = [tensor for layer in cache.layers for tensor in (layer.keys, layer.values)]
+
+    def run(*kv: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        pairs = [(kv[i], kv[i + 1]) for i in range(0, len(kv), 2)]
+        with _layers_keep_cache(model):
+            result = model(input_ids=ids, attention_mask=attention_mask, position_ids=positions,
+                           past_key_values=DynamicCache(ddp_cache_data=pairs), segments=segments, use_cache=True,
+                           output_router_logits=with_router)
+        return (result.last_token_state, *(result.router_logits or ()))
+
+    if _checkpointing(model):
+        out = torch.utils.checkpoint.checkpoint(run, *cached, use_reentrant=False)
+    else:
+        out = run(*cached)
+    return out[0], tuple(out[1:])
+
+
 def _states_with_prefix(model, prompts, queries, batch_size: int, log: RouterLog | None = None) -> torch.Tensor:
     """Encode each (prompt, routing) prefix once, then score its segments as cached continuations."""
     device, dtype = model.device, model.dtype
@@ -233,15 +271,16 @@ def _states_with_prefix(model, prompts, queries, batch_size: int, log: RouterLog
         ids, mask = pad_right([_ids(prompts[p].input_ids) for p, _ in block], pad_id, device)
         pixel_values, grid = _images(prompts, [p for p, _ in block], device, dtype)
         positions, next_pos = model.position_ids(ids, mask, grid)
-        prefix, prefix_logits = model.encode(
-            input_ids=ids,
-            attention_mask=mask,
-            position_ids=positions,
-            pixel_values=pixel_values,
-            image_grid_thw=grid,
-            segments=[route_segment[start + i] for i in range(len(block))],
-            use_cache=True,
-        )
+        with _layers_keep_cache(model):
+            prefix, prefix_logits = model.encode(
+                input_ids=ids,
+                attention_mask=mask,
+                position_ids=positions,
+                pixel_values=pixel_values,
+                image_grid_thw=grid,
+                segments=[route_segment[start + i] for i in range(len(block))],
+                use_cache=True,
+            )
         _log_router(log, prefix_logits, mask)
         members = [n for n, row in enumerate(row_of) if start <= row < start + len(block)]
         for c_start in range(0, len(members), batch_size):
@@ -251,17 +290,12 @@ def _states_with_prefix(model, prompts, queries, batch_size: int, log: RouterLog
             pos = next_pos.index_select(0, local)[:, None] + torch.arange(cont.shape[1], device=device)
             if model.config.is_vision:
                 pos = pos.unsqueeze(0).expand(3, -1, -1)
-            result = model(
-                input_ids=cont,
-                attention_mask=torch.cat([mask.index_select(0, local), cont_mask], dim=1),
-                position_ids=pos,
-                past_key_values=select_cache(prefix.past_key_values, local),
-                segments=[queries[n].segment for n in chunk],
-                use_cache=True,
-                output_router_logits=log is not None,
+            cache = select_cache(prefix.past_key_values, local)
+            block_states, router_logits = _continuation(
+                model, cont, torch.cat([mask.index_select(0, local), cont_mask], dim=1), pos, cache,
+                [queries[n].segment for n in chunk], log is not None,
             )
-            _log_router(log, result.router_logits or (), cont_mask)
-            block_states = result.last_token_state
+            _log_router(log, router_logits, cont_mask)
             if states is None:
                 states = block_states.new_zeros(len(queries), block_states.shape[-1])
             states = states.index_copy(0, torch.tensor(chunk, device=device), block_states)
