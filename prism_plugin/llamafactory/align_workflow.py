@@ -122,7 +122,7 @@ def run_prism_align(
         callbacks=callbacks,
         prism_args=args,
         scorer=scorer,
-        engine=HFRolloutEngine(tokenizer),
+        engine=HFRolloutEngine(tokenizer, chunk_size=args.prism_rollout_chunk_size),
     )
     if checkpoint and scorer.load_state(str(Path(checkpoint) / DISCRIMINATOR_DIR)):
         logger.info_rank0(f"prism_align: discriminator optimiser state restored from {checkpoint}")

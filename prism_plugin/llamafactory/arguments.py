@@ -149,6 +149,11 @@ class AlignArguments:
                           "than this share of the fresh rollouts (0 = never skip)."},
     )
 
+    prism_rollout_chunk_size: int | None = field(
+        default=None,
+        metadata={"help": "Generate a step's rollouts in micro-batches of at most this many sequences (bounds the "
+                          "rollout KV cache without changing the batch, G or the length; default: all at once)."},
+    )
     prism_dynamic_sampling: bool = field(
         default=False,
         metadata={"help": "prism_reward: verifiable: drop prompt groups whose rewards do not vary (no signal under "
@@ -176,7 +181,7 @@ class AlignArguments:
         if not 0 <= self.prism_overlong_buffer <= self.prism_max_new_tokens:
             raise ConfigError(f"prism_overlong_buffer must be in [0, prism_max_new_tokens]; got "
                               f"{self.prism_overlong_buffer}")
-        _at_least_one(self, "prism_max_sampling_rounds")
+        _at_least_one(self, "prism_max_sampling_rounds", "prism_rollout_chunk_size")
         _at_least_one(self, "prism_num_generations", "prism_max_new_tokens")
         if self.prism_temperature <= 0:
             raise ConfigError(f"prism_temperature must be > 0; got {self.prism_temperature}")
