@@ -103,8 +103,8 @@ class Scorer(Protocol):
     def update(self, batch: RolloutBatch, scores: Scores, enabled: bool = True) -> dict[str, float]:
         """Train on the batch (learned scorers); ``enabled=False`` counts the batch without training."""
 
-    def save(self, directory: str) -> None:
-        """Save what a checkpoint must hold to resume (nothing for rules)."""
+    def save(self, directory: str, main: bool = True) -> None:
+        """Save what a checkpoint must hold to resume (nothing for rules); called on every rank, ``main`` writes."""
 
     def load_state(self, directory: str) -> bool:
         """Restore what :meth:`save` wrote; False when there is nothing."""
@@ -116,7 +116,7 @@ class _RuleScorer:
     def update(self, batch: RolloutBatch, scores: Scores, enabled: bool = True) -> dict[str, float]:
         return {}
 
-    def save(self, directory: str) -> None:
+    def save(self, directory: str, main: bool = True) -> None:
         return None
 
     def load_state(self, directory: str) -> bool:

@@ -66,8 +66,11 @@ def _disc_worker(rank: int, world: int, init_file: str, tiny_dir: str, disc_dir:
         if rank == 1:  # rank 1's rollouts are all outside the layout
             batch = rollout_batch(tokenizer, ["<caption> red 1 </caption> five"] * 6, batch.prompts, 3)
         metrics = scorer.update(batch, scorer.score(batch))
+        local = scorer.updater.optimizer.optimizer.optim  # this rank's shard of AdamW
+        state_bytes = sum(t.numel() * t.element_size() for s in local.state.values() for t in s.values()
+                          if torch.is_tensor(t) and t.dim() > 0)
         torch.save({"before": before, "after": [p.detach().clone() for p in scorer.model.parameters()],
-                    "metrics": metrics}, Path(out_dir) / f"rank{rank}.pt")
+                    "metrics": metrics, "state_bytes": state_bytes}, Path(out_dir) / f"rank{rank}.pt")
     finally:
         torch.distributed.destroy_process_group()
 
@@ -123,6 +126,10 @@ def test_a_rank_without_valid_rollouts_joins_the_discriminator_step(two_rank_dis
     updater.optimizer.step(updater.args.prism_disc_max_grad_norm)
     for single, both in zip(scorer.model.parameters(), rank0["after"], strict=True):
         torch.testing.assert_close(both, single.detach(), rtol=1e-5, atol=1e-6)
+    # the optimiser state is sharded: each rank holds about half of AdamW's two float32 moments
+    full = 2 * sum(p.numel() * 4 for p in scorer.model.parameters() if p.requires_grad)
+    assert rank0["state_bytes"] + rank1["state_bytes"] == full
+    assert all(0.3 * full < rank["state_bytes"] < 0.7 * full for rank in (rank0, rank1))
 
 
 # ---------------------------------------------------------------------- the policy update under DDP

@@ -218,10 +218,10 @@ class DiscriminatorScorer:
         scores.pending = None  # the graph is consumed once
         return self.updater.update(teacher, student, valid, pending.aux)
 
-    def save(self, directory: str) -> None:
+    def save(self, directory: str, main: bool = True) -> None:
         if self.updater is not None:
-            self.updater.save(directory, self.text.processor)
-        else:
+            self.updater.save(directory, self.text.processor, main)
+        elif main:
             from prism_plugin.discriminator.loading import save_discriminator
 
             save_discriminator(self.model, directory, self.text.processor)

@@ -4,7 +4,7 @@
 checkpointing and resume. What a step trains on is :func:`prism_plugin.losses.discriminator_loss`
 (Bradley–Terry, the score regulariser, and what a rank with no valid pair contributes), plus the
 router load-balancing loss; how the optimiser state lives across ranks is its backend
-(:class:`ReplicatedOptimizer` today: full state on every rank, gradients averaged by all-reduce).
+(:mod:`prism_plugin.discriminator.optimizers`: one process, sharded across ranks, or a DeepSpeed engine).
 Every rank joins the same collectives on every step, also when it has nothing of its own to train.
 """
 
@@ -16,56 +16,19 @@ from typing import Any
 
 import torch
 
+from prism_plugin.discriminator.optimizers import LocalOptimizer, ShardedOptimizer, distributed
 from prism_plugin.losses import discriminator_loss
 
 STATE_FILE = "prism_disc_state.pt"
 
 
-def _distributed() -> bool:
-    return torch.distributed.is_available() and torch.distributed.is_initialized()
-
-
 def all_ranks_sum(values: list[float], device: torch.device) -> list[float]:
     """``values`` summed over every rank (the values themselves in a single process)."""
-    if not _distributed():
+    if not distributed():
         return list(values)
     tensor = torch.tensor(values, dtype=torch.float64, device=device)
     torch.distributed.all_reduce(tensor)
     return tensor.tolist()
-
-
-class ReplicatedOptimizer:
-    """AdamW with the whole state on every rank; gradients averaged over ranks by all-reduce before the
-    clip and the step, so every rank takes the same step."""
-
-    def __init__(self, params: list[torch.nn.Parameter], lr: float, weight_decay: float) -> None:
-        self.params = params
-        self.optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
-
-    def backward(self, loss: torch.Tensor) -> None:
-        loss.backward()
-
-    def step(self, max_grad_norm: float) -> float:
-        """Average gradients over ranks, clip, step when the norm is finite; returns the norm."""
-        if _distributed():
-            world = torch.distributed.get_world_size()
-            for param in self.params:
-                if param.grad is None:
-                    param.grad = torch.zeros_like(param)
-                torch.distributed.all_reduce(param.grad)
-                param.grad /= world
-        norm = torch.nn.utils.clip_grad_norm_(self.params, max_grad_norm)
-        finite = bool(torch.isfinite(norm))
-        if finite:
-            self.optimizer.step()
-        self.optimizer.zero_grad(set_to_none=True)
-        return float(norm) if finite else float("nan")
-
-    def state_dict(self) -> dict[str, Any]:
-        return self.optimizer.state_dict()
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.optimizer.load_state_dict(state)
 
 
 class DiscriminatorUpdater:
@@ -76,14 +39,21 @@ class DiscriminatorUpdater:
     """
 
     def __init__(self, model: torch.nn.Module, args: Any, *, score_clip: float | None, router_aux_coef: float,
-                 device: torch.device | str = "cpu") -> None:
+                 device: torch.device | str = "cpu", deepspeed_config: dict | None = None) -> None:
+        """The optimiser backend: a DeepSpeed engine with ``deepspeed_config``, else AdamW sharded across the
+        ranks when the run is distributed, else plain AdamW."""
         self.model = model
         self.args = args
         self.score_clip = score_clip
         self.router_aux_coef = router_aux_coef
         self.device = torch.device(device)
-        params = [p for p in model.parameters() if p.requires_grad]
-        self.optimizer = ReplicatedOptimizer(params, args.prism_disc_learning_rate, args.prism_disc_weight_decay)
+        lr, decay = args.prism_disc_learning_rate, args.prism_disc_weight_decay
+        if deepspeed_config is not None:
+            from prism_plugin.discriminator.optimizers import DeepSpeedOptimizer
+
+            self.optimizer = DeepSpeedOptimizer(model, deepspeed_config, lr, decay)
+        else:
+            self.optimizer = (ShardedOptimizer if distributed() else LocalOptimizer)(model, lr, decay)
         self.batches = 0  # rollout batches seen
         self.nonfinite_skips = 0
 
@@ -125,28 +95,34 @@ class DiscriminatorUpdater:
 
     # ----------------------------------------------------------------- checkpoints
 
-    def save(self, directory: str | os.PathLike, processor: Any = None) -> None:
-        """The discriminator (and its processor) in the dtype it was loaded in, with the optimiser state, the
-        counters and — when that dtype is not float32 — the fp32 master weights, so a resume is exact."""
+    def save(self, directory: str | os.PathLike, processor: Any = None, main: bool = True) -> None:
+        """Called on every rank (the optimiser state may be sharded); the main rank writes the discriminator (and
+        its processor) in the dtype it was loaded in, the counters and — when that dtype is not the training one
+        and the backend does not keep them — the master weights, so a resume is exact."""
         from prism_plugin.discriminator.loading import save_discriminator
 
+        directory = str(directory)
         os.makedirs(directory, exist_ok=True)
+        self.optimizer.save(directory, main)
+        if not main:
+            return
         save_discriminator(self.model, directory, processor)
-        state = {"optimizer": self.optimizer.state_dict(), "rollout_batches": self.batches,
-                 "nonfinite_skips": self.nonfinite_skips}
-        if getattr(self.model, "checkpoint_dtype", torch.float32) != torch.float32:
+        state = {"rollout_batches": self.batches, "nonfinite_skips": self.nonfinite_skips}
+        if isinstance(self.optimizer, LocalOptimizer) and getattr(self.model, "checkpoint_dtype",
+                                                                  torch.float32) != torch.float32:
             state["master_weights"] = {k: v.detach().cpu() for k, v in self.model.state_dict().items()}
         torch.save(state, os.path.join(directory, STATE_FILE))
 
     def load_state(self, directory: str | os.PathLike) -> bool:
-        """Restore the optimiser state and counters saved by :meth:`save`; False when there are none."""
+        """Restore the optimiser state, the counters (and master weights) saved by :meth:`save` on every rank;
+        False when there are none."""
         path = os.path.join(directory, STATE_FILE)
         if not os.path.isfile(path):
             return False
         state = torch.load(path, map_location="cpu", weights_only=False)
         if "master_weights" in state:
             self.model.load_state_dict(state["master_weights"])
-        self.optimizer.load_state_dict(state["optimizer"])
+        self.optimizer.load(str(directory))
         self.batches = state["rollout_batches"]
         self.nonfinite_skips = state["nonfinite_skips"]
         return True

@@ -276,8 +276,8 @@ class PrismAlignTrainer(MetricsLogMixin, Trainer):
         """Save the policy (Trainer) and the scorer's state (the discriminator with its optimiser state, under
         ``output_dir/discriminator``) — in checkpoints too, so ``resume_from_checkpoint`` restores both."""
         super().save_model(output_dir, _internal_call)
-        if self.is_world_process_zero():
-            self.scorer.save(os.path.join(output_dir or self.args.output_dir, DISCRIMINATOR_DIR))
+        self.scorer.save(os.path.join(output_dir or self.args.output_dir, DISCRIMINATOR_DIR),
+                         main=self.is_world_process_zero())
 
 
 # ---------------------------------------------------------------------- pure helpers

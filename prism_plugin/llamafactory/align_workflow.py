@@ -39,7 +39,7 @@ def compute_dtype(training_args: Any) -> Any:
 
 
 def build_scorer(args: Any, policy_tokenizer: Any, cutoff_len: int, device: Any, checkpoint: str | None,
-                 logger: Any, compute_dtype: Any = None) -> Any:
+                 logger: Any, compute_dtype: Any = None, training_args: Any = None) -> Any:
     """The scorer ``prism_reward`` names: the discriminator (resumed from ``checkpoint`` when it holds one,
     with an updater unless ``prism_update_discriminator: false``), the verifiable reward, or a scorer file."""
     from prism_plugin.scorers import FileScorer, VerifiableScorer, load_score_function
@@ -67,7 +67,14 @@ def build_scorer(args: Any, policy_tokenizer: Any, cutoff_len: int, device: Any,
     config = model.config
     clip = args.prism_score_clip if args.prism_score_clip is not None else config.score_clip
     aux = args.prism_router_aux_coef if args.prism_router_aux_coef is not None else config.router_aux_loss_coef
-    updater = (DiscriminatorUpdater(model, args, score_clip=clip, router_aux_coef=aux, device=device)
+    deepspeed_config = None
+    if training_args is not None and training_args.deepspeed:
+        from prism_plugin.discriminator.optimizers import deepspeed_config as ds_config
+
+        deepspeed_config = ds_config(training_args.hf_deepspeed_config.config, config.backbone_hidden_size,
+                                     args.prism_disc_max_grad_norm, training_args.world_size)
+    updater = (DiscriminatorUpdater(model, args, score_clip=clip, router_aux_coef=aux, device=device,
+                                    deepspeed_config=deepspeed_config)
                if args.prism_update_discriminator else None)
     scorer = DiscriminatorScorer(TextScorer(model), args.prism_segments, policy_tokenizer=policy_tokenizer,
                                  score_clip=clip, cutoff_len=cutoff_len, updater=updater,
@@ -99,7 +106,7 @@ def run_prism_align(
     template = get_template_and_fix_tokenizer(tokenizer, data_args)
     checkpoint = resume_dir(training_args)
     scorer = build_scorer(args, tokenizer, data_args.cutoff_len, training_args.device, checkpoint, logger,
-                          compute_dtype(training_args))
+                          compute_dtype(training_args), training_args)
     encoder = AlignEncoder(template, tokenizer, processor, scorer, data_args.cutoff_len, args.prism_max_new_tokens)
     files = resolve_dataset_files(list(data_args.dataset or []), data_args.dataset_dir)
     items, reports = encode_align(files, encoder, args.prism_skip_invalid_rows, getattr(data_args, "media_dir", None),
