@@ -289,11 +289,11 @@ def run_trl(work: Path, modality: str, tokens: int, policy: Path, steps: int) ->
     import torch
     from datasets import Dataset
     from PIL import Image
-    from prism_plugin.compat.trl_imports import fix_trl_import_flags
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
     from prism_plugin.data.prompts import SYSTEM_PROMPT
     from prism_plugin.layout import layout_parts
+    from tests.peers import fix_trl_import_flags
 
     fix_trl_import_flags()
     from trl import GRPOConfig, GRPOTrainer

@@ -50,6 +50,22 @@ def _add_upcycle(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=_upcycle)
 
 
+def _import_discriminator(args: argparse.Namespace) -> int:
+    from prism_plugin.discriminator.cli import run_import
+
+    return run_import(args)
+
+
+def _add_import_discriminator(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "import-discriminator",
+        help="write a discriminator in the PRISM authors' released format (or ours) as a prism-plugin one",
+    )
+    p.add_argument("src", help="discriminator directory (e.g. the authors' Qwen3-VL-2B-4X-Moe-warmup-120k)")
+    p.add_argument("out", help="output directory (prism_discriminator format, same scores, same dtype)")
+    p.set_defaults(func=_import_discriminator)
+
+
 def _score(args: argparse.Namespace) -> int:
     from prism_plugin.discriminator.cli import run_score
 
@@ -123,14 +139,21 @@ def _add_paths(sub: argparse._SubParsersAction) -> None:
 
 
 def _to_easyr1(args: argparse.Namespace) -> int:
-    from prism_plugin.easyr1.convert import to_easyr1
+    import sys
+
+    from prism_plugin.easyr1.convert import image_storage, to_easyr1
 
     report = to_easyr1(
         args.input, args.output, image_dir=args.image_dir, skip_invalid=args.skip_invalid,
         embed_images=args.embed_images,
     )
+    storage = image_storage(report.records, args.embed_images)
     print(report.summary())
-    print(json.dumps({"output": str(args.output), "rows": len(report.records), "skipped": len(report.skipped)}))
+    if storage == "paths":
+        print(f"prism-plugin: {args.output} holds absolute image paths of this machine; every node of a "
+              "multi-node Ray job must see them at the same paths, or rerun with --embed-images", file=sys.stderr)
+    print(json.dumps({"output": str(args.output), "rows": len(report.records), "skipped": len(report.skipped),
+                      "images": storage}))
     return 0
 
 
@@ -176,12 +199,21 @@ def _add_make_pairs(data_sub: argparse._SubParsersAction) -> None:
 def _add_data(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("data", help="convert PRISM datasets for the training toolkits; build warm-up pairs")
     data_sub = p.add_subparsers(dest="data_command", metavar="DATA_COMMAND", required=True)
-    q = data_sub.add_parser("to-easyr1", help="PRISM alignment/RLVR rows -> EasyR1 parquet (prompt, images, answer)")
+    q = data_sub.add_parser(
+        "to-easyr1", help="PRISM alignment/RLVR rows -> EasyR1 parquet (prompt, images, answer)",
+        description="PRISM alignment/RLVR rows -> EasyR1 parquet (prompt, images, answer). Images are written "
+        "as absolute paths of this machine unless --embed-images stores their bytes in the parquet: use it for "
+        "multi-node Ray jobs, whose workers read the images on their own node. Data without images gets no "
+        "images column, so EasyR1 reads it as text-only.",
+    )
     q.add_argument("input", help="rows: .jsonl / .json / .parquet (prompt, images, answer or ground_truth)")
     q.add_argument("output", help="output .parquet")
     q.add_argument("--image-dir", help="folder relative image paths resolve against (default: the input's folder)")
     q.add_argument("--skip-invalid", action="store_true", help="leave bad rows out (counted, listed)")
-    q.add_argument("--embed-images", action="store_true", help="store image bytes instead of absolute paths")
+    q.add_argument(
+        "--embed-images", action="store_true",
+        help="store image bytes in the parquet (self-contained; use for multi-node jobs) instead of absolute paths",
+    )
     q.set_defaults(func=_to_easyr1)
     _add_make_pairs(data_sub)
 
@@ -267,8 +299,8 @@ def _add_evaluate(sub: argparse._SubParsersAction) -> None:
 
 # Sub-command registrars: each adds one parser and sets ``func``; add new ones here.
 SUBCOMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [
-    _add_make_tiny, _add_upcycle, _add_score, _add_align_preview, _add_paths, _add_data, _add_plan,
-    _add_evaluate,
+    _add_make_tiny, _add_upcycle, _add_import_discriminator, _add_score, _add_align_preview, _add_paths, _add_data,
+    _add_plan, _add_evaluate,
 ]
 
 

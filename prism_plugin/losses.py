@@ -97,8 +97,8 @@ def discriminator_loss(
 
 
 def _clamped(scores: torch.Tensor, clip: float | None, used: torch.Tensor) -> torch.Tensor:
-    """``scores`` as float, clamped to ±clip; rows outside ``used`` zeroed so that a NaN there stays out."""
-    scores = scores.float()
+    """``scores`` in at least float32, clamped to ±clip; rows outside ``used`` zeroed so a NaN there stays out."""
+    scores = scores.to(torch.promote_types(scores.dtype, torch.float32))
     scores = torch.where(used.to(scores.device), scores, torch.zeros_like(scores))
     return scores if clip is None else scores.clamp(-clip, clip)
 
@@ -331,21 +331,3 @@ def dynamic_sampling_mask(metric: torch.Tensor, group_index: torch.Tensor | list
     high = torch.full((num_groups,), -math.inf, dtype=metric.dtype).scatter_reduce(0, groups, metric, "amax")
     low = torch.full((num_groups,), math.inf, dtype=metric.dtype).scatter_reduce(0, groups, metric, "amin")
     return ((high - low) > tol)[groups]
-
-
-def overlong_penalty(
-    response_length: torch.Tensor | int,
-    max_length: int = 8192,
-    buffer: int = 4096,
-    factor: float = 1.0,
-) -> torch.Tensor:
-    """DAPO soft overlong punishment: 0 up to ``max_length − buffer``, then linear down to ``−factor``.
-
-    ``−factor·(ℓ − (max_length − buffer))/buffer`` inside the buffer, ``−factor`` at or past ``max_length``.
-    """
-    if buffer <= 0 or buffer > max_length:
-        raise ValueError(f"overlong buffer must be in (0, max_length]; got buffer={buffer}, max_length={max_length}")
-    length = torch.as_tensor(response_length, dtype=torch.float32)
-    expected = max_length - buffer
-    penalty = -factor * (length - expected) / buffer
-    return penalty.clamp(min=-factor, max=0.0)

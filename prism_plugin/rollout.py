@@ -111,7 +111,11 @@ class Rollouts:
 
 
 class RolloutEngine(Protocol):
-    """Samples completions for rendered prompts; see the module docstring for writing one."""
+    """Samples completions for rendered prompts; see the module docstring for writing one. ``eot_id`` is
+    the end-of-turn token that ends a completion, ``pad_id`` the id right-padding uses."""
+
+    eot_id: int
+    pad_id: int
 
     def load_policy(self, policy: torch.nn.Module) -> None:
         """Make ``policy`` (the current weights) the one to sample from."""

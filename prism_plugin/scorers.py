@@ -125,9 +125,23 @@ class _RuleScorer:
 
 class VerifiableScorer(_RuleScorer):
     """The verifiable reward's ``overall`` (:func:`prism_plugin.rewards.compute_score`) of each whole
-    response; the reward gates the format itself, so every rollout counts as valid for the advantage."""
+    response; the reward gates the format itself, so every rollout counts as valid for the advantage.
+    ``overlong = (max_new_tokens, buffer, penalty)`` adds DAPO's soft overlong punishment (by tokens)."""
 
     segments = ["response"]
+
+    def __init__(self, overlong: tuple[int, int, float] | None = None) -> None:
+        self.overlong = overlong
+
+    def penalties(self, batch: RolloutBatch) -> torch.Tensor | None:
+        """The overlong punishment of each rollout (None when shaping is off)."""
+        if not self.overlong:
+            return None
+        from prism_plugin.rewards import overlong_penalty_value
+
+        limit, buffer, penalty = self.overlong
+        return torch.tensor([overlong_penalty_value(int(n), limit, buffer, penalty)
+                             for n in batch.rollouts.lengths], dtype=torch.float32)
 
     def prepare(self, record: PromptRecord, source: str) -> None:
         if record.ground_truth is None:
@@ -135,7 +149,10 @@ class VerifiableScorer(_RuleScorer):
                                   "missing_field")
 
     def score(self, batch: RolloutBatch) -> Scores:
-        return Scores({"response": batch.rewards["overall"]}, torch.ones(len(batch.texts), dtype=torch.bool))
+        overall = batch.rewards["overall"]
+        penalties = self.penalties(batch)
+        reward = overall if penalties is None else overall + penalties
+        return Scores({"response": reward}, torch.ones(len(batch.texts), dtype=torch.bool))
 
 
 def load_score_function(path: str, name: str) -> ScoreFunction:

@@ -2,7 +2,8 @@
 
     EASYR1_SRC=/path/to/EasyR1 python -m tests.make_easyr1_config_keys --ref b44b311
 
-The file lists every key EasyR1's ``PPOConfig`` accepts (from its dataclasses), so the preset
+The file lists every key EasyR1's ``PPOConfig`` accepts (from its dataclasses) and the
+``trainer.logger`` names its tracker knows (``verl.utils.logger.logger.LOGGERS``), so the preset
 tests can check our YAML without EasyR1 installed. ``--ref`` names the commit or tag of the
 checkout (written into the file; a plain source tree has no git metadata to read it from).
 """
@@ -14,7 +15,7 @@ import json
 import os
 from pathlib import Path
 
-from tests.easyr1_support import config_keys, load_easyr1
+from tests.easyr1_support import config_keys, import_easyr1, load_easyr1
 
 DATA = Path(__file__).resolve().parent / "data"
 
@@ -26,13 +27,16 @@ def main() -> None:
     args = parser.parse_args()
     if not args.src:
         parser.error("give --src or set EASYR1_SRC")
-    module = load_easyr1(Path(args.src).resolve())
+    root = Path(args.src).resolve()
+    module = load_easyr1(root)
     out = DATA / f"easyr1_config_keys_{args.ref}.json"
     payload = {
         "easyr1_ref": args.ref,
-        "source": "verl/trainer/config.py PPOConfig and the worker config dataclasses it nests",
+        "source": "verl/trainer/config.py PPOConfig and the worker config dataclasses it nests; "
+        "verl/utils/logger/logger.py LOGGERS",
         "generator": "python -m tests.make_easyr1_config_keys",
         **config_keys(module.PPOConfig),
+        "loggers": sorted(import_easyr1("verl.utils.logger.logger", root).LOGGERS),
     }
     out.write_text(json.dumps(payload, indent=1) + "\n", encoding="utf-8")
     print(f"{out}: {len(payload['keys'])} keys")

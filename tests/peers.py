@@ -4,30 +4,27 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
-import os
-import sys
 from collections import defaultdict
-from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
 import torch
 
+from prism_plugin.easyr1 import hook
+from tests.easyr1_support import easyr1_root, import_easyr1
+
 
 def easyr1_core_algos():
     """EasyR1's ``verl.trainer.core_algos`` from the checkout named by ``EASYR1_SRC``, else skip."""
-    src = os.environ.get("EASYR1_SRC")
-    if not src:
-        pytest.skip("EASYR1_SRC is not set (path to an EasyR1 checkout)")
-    root = Path(src).resolve()
+    root = easyr1_root()
     if not (root / "verl" / "trainer" / "core_algos.py").is_file():
-        pytest.fail(f"EASYR1_SRC={src} has no verl/trainer/core_algos.py")
-    if str(root) not in sys.path:
-        sys.path.insert(0, str(root))
-    module = importlib.import_module("verl.trainer.core_algos")
-    if not Path(module.__file__).resolve().is_relative_to(root):
-        pytest.skip(f"another 'verl' is imported ({module.__file__}); run EasyR1 parity in a separate process")
-    return module
+        pytest.fail(f"EASYR1_SRC={root} has no verl/trainer/core_algos.py")
+    try:
+        return import_easyr1(hook.CORE_ALGOS, root)
+    except ImportError as exc:
+        if "another 'verl'" not in str(exc):
+            raise
+        pytest.skip(f"{exc}; run EasyR1 parity in a separate process")
 
 
 def fix_trl_import_flags() -> dict[str, bool]:

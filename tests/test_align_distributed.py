@@ -134,29 +134,6 @@ LONG = ("<caption> red 3 blue 2 green 0 yellow 1 </caption>\n<think> red 3 + blu
 WRONG = "<caption> red 1 blue 2 </caption>\n<think> red 1 + blue 2 = 3 </think>\n<answer> 3 </answer>"
 
 
-class ReplayEngine:
-    """A :class:`prism_plugin.rollout.RolloutEngine` that answers each prompt with fixed completions, so that
-    one process and two ranks train on the same rollouts."""
-
-    def __init__(self, tokenizer, answers: dict[tuple[int, ...], list[str]]) -> None:
-        from prism_plugin.rollout import end_of_turn_id
-
-        self.tokenizer, self.answers = tokenizer, answers
-        self.eot_id = end_of_turn_id(tokenizer)
-
-    def load_policy(self, policy) -> None:
-        pass
-
-    def generate(self, prompts, num_samples, sampling):
-        from prism_plugin.rollout import Rollouts
-
-        texts = [self.answers[tuple(p.input_ids)][:num_samples] for p in prompts]
-        ids = [self.tokenizer(t, add_special_tokens=False)["input_ids"] + [self.eot_id]
-               for group in texts for t in group]
-        rows = [k for k in range(len(prompts)) for _ in range(num_samples)]
-        return Rollouts.from_sequences(ids, rows, self.eot_id, self.tokenizer.pad_token_id)
-
-
 NAN_ONCE = '''import math
 import os
 
@@ -184,6 +161,7 @@ def _policy_worker(rank: int, world: int, port: int, tiny_dir: str, out_dir: str
     from prism_plugin.llamafactory.arguments import PrismArguments
     from prism_plugin.policy import policy_prompt
     from prism_plugin.scorers import AlignPrompt, FileScorer, VerifiableScorer, load_score_function
+    from tests.testing_utils import ReplayEngine
 
     torch.manual_seed(0)
     policy_dir = Path(tiny_dir) / "qwen3_policy"

@@ -37,7 +37,7 @@ def test_shipped_config_parses_with_llamafactory(config, tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     parsed = json.loads(proc.stdout.strip().splitlines()[-1])
     expected_stage = "sft" if config.name.startswith("sft_") else (
-        "prism_disc" if "disc" in config.name else "prism_align")
+        "prism_disc" if "disc" in config.name else "prism_align")  # prism_rlvr_tiny is prism_align, verifiable
     assert parsed["stage"] == expected_stage
     if parsed["deepspeed"]:
         assert (REPO / parsed["deepspeed"]).is_file()  # relative to the repository root, where commands run

@@ -2,9 +2,11 @@
 
 Always run (no EasyR1 needed): the reward file loaded by path as EasyR1 loads it, the loss plugins
 called with EasyR1's keyword sets, the presets against EasyR1's key list (tests/data), the
-launcher's rewriting, the converter. With ``EASYR1_SRC`` (skipped otherwise): EasyR1's own reward
-manager, loss parity with its ``core_algos``, its config loader (needs omegaconf 2.3), the setup
-hook on a fresh ``core_algos``; with ``ray`` importable too, the patch inside a real Ray worker.
+launcher's rewriting, the converter. With ``EASYR1_SRC`` (skipped otherwise; b44b311 or v0.3.2, whose
+missing ``loss_type`` skips the native gspo cases): EasyR1's own reward manager, loss parity with its
+``core_algos``, its dataset on converted text-only rows, its config loader (needs omegaconf 2.3), the
+setup hook on a fresh ``core_algos``; with ``ray`` importable too, the patch inside a real Ray worker.
+Every test must leave the process as it found it (:func:`tests.easyr1_support.no_global_changes`).
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import sys
 import types
 from pathlib import Path
 
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import torch
@@ -30,7 +33,21 @@ from prism_plugin.easyr1 import hook, launcher, loss_plugin, paths
 from prism_plugin.easyr1.convert import to_easyr1
 from prism_plugin.losses import get_policy_loss
 from prism_plugin.rewards import compute_score
-from tests.easyr1_support import easyr1_reward_manager, easyr1_root, load_easyr1
+from tests.easyr1_support import (
+    POLICY_LOSS_KEYWORDS,
+    batch_reward_manager,
+    easyr1_reward_manager,
+    easyr1_root,
+    fresh_loss_modules,
+    global_changes,
+    global_state,
+    import_easyr1,
+    kept_environ,
+    load_easyr1,
+    no_global_changes,
+    policy_loss_keywords,
+    skip_without_loss_type,
+)
 
 DATA = Path(__file__).resolve().parent / "data"
 KEYS_HEAD = json.loads((DATA / "easyr1_config_keys_b44b311.json").read_text())
@@ -41,6 +58,30 @@ DAPO_KWARGS = {"max_response_length": 8192, "overlong_buffer_length": 4096, "ove
 GOOD = "<caption> two apples </caption>\n<think> 2 + 3 = 5 </think>\n<answer> 5 </answer>"
 WRONG = "<caption> two apples </caption>\n<think> 2 + 2 = 4 </think>\n<answer> 4 </answer>"
 BAD = "the answer is 5"
+
+
+@pytest.fixture(autouse=True)
+def _leaves_no_global_changes():
+    with no_global_changes():
+        yield
+
+
+def test_global_change_guard_sees_leaks(monkeypatch):
+    """The guard above catches what the launcher tests used to leave behind."""
+    before = global_state()
+    os.environ[loss_plugin.ENV_LOSS] = "prism_dapo"  # what launcher.run sets in its process
+    try:
+        assert global_changes(before) == [f"os.environ[{loss_plugin.ENV_LOSS!r}]"]
+    finally:
+        del os.environ[loss_plugin.ENV_LOSS]
+    patched = types.ModuleType(hook.CORE_ALGOS)
+    patched.compute_policy_loss = loss_plugin.make_dispatcher(lambda **kwargs: None)
+    monkeypatch.setitem(sys.modules, hook.CORE_ALGOS, patched)
+    monkeypatch.setitem(yaml.Dumper.yaml_representers, float, lambda dumper, value: None)
+    problems = global_changes(before)
+    assert f"{hook.CORE_ALGOS}.compute_policy_loss patched" in problems
+    assert "yaml.Dumper representers" in problems
+    assert not any(p.startswith("os.environ") for p in problems)
 
 
 # --------------------------------------------------------------------------- reward file
@@ -101,7 +142,14 @@ def test_paths_and_references():
     for name in paths.names():
         assert paths.path_of(name).is_absolute() and paths.path_of(name).is_file()
     assert paths.resolve_reference("prism://reward:compute_score") == f"{paths.path_of('reward')}:compute_score"
+    assert paths.resolve_reference("${prism:reward}:compute_score") == f"{paths.path_of('reward')}:compute_score"
+    assert paths.resolve_reference("${prism:format-prompt}") == str(paths.path_of("format-prompt"))
     assert paths.resolve_reference("./local.py:fn") == "./local.py:fn"
+    assert paths.resolve_reference("${data.max_response_length}") == "${data.max_response_length}"
+    assert [paths.has_reference(v) for v in ("prism://reward", "x${prism:reward}", "${oc.env:X}", "prism")] == [
+        True, True, False, False]
+    with pytest.raises(KeyError, match="known"):
+        paths.resolve_reference("${prism:rewards}")
     with pytest.raises(KeyError, match="known"):
         paths.path_of("nope")
 
@@ -115,9 +163,8 @@ def test_cli_paths(capsys):
 
 # --------------------------------------------------------------------------- loss plugins
 
-HEAD_KWARGS = ("old_log_probs", "log_probs", "advantages", "response_mask", "clip_ratio_low", "clip_ratio_high",
-               "clip_ratio_dual", "tau_positive", "tau_negative", "loss_type", "loss_avg_mode")
-V032_KWARGS = HEAD_KWARGS[:7] + ("loss_avg_mode",)
+HEAD_KWARGS = POLICY_LOSS_KEYWORDS["b44b311"]
+V032_KWARGS = POLICY_LOSS_KEYWORDS["v0.3.2"]
 EASYR1_METRICS = {"ppo_kl", "entropy_loss", "pg_clipfrac_higher", "pg_clipfrac_lower"}
 # prism loss -> (EasyR1 settings: loss_type, loss_avg_mode, clip low/high), our registry call options
 SETTINGS = {
@@ -214,8 +261,10 @@ def test_presets_paper_settings():
     common = {"data.max_prompt_length": 2048, "data.max_response_length": 8192, "data.rollout_batch_size": 32,
               "worker.rollout.n": 16, "worker.actor.optim.lr": 1e-6, "algorithm.disable_kl": True,
               "algorithm.use_kl_loss": False, "algorithm.adv_estimator": "grpo",
-              "data.format_prompt": "prism://format-prompt",
-              "worker.reward.reward_function": "prism://reward:compute_score"}
+              "data.format_prompt": "${prism:format-prompt}",
+              "worker.reward.reward_function": "${prism:reward}:compute_score",
+              "data.image_key": "images", "trainer.save_freq": 100, "trainer.save_limit": 3,
+              "trainer.logger": ["console"]}
     expected = {
         "grpo": {"worker.actor.clip_ratio_low": 0.2, "worker.actor.clip_ratio_high": 0.2,
                  "worker.actor.loss_avg_mode": "token", "algorithm.online_filtering": False},
@@ -234,6 +283,32 @@ def test_presets_paper_settings():
         assert name == "gspo" or "worker.actor.loss_type" not in flat
 
 
+@pytest.mark.parametrize("name", list(PRESETS))
+def test_preset_loggers_work_offline_on_both_versions(name):
+    loggers = preset(name)["trainer.logger"]
+    assert set(loggers) <= set(KEYS_HEAD["loggers"]) & set(KEYS_V032["loggers"])  # else "… is not supported"
+    assert "wandb" not in loggers  # EasyR1's default; wandb.init fails offline without a login
+
+
+README_PLAIN_EASYR1 = ["data.format_prompt=/abs/prism_format.jinja", "worker.reward.reward_function=/abs/r.py:fn"]
+
+
+@pytest.mark.parametrize("name", list(PRESETS))
+def test_presets_stop_plain_easyr1_without_the_overrides(name):
+    """Plain EasyR1 resolves the config as OmegaConf does: unresolvable ${prism:…} stops it, naming the key."""
+    from omegaconf import OmegaConf
+    from omegaconf.errors import UnsupportedInterpolationType
+
+    config = OmegaConf.load(paths.path_of(PRESETS[name]))
+    for given in ([], README_PLAIN_EASYR1[:1], README_PLAIN_EASYR1[1:]):
+        merged = OmegaConf.merge(config, OmegaConf.from_cli(given))
+        with pytest.raises(UnsupportedInterpolationType, match="prism"):
+            OmegaConf.to_container(merged, resolve=True)
+    resolved = OmegaConf.to_container(OmegaConf.merge(config, OmegaConf.from_cli(README_PLAIN_EASYR1)), resolve=True)
+    assert resolved["data"]["format_prompt"] == "/abs/prism_format.jinja"
+    assert resolved["worker"]["reward"]["reward_function"] == "/abs/r.py:fn"
+
+
 # --------------------------------------------------------------------------- launcher rewriting
 
 
@@ -248,6 +323,8 @@ def test_plan_cli_loss_rewrite(tmp_path):
     old = launcher.plan_launch(argv, has_loss_type=False)  # v0.3.2: EasyR1 would reject the key
     assert old.loss == "prism_gspo" and not any(a.startswith(launcher.LOSS_KEY) for a in old.args)
     assert launcher.plan_launch(["worker.actor.loss_type=gspo"], has_loss_type=True).loss is None
+    interpolated = launcher.plan_launch(["data.format_prompt=${prism:format-prompt}"], has_loss_type=True)
+    assert interpolated.args == [f"data.format_prompt={paths.path_of('format-prompt')}"]
     with pytest.raises(ValueError, match="unknown prism loss"):
         launcher.plan_launch(["worker.actor.loss_type=prism_ppo"], has_loss_type=True)
 
@@ -324,12 +401,47 @@ def test_converter_bad_rows(tiny_dir, tmp_path):
     assert "1 rows kept, 4 skipped" in report.summary()
 
 
+TEXT_ROWS = [{"prompt": "What is 2 + 3?", "answer": "5"}, {"question": "What is 1 + 1?", "ground_truth": 2}]
+
+
+def write_jsonl(path: Path, rows: list[dict]) -> Path:
+    path.write_text("".join(json.dumps(row) + "\n" for row in rows), encoding="utf-8")
+    return path
+
+
+def test_converter_text_only_rows_have_no_image_column(tiny_dir, tmp_path):
+    src = write_jsonl(tmp_path / "text.jsonl", TEXT_ROWS)
+    for embed in (False, True):
+        to_easyr1(src, tmp_path / "text.parquet", embed_images=embed)
+        table = pq.read_table(tmp_path / "text.parquet")
+        assert table.column_names == ["prompt", "answer"]  # EasyR1 reads rows without the column as text-only
+        assert table.to_pylist() == [{"prompt": "What is 2 + 3?", "answer": "5"},
+                                     {"prompt": "What is 1 + 1?", "answer": "2"}]
+    image_row = json.loads((tiny_dir / "data" / "rlvr.jsonl").read_text().splitlines()[0])
+    image_row["images"] = [str(tiny_dir / "data" / p) for p in image_row["images"]]
+    mixed = write_jsonl(tmp_path / "mixed.jsonl", [image_row, TEXT_ROWS[0]])
+    to_easyr1(mixed, tmp_path / "mixed.parquet")
+    table = pq.read_table(tmp_path / "mixed.parquet")
+    assert table.column_names == ["prompt", "images", "answer"]
+    assert [len(images) for images in table.column("images").to_pylist()] == [len(image_row["images"]), 0]
+
+
 def test_cli_to_easyr1(tiny_dir, tmp_path, capsys):
     from prism_plugin.cli import main
 
     out = tmp_path / "rlvr.parquet"
     assert main(["data", "to-easyr1", str(tiny_dir / "data" / "rlvr.jsonl"), str(out)]) == 0
-    assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["rows"] == pq.read_table(out).num_rows
+    captured = capsys.readouterr()
+    result = json.loads(captured.out.strip().splitlines()[-1])
+    assert result["rows"] == pq.read_table(out).num_rows and result["images"] == "paths"
+    assert "--embed-images" in captured.err and "every node" in captured.err  # the multi-node hint
+    assert main(["data", "to-easyr1", str(tiny_dir / "data" / "rlvr.jsonl"), str(out), "--embed-images"]) == 0
+    captured = capsys.readouterr()
+    assert json.loads(captured.out.strip().splitlines()[-1])["images"] == "bytes" and not captured.err
+    text = write_jsonl(tmp_path / "text.jsonl", TEXT_ROWS)
+    assert main(["data", "to-easyr1", str(text), str(tmp_path / "text.parquet")]) == 0
+    captured = capsys.readouterr()
+    assert json.loads(captured.out.strip().splitlines()[-1])["images"] is None and not captured.err
 
 
 # --------------------------------------------------------------------------- with EasyR1 (EASYR1_SRC)
@@ -347,12 +459,10 @@ def easyr1():
 
 
 @pytest.fixture()
-def fresh_core_algos(easyr1, monkeypatch):
-    """A freshly imported ``verl.trainer.core_algos`` (the previous module restored afterwards)."""
-    for name in (hook.CORE_ALGOS, hook.DP_ACTOR):
-        monkeypatch.delitem(sys.modules, name, raising=False)
-    monkeypatch.delenv(loss_plugin.ENV_LOSS, raising=False)
-    return importlib.import_module(hook.CORE_ALGOS)
+def fresh_core_algos(easyr1):
+    """A freshly imported ``verl.trainer.core_algos`` to patch; modules and ``$PRISM_EASYR1_LOSS`` restored after."""
+    with fresh_loss_modules() as core_algos:
+        yield core_algos
 
 
 class _CharTokenizer:
@@ -380,7 +490,7 @@ def test_reward_through_easyr1_manager(easyr1):
                                    reward_function_kwargs={**DAPO_KWARGS, "max_response_length": 60,
                                                            "overlong_buffer_length": 20})
     config.post_init()
-    manager = function.AutoRewardManager(config, _CharTokenizer())
+    manager = batch_reward_manager(function)(config, _CharTokenizer())
     responses = [GOOD, WRONG, BAD]
     width = max(map(len, responses))
     ids = torch.zeros(3, width, dtype=torch.long)
@@ -400,10 +510,34 @@ def test_reward_through_easyr1_manager(easyr1):
     assert any(e["overlong"] < 0 for e in expected)
 
 
+def test_text_only_rows_through_easyr1_dataset(easyr1, tokenizer, tmp_path):
+    pytest.importorskip("qwen_vl_utils", reason="qwen-vl-utils (an EasyR1 requirement) is not installed")
+    pq_path = tmp_path / "text.parquet"
+    to_easyr1(write_jsonl(tmp_path / "text.jsonl", TEXT_ROWS), pq_path)
+    flat = preset("grpo")
+    options = {"prompt_key": flat["data.prompt_key"], "answer_key": flat["data.answer_key"],
+               "image_key": flat["data.image_key"], "max_prompt_length": flat["data.max_prompt_length"],
+               "format_prompt": str(paths.path_of("format-prompt")), "filter_overlong_prompts_workers": 1}
+    dataset_cls = import_easyr1("verl.utils.dataset", easyr1).RLHFDataset
+    dataset = dataset_cls(str(pq_path), tokenizer, None, **options)  # a text model: no processor
+    assert len(dataset) == 2
+    example = dataset[0]
+    prompt = tokenizer.decode(example["raw_prompt_ids"])
+    assert example["ground_truth"] == "5" and "What is 2 + 3?" in prompt and SYSTEM_PROMPT in prompt
+    assert "multi_modal_data" not in example
+    # with an images column (even empty) EasyR1 takes its multimodal branch, which needs a processor
+    with_column = pq.read_table(pq_path).append_column("images", pa.array([[], []], pa.list_(pa.string())))
+    pq.write_table(with_column, tmp_path / "with_column.parquet")
+    with pytest.raises(AttributeError, match="apply_chat_template"):
+        dataset_cls(str(tmp_path / "with_column.parquet"), tokenizer, None, **options)
+
+
 @pytest.mark.parametrize("seed", [0, 1, 2])
 @pytest.mark.parametrize("name", list(SETTINGS))
 def test_loss_parity_with_easyr1(fresh_core_algos, name, seed):
-    native_kwargs = easyr1_kwargs(name, seed)
+    keywords = policy_loss_keywords(fresh_core_algos)
+    skip_without_loss_type(keywords, SETTINGS[name][0][0])
+    native_kwargs = easyr1_kwargs(name, seed, keyset=keywords)
     plugin_kwargs = {**native_kwargs, "log_probs": native_kwargs["log_probs"].detach().clone().requires_grad_(True)}
     native_loss, native_metrics = fresh_core_algos.compute_policy_loss(**native_kwargs)
     loss, metrics = getattr(loss_plugin, name)(**plugin_kwargs)
@@ -417,6 +551,7 @@ def test_loss_parity_with_easyr1(fresh_core_algos, name, seed):
 
 
 def test_setup_hook_patches_fresh_core_algos(fresh_core_algos, monkeypatch):
+    keywords = policy_loss_keywords(fresh_core_algos)
     original = fresh_core_algos.compute_policy_loss
     dp_actor = types.ModuleType(hook.DP_ACTOR)  # stands in for an already imported dp_actor (needs ray/GPU libs)
     dp_actor.compute_policy_loss = original
@@ -428,10 +563,11 @@ def test_setup_hook_patches_fresh_core_algos(fresh_core_algos, monkeypatch):
     assert patched is not original and patched.__wrapped__ is original and dp_actor.compute_policy_loss is patched
     assert hook.patch_status() | {"core_algos_file": None} == {
         "active": True, "core_algos": True, "dp_actor": True, "loss": "prism_gspo", "core_algos_file": None}
-    _, metrics = patched(**easyr1_kwargs("prism_gspo"))  # EasyR1 passes loss_type=gspo: the env var wins
+    _, metrics = patched(**easyr1_kwargs("prism_gspo", keyset=keywords))  # EasyR1 passes loss_type=gspo: env wins
     assert metrics["prism/loss_plugin"] == 1.0
     monkeypatch.delenv(loss_plugin.ENV_LOSS)
-    assert "prism/loss_plugin" not in patched(**easyr1_kwargs("prism_gspo"))[1]  # no selection: EasyR1's own loss
+    native = patched(**easyr1_kwargs("prism_grpo", keyset=keywords))[1]  # no selection: EasyR1's own loss
+    assert "prism/loss_plugin" not in native and EASYR1_METRICS <= set(native)
 
 
 def test_launcher_run_with_stub_ray(fresh_core_algos, monkeypatch):
@@ -460,25 +596,44 @@ def test_launcher_run_with_stub_ray(fresh_core_algos, monkeypatch):
 
     logs = []
     argv = ["config=prism://preset-dapo", "worker.actor.loss_type=prism_dapo"]
-    assert launcher.run(argv, easyr1_main=easyr1_main, ray=ray, has_loss_type=True, log=logs.append) == "trained"
-    assert calls["argv"][1] == "worker.actor.loss_type=default"
+    assert launcher.run(argv, easyr1_main=easyr1_main, ray=ray, log=logs.append) == "trained"  # detects loss_type
+    native = ["worker.actor.loss_type=default"] if "loss_type" in policy_loss_keywords(fresh_core_algos) else []
+    assert calls["argv"][1:] == native  # v0.3.2 would reject the key: dropped
     assert calls["runtime_env"]["env_vars"] == {"NCCL_DEBUG": "WARN", "PRISM_EASYR1_LOSS": "prism_dapo"}
     assert calls["runtime_env"]["worker_process_setup_hook"] == hook.HOOK
     assert any("active in Ray worker" in line for line in logs)
-    assert os.environ[loss_plugin.ENV_LOSS] == "prism_dapo"
-    monkeypatch.delenv(loss_plugin.ENV_LOSS)
+    assert os.environ[loss_plugin.ENV_LOSS] == "prism_dapo"  # the launcher's process state; the fixture undoes it
 
 
-def test_presets_through_easyr1_config_loader(easyr1, tmp_path):
+def test_presets_through_easyr1_config_loader(easyr1, tmp_path, monkeypatch):
     import omegaconf
     from omegaconf import OmegaConf
+    from omegaconf.errors import UnsupportedInterpolationType
 
     if tuple(int(x) for x in omegaconf.__version__.split(".")[:2]) >= (2, 4):
         pytest.skip(f"omegaconf {omegaconf.__version__}: EasyR1's config needs omegaconf 2.3 (Tuple[str] logger)")
     config_module = load_easyr1(easyr1)
+    # the launcher runs with EasyR1 imported, i.e. with its rounding YAML float representer registered
+    py_functional = import_easyr1("verl.utils.py_functional", easyr1)
+    monkeypatch.setitem(yaml.Dumper.yaml_representers, float, py_functional.float_representer)
+    has_loss_type = launcher.easyr1_has_loss_type()
+    readme_overrides = [f"data.format_prompt={paths.path_of('format-prompt')}",
+                        f"worker.reward.reward_function={paths.path_of('reward')}:compute_score"]
     for name, ref in PRESETS.items():
-        plan = launcher.plan_launch([f"config=prism://{ref}", "worker.actor.model.model_path=/tmp/model"],
-                                    has_loss_type=True, out_dir=tmp_path / name)
+        if name != "gspo" or has_loss_type:  # plain EasyR1 (no launcher), as its main() loads the config
+            plain = OmegaConf.merge(OmegaConf.structured(config_module.PPOConfig()), OmegaConf.load(paths.path_of(ref)))
+            with pytest.raises(UnsupportedInterpolationType, match=r"(?s)prism.*full_key: data\.format_prompt"):
+                OmegaConf.to_object(plain)
+            config = OmegaConf.to_object(OmegaConf.merge(plain, OmegaConf.from_cli(readme_overrides)))
+            config.deep_post_init()
+            assert config.data.format_prompt == str(paths.path_of("format-prompt"))
+            assert config.worker.reward.reward_function == str(paths.path_of("reward"))
+        argv = [f"config=prism://{ref}", "worker.actor.model.model_path=/tmp/model"]
+        if name == "gspo" and not has_loss_type:  # v0.3.2: the preset's native gspo needs the prism loss
+            with pytest.raises(launcher.LaunchError, match="no loss_type option"):
+                launcher.plan_launch(argv, has_loss_type=False, out_dir=tmp_path / "refused")
+            argv.append("worker.actor.loss_type=prism_gspo")
+        plan = launcher.plan_launch(argv, has_loss_type=has_loss_type, out_dir=tmp_path / name)
         merged = OmegaConf.merge(OmegaConf.structured(config_module.PPOConfig()), OmegaConf.load(plan.config_path),
                                  OmegaConf.from_cli(plan.args[1:]))
         config = OmegaConf.to_object(merged)
@@ -487,36 +642,41 @@ def test_presets_through_easyr1_config_loader(easyr1, tmp_path):
         assert config.worker.reward.reward_function_name == "compute_score"
         assert config.data.format_prompt == str(paths.path_of("format-prompt"))
         assert config.worker.rollout.response_length == 8192 and config.worker.actor.optim.lr == pytest.approx(1e-6)
-        assert config.worker.actor.loss_type == {"gspo": "gspo"}.get(name, "default")
-        if name == "gspo":  # survives EasyR1's rounding YAML float representer (imported with its config)
+        trainer = config.trainer
+        assert (trainer.save_freq, trainer.save_limit, list(trainer.logger)) == (100, 3, ["console"])
+        if has_loss_type:
+            assert config.worker.actor.loss_type == {"gspo": "gspo"}.get(name, "default")
+        else:
+            assert not hasattr(config.worker.actor, "loss_type") and plan.loss == {"gspo": "prism_gspo"}.get(name)
+        if name == "gspo":  # the rewritten config (JSON) survives EasyR1's rounding YAML float representer
             assert (config.worker.actor.clip_ratio_low, config.worker.actor.clip_ratio_high) == (3e-4, 4e-4)
         if name == "dapo":
             assert config.algorithm.filter_key == "accuracy" and config.worker.actor.clip_ratio_high == 0.28
             assert config.worker.reward.reward_function_kwargs == DAPO_KWARGS
 
 
-def test_patch_active_inside_ray_worker(easyr1, monkeypatch):
+def test_patch_active_inside_ray_worker(fresh_core_algos, easyr1, monkeypatch):
     ray = pytest.importorskip("ray", reason="ray is not installed (EasyR1 runs its trainer on Ray)")
     monkeypatch.setenv("PYTHONPATH", os.pathsep.join(filter(None, [str(easyr1), os.environ.get("PYTHONPATH")])))
     monkeypatch.setattr(ray, "init", ray.init)  # restored after the launcher wraps it
     monkeypatch.setattr(sys, "argv", ["prism_plugin.easyr1"])
+    keywords = policy_loss_keywords(fresh_core_algos)
 
     def worker_loss():
         from verl.trainer import core_algos
 
-        return core_algos.compute_policy_loss(**easyr1_kwargs("prism_gspo"))[1]
+        return core_algos.compute_policy_loss(**easyr1_kwargs("prism_gspo", keyset=keywords))[1]
 
     def easyr1_main():
-        ray.init(num_cpus=1, include_dashboard=False, runtime_env={"env_vars": {"TOKENIZERS_PARALLELISM": "true"}})
-        try:
-            return ray.get(ray.remote(worker_loss).remote(), timeout=120)
-        finally:
-            ray.shutdown()
+        with kept_environ():  # a local Ray leaves PYTHONBREAKPOINT, RAY_* … in this process
+            ray.init(num_cpus=1, include_dashboard=False, runtime_env={"env_vars": {"TOKENIZERS_PARALLELISM": "true"}})
+            try:
+                return ray.get(ray.remote(worker_loss).remote(), timeout=120)
+            finally:
+                ray.shutdown()
 
-    metrics = launcher.run(["worker.actor.loss_type=prism_gspo"], easyr1_main=easyr1_main, has_loss_type=True,
-                           log=lambda line: None)
+    metrics = launcher.run(["worker.actor.loss_type=prism_gspo"], easyr1_main=easyr1_main, log=lambda line: None)
     assert metrics["prism/loss_plugin"] == 1.0
-    monkeypatch.delenv(loss_plugin.ENV_LOSS)
 
 
 def test_probe_fails_loudly_when_worker_unpatched():

@@ -10,7 +10,6 @@ from prism_plugin.losses import (
     discriminator_loss,
     dynamic_sampling_mask,
     get_policy_loss,
-    overlong_penalty,
     policy_loss_names,
     register_policy_loss,
     unregister_policy_loss,
@@ -256,15 +255,3 @@ def test_dynamic_sampling_keeps_only_groups_with_varying_metric():
     acc = torch.tensor([1.0, 1.0, 0.0, 0.0, 1.0, 0.0, 1.0])
     keep = dynamic_sampling_mask(acc, [0, 0, 1, 1, 2, 2, 3])
     assert keep.tolist() == [False, False, False, False, True, True, False]
-
-
-@pytest.mark.parametrize("length, expected", [(100, 0.0), (4096, 0.0), (5120, -0.25), (6144, -0.5),
-                                               (8192, -1.0), (9000, -1.0)])
-def test_overlong_penalty_hand_computed(length, expected):
-    assert overlong_penalty(length, max_length=8192, buffer=4096, factor=1.0).item() == pytest.approx(expected)
-
-
-def test_overlong_penalty_factor_and_bad_buffer():
-    assert overlong_penalty(torch.tensor([150]), max_length=200, buffer=100, factor=0.5).tolist() == [-0.25]
-    with pytest.raises(ValueError, match="overlong buffer"):
-        overlong_penalty(10, max_length=100, buffer=0)

@@ -5,7 +5,14 @@ import torch
 
 from prism_plugin.advantage import group_normalize
 from prism_plugin.losses import get_policy_loss
+from tests.easyr1_support import no_global_changes, policy_loss_keywords, skip_without_loss_type
 from tests.peers import easyr1_core_algos, trl_grpo_loss
+
+
+@pytest.fixture(autouse=True)
+def _leaves_no_global_changes():
+    with no_global_changes():
+        yield
 
 
 def random_batch(seed: int, batch: int = 6, width: int = 9, spread: float = 0.3):
@@ -30,7 +37,9 @@ def loss_and_grad(fn, new, *args, **kwargs):
 TRL_CASES = [
     ("grpo", {"loss_type": "grpo"}, "grpo", {"agg_mode": "seq-mean-token-mean"}),
     ("bnpo", {"loss_type": "bnpo"}, "grpo", {"agg_mode": "token-mean"}),
-    ("dr_grpo", {"loss_type": "dr_grpo"}, "grpo", {"agg_mode": "seq-mean-token-sum-norm"}),
+    # Dr. GRPO divides by the generation budget (trl: max_completion_length), not the batch's padded width
+    ("dr_grpo", {"loss_type": "dr_grpo", "max_completion_length": 16}, "grpo",
+     {"agg_mode": "seq-mean-token-sum-norm", "horizon": 16}),
     ("dapo", {"loss_type": "dapo", "epsilon_high": 0.28}, "dapo", {}),
     ("gspo", {"loss_type": "grpo", "importance_sampling_level": "sequence", "epsilon_low": 3e-4,
               "epsilon_high": 4e-4}, "gspo", {}),
@@ -64,10 +73,13 @@ EASYR1_CASES = [
 @pytest.mark.parametrize("seed", [0, 1])
 def test_policy_loss_matches_easyr1(case_id, easyr1_kwargs, ours, our_kwargs, seed):
     core_algos = easyr1_core_algos()
+    keywords = policy_loss_keywords(core_algos)
+    skip_without_loss_type(keywords, easyr1_kwargs["loss_type"])
     spread = 0.01 if case_id.startswith("gspo") else 1.5  # wide enough to hit the dual clip
     new, old, adv, mask = random_batch(seed, spread=spread)
     settings = {"clip_ratio_low": 0.2, "clip_ratio_high": 0.2, "clip_ratio_dual": 3.0, "tau_positive": 1.0,
                 "tau_negative": 1.0, **easyr1_kwargs}
+    settings = {key: value for key, value in settings.items() if key in keywords}  # v0.3.2: no tau_*, loss_type
 
     def easyr1(lp, old_lp, adv_, mask_):
         return core_algos.compute_policy_loss(

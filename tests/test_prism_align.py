@@ -445,3 +445,61 @@ def test_policy_updates_are_gated_on_discriminator_accuracy(tmp_path, tiny_dir, 
     assert any(not torch.equal(a, b) for a, b in zip(disc_before.parameters(), disc_after.parameters(), strict=True))
 
 
+
+
+def text_trainer(tiny_dir, tmp_path, answers_by_question: dict[str, list[str]], **keys):
+    """A PrismAlignTrainer on the tiny text policy whose rollouts are fixed texts (verifiable reward, G = 2)."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer, TrainingArguments
+
+    from prism_plugin.layout import Segments
+    from prism_plugin.llamafactory.align_trainer import PrismAlignTrainer
+    from prism_plugin.llamafactory.arguments import PrismArguments
+    from prism_plugin.policy import policy_prompt
+    from prism_plugin.scorers import AlignPrompt, VerifiableScorer
+    from tests.testing_utils import ReplayEngine
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_dir / "qwen3_policy")
+    prompts = {q: AlignPrompt(policy_prompt(tokenizer, False, q), Segments.from_response(GOOD), "5", k + 1, "test")
+               for k, q in enumerate(answers_by_question)}
+    engine = ReplayEngine(tokenizer, {tuple(p.policy.input_ids): answers_by_question[q] for q, p in prompts.items()})
+    args = TrainingArguments(output_dir=str(tmp_path), per_device_train_batch_size=2, report_to="none", use_cpu=True,
+                             seed=0)
+    prism = PrismArguments(prism_reward="verifiable", prism_num_generations=2, prism_max_new_tokens=64, **keys)
+    trainer = PrismAlignTrainer(model=AutoModelForCausalLM.from_pretrained(tiny_dir / "qwen3_policy"), args=args,
+                                train_dataset=list(prompts.values()), data_collator=lambda b: b,
+                                processing_class=tokenizer, prism_args=prism, scorer=VerifiableScorer(), engine=engine)
+    return trainer, prompts
+
+
+WRONG_4 = GOOD.replace("= 5", "= 4").replace("<answer> 5", "<answer> 4")
+
+
+def test_dynamic_sampling_drops_groups_without_signal_and_refills(tiny_dir, tmp_path):
+    answers = {"varies A": [GOOD, WRONG_4], "all right": [GOOD, GOOD], "all wrong": [WRONG_4, WRONG_4],
+               "varies B": [WRONG_4, GOOD]}
+    trainer, prompts = text_trainer(tiny_dir, tmp_path, answers, prism_dynamic_sampling=True)
+    batch, signal, metrics = trainer.sample([prompts["varies A"], prompts["all right"]])
+    assert signal and metrics["dapo/kept_groups"] == 2.0 and metrics["dapo/sampling_rounds"] >= 1
+    assert metrics["dapo/dropped_groups"] == 1.0 + metrics["dapo/sampling_rounds"] - 1  # one refill per round
+    assert batch.prompts[0] is prompts["varies A"] and batch.prompts[1] in (prompts["varies A"], prompts["varies B"])
+    rewards = batch.rewards["overall"].view(2, 2)
+    assert all(row.max() > row.min() for row in rewards)  # every kept group carries a signal
+    assert batch.rollouts.completions.shape[0] == 4 and batch.split.valid.all()
+
+    none, _ = text_trainer(tiny_dir, tmp_path, {k: answers[k] for k in ("all right", "all wrong")},
+                           prism_dynamic_sampling=True, prism_max_sampling_rounds=2)
+    batch, signal, metrics = none.sample(list(none.train_dataset))
+    assert not signal and metrics == {"dapo/dropped_groups": 2.0 + 2 * 2, "dapo/sampling_rounds": 2.0,
+                                      "dapo/kept_groups": 0.0}
+    micro = none.rollout_step(list(none.train_dataset))
+    assert not micro.trains and len(micro) == 2  # still joins the update (zero loss) with its rollouts
+
+
+def test_dapo_keys_need_the_verifiable_reward():
+    from prism_plugin.errors import ConfigError
+    from prism_plugin.llamafactory.arguments import PrismArguments
+
+    with pytest.raises(ConfigError, match="set prism_reward: verifiable"):
+        PrismArguments(prism_dynamic_sampling=True)
+    with pytest.raises(ConfigError, match="prism_overlong_buffer must be in"):
+        PrismArguments(prism_reward="verifiable", prism_overlong_buffer=10_000, prism_max_new_tokens=64)

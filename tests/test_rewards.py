@@ -191,6 +191,16 @@ def test_overlong_shaping_dapo_values(length: int, penalty: float) -> None:
     assert invalid["overall"] == pytest.approx(penalty)
 
 
+def test_overlong_penalty_value_hand_computed_and_bad_buffer() -> None:
+    from prism_plugin.rewards import overlong_penalty_value
+
+    expected = {100: 0.0, 4096: 0.0, 5120: -0.25, 6144: -0.5, 8192: -1.0, 9000: -1.0}
+    assert {n: overlong_penalty_value(n, 8192, 4096, 1.0) for n in expected} == pytest.approx(expected)
+    assert overlong_penalty_value(150, 200, 100, 0.5) == pytest.approx(-0.25)
+    with pytest.raises(ValueError, match="overlong buffer"):
+        overlong_penalty_value(10, 100, 0, 1.0)
+
+
 def test_overlong_shaping_factor_and_off() -> None:
     kwargs = dict(response_length=3584, max_response_length=4096, overlong_buffer=1024, overlong_penalty=0.5)
     score = compute_score(_resp("5"), "4", **kwargs)  # 512 past 3072 -> -0.5 * 0.5

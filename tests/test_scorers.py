@@ -143,3 +143,41 @@ def test_arguments_derive_the_scored_segments_from_the_reward():
     default = PrismArguments()
     assert default.prism_scale_advantages is True and default.segment_weights == {"caption": 0.5, "reasoning": 0.5}
     assert default.trains_discriminator is True
+
+
+def test_overlong_shaping_adds_the_dapo_penalty_by_token_length(tokenizer):
+    from prism_plugin.rewards import overlong_penalty_value
+
+    texts = [GOOD, GOOD.replace("red 3 + blue 2", "red 3 + blue 2 + green 0 + yellow 0 + 0 + 0")]
+    batch = rollout_batch(tokenizer, texts, [align_prompt(ground_truth="5")], 2)
+    lengths = batch.rollouts.lengths.tolist()
+    limit, buffer = lengths[0] + 8, 8  # the first ends where the buffer starts, the second inside it
+    shaped = VerifiableScorer((limit, buffer, 1.0)).score(batch).rollout["response"]
+    plain = VerifiableScorer().score(batch).rollout["response"]
+    expected = [overlong_penalty_value(n, limit, buffer, 1.0) for n in lengths]
+    assert expected[0] == 0.0 and expected[1] < 0.0
+    assert (shaped - plain).tolist() == pytest.approx(expected)
+
+
+def test_the_tiny_rlvr_config_runs_dapo_inside_llamafactory(tmp_path, tiny_dir, tiny_sft_run):
+    """``yaml/prism_rlvr_tiny.yaml`` as shipped (2 steps): the verifiable reward, DAPO's clip-higher, dynamic
+    sampling and overlong shaping; the layout-valid share is measured, not assumed."""
+    from tests.lf_runs import llamafactory_train
+    from tests.testing_utils import lf_config
+
+    policy = tiny_sft_run[0]
+    config = lf_config("prism_rlvr", tiny_dir, tmp_path / "rlvr", model_name_or_path=str(policy), max_steps=2,
+                       logging_steps=1)
+    proc = llamafactory_train(config, tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    history = json.loads((tmp_path / "rlvr" / "trainer_state.json").read_text())["log_history"]
+    steps = [e for e in history if "policy/skipped" in e]
+    assert len(steps) == 2
+    for step in steps:
+        assert {"dapo/dropped_groups", "dapo/sampling_rounds", "dapo/kept_groups", "reward"} <= set(step)
+        assert 0.0 <= step["valid_ratio"] <= 1.0 and "disc/loss" not in step
+    assert "policy loss dapo" in proc.stderr + proc.stdout
+    kept = [s for s in steps if s["dapo/kept_groups"] > 0]
+    before = load_file(str(policy / "model.safetensors"))
+    after = load_file(str(tmp_path / "rlvr" / "model.safetensors"))
+    assert any(not torch.equal(before[k], after[k]) for k in before) == bool(kept)

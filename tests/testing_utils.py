@@ -14,6 +14,7 @@ TINY_YAML = {
     "sft": REPO / "yaml" / "sft_qwen3vl_tiny.yaml",
     "prism_disc": REPO / "yaml" / "prism_disc_warmup_tiny.yaml",
     "prism_align": REPO / "yaml" / "prism_align_tiny.yaml",
+    "prism_rlvr": REPO / "yaml" / "prism_rlvr_tiny.yaml",
 }
 
 
@@ -55,3 +56,27 @@ def align_prompt(teacher: Any = None, ground_truth: str | None = None, scorer_in
     from prism_plugin.scorers import AlignPrompt
 
     return AlignPrompt(PolicyPrompt([]), teacher, ground_truth, 1, "test", scorer_inputs)
+
+
+class ReplayEngine:
+    """A :class:`prism_plugin.rollout.RolloutEngine` that answers each prompt with fixed completions: a
+    trainer's rollouts known in advance (the same in one process and on two ranks)."""
+
+    def __init__(self, tokenizer, answers: dict[tuple[int, ...], list[str]]) -> None:
+        from prism_plugin.rollout import end_of_turn_id
+
+        self.tokenizer, self.answers = tokenizer, answers
+        self.eot_id = end_of_turn_id(tokenizer)
+        self.pad_id = tokenizer.pad_token_id
+
+    def load_policy(self, policy) -> None:
+        pass
+
+    def generate(self, prompts, num_samples, sampling):
+        from prism_plugin.rollout import Rollouts
+
+        texts = [self.answers[tuple(p.input_ids)][:num_samples] for p in prompts]
+        ids = [self.tokenizer(t, add_special_tokens=False)["input_ids"] + [self.eot_id]
+               for group in texts for t in group]
+        rows = [k for k in range(len(prompts)) for _ in range(num_samples)]
+        return Rollouts.from_sequences(ids, rows, self.eot_id, self.tokenizer.pad_token_id)

@@ -33,6 +33,22 @@ def run_upcycle(args: Any) -> int:
     return 0
 
 
+def run_import(args: Any) -> int:
+    """Load ``args.src`` (any format :func:`load_discriminator` reads) in its own dtype and save it, with its
+    tokenizer and processor files, as a prism-plugin discriminator in ``args.out``."""
+    from prism_plugin.discriminator.loading import load_discriminator
+    from prism_plugin.discriminator.upcycle import copy_processor_files
+
+    model = load_discriminator(args.src, dtype=None)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(out)
+    copied = copy_processor_files(args.src, out)
+    print(json.dumps({"discriminator": str(out), "segment_format": model.config.segment_format,
+                      "dtype": str(model.checkpoint_dtype).removeprefix("torch."), "processor_files": copied}))
+    return 0
+
+
 def _prepare_row(scorer: TextScorer, reader: RowReader, response_field: str) -> tuple[PreparedText, str]:
     """Render and split one row through the one row parser; :class:`DatasetRowError` for an unusable row."""
     images = reader.images()

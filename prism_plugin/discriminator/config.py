@@ -8,6 +8,7 @@ from transformers import AutoConfig, PreTrainedConfig
 from transformers.models.auto.configuration_auto import CONFIG_MAPPING
 
 EXPERT_MODES = ("shared", "dedicated")
+SEGMENT_FORMATS = ("continuation", "turn")
 SHARED_HEAD = "score"
 MOE_MODEL_TYPES = ("qwen3_vl_moe", "qwen3_moe")
 VL_MODEL_TYPES = ("qwen3_vl", "qwen3_vl_moe")
@@ -26,6 +27,11 @@ class PrismDiscriminatorConfig(PreTrainedConfig):
       router_aux_loss_coef: weight of the load-balancing loss a trainer adds (``out.aux_loss``).
       score_clip: scores are clipped to ±score_clip where they are used as rewards (``score_texts``, CLI).
       max_length: longest prompt + segment accepted by ``score_texts``/the CLI (None: the backbone's limit).
+      segment_format: how a segment is put after its prompt to be scored — ``continuation`` (the policy's own
+        tokens after the generation prompt, read at the segment's last token: prism-plugin's discriminators) or
+        ``turn`` (the segment text as a whole assistant turn, ``…<|im_end|>\n``, read at that last newline: the
+        authors' warm-up, kept by imported discriminators so their scores stay the authors').
+      system_prompt: the system prompt prompts are rendered with (None: prism-plugin's PRISM system prompt).
     """
 
     model_type = "prism_discriminator"
@@ -41,6 +47,8 @@ class PrismDiscriminatorConfig(PreTrainedConfig):
     router_aux_loss_coef: float = 0.01
     score_clip: float | None = 10.0
     max_length: int | None = None
+    segment_format: Literal["continuation", "turn"] = "continuation"
+    system_prompt: str | None = None
 
     def __post_init__(self, **kwargs: Any) -> None:
         if isinstance(self.backbone_config, dict):
@@ -104,6 +112,8 @@ class PrismDiscriminatorConfig(PreTrainedConfig):
 
     def validate_experts(self) -> None:
         """Check mode, groups and shared experts against the backbone (clear errors at construction)."""
+        if self.segment_format not in SEGMENT_FORMATS:
+            raise ValueError(f"segment_format must be one of {SEGMENT_FORMATS}, got {self.segment_format!r}")
         if self.expert_mode not in EXPERT_MODES:
             raise ValueError(f"expert_mode must be one of {EXPERT_MODES}, got {self.expert_mode!r}")
         if self.expert_mode == "shared":

@@ -70,6 +70,22 @@ class PrismDiscriminator(PreTrainedModel):
             raise RuntimeError(f"no MoE router found in the {type(self.backbone).__name__} backbone")
         self.post_init()
 
+    @classmethod
+    def from_backbone(cls, config: PrismDiscriminatorConfig, backbone: nn.Module) -> PrismDiscriminator:
+        """A discriminator around an already loaded ``backbone`` (no second copy of its weights is made); the
+        heads are initialised as usual, on the backbone's device and dtype."""
+        with torch.device("meta"):
+            model = cls(config)
+        model.backbone = backbone
+        model.routing = RouterControl(backbone)
+        reference = next(backbone.parameters())
+        model.heads = nn.ModuleDict({name: nn.Linear(config.backbone_hidden_size, 1, bias=False,
+                                                     device=reference.device, dtype=reference.dtype)
+                                     for name in config.head_names})
+        for head in model.heads.values():
+            nn.init.normal_(head.weight, mean=0.0, std=config.head_init_std)
+        return model
+
     def _init_weights(self, module: nn.Module) -> None:
         if any(module is head for head in self.heads.values()):
             nn.init.normal_(module.weight, mean=0.0, std=self.config.head_init_std)

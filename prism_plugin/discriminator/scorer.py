@@ -57,6 +57,8 @@ class DiscriminatorScorer:
         self.segments = list(segments)
         self.policy_tokenizer = policy_tokenizer
         self.same_vocab = same_vocabulary(policy_tokenizer, text_scorer.tokenizer)
+        # the policy's own ids are scored as they are only by a continuation discriminator of the same vocabulary
+        self.policy_ids = self.same_vocab and not text_scorer.turn
         self.score_clip = score_clip
         self.cutoff_len = cutoff_len
         self.updater = updater
@@ -85,14 +87,14 @@ class DiscriminatorScorer:
 
     def _ids(self, batch: RolloutBatch, row: int) -> list[int] | None:
         """A rollout's response ids in the discriminator's vocabulary (None if re-tokenising fails)."""
-        if self.same_vocab:
+        if self.policy_ids:
             return batch.rollouts.completions[row, : int(batch.split.lengths[row])].tolist()
         text = batch.texts[row]
         return self.text.tokenize_response(text) if text.strip() else None
 
     def _valid_segments(self, batch: RolloutBatch, row: int) -> dict[str, list[int]] | None:
         """A layout-valid rollout's segment ids; None when a segment comes out empty."""
-        if self.same_vocab:
+        if self.policy_ids:
             ids = self._ids(batch, row)
             cut = int(batch.split.boundary[row])
             spans = {"caption": ids[:cut], "reasoning": ids[cut:], "response": ids}
@@ -108,11 +110,14 @@ class DiscriminatorScorer:
         """An invalid rollout as the authors score it for the regulariser: split at half its length (at least
         one token each side; a one-token rollout has no second part and stays out)."""
         ids = self._ids(batch, row)
+        if self.text.turn and ids and ids[-1] == self.text.eot:
+            ids = ids[:-1]
         if not ids or len(ids) < 2:
             return None
         half = max(1, len(ids) // 2)
         spans = {"caption": ids[:half], "reasoning": ids[half:], "response": ids}
-        return {name: spans[name] for name in self.segments}
+        end = self.text.turn_end if self.text.turn else []  # a turn discriminator reads each part as a turn
+        return {name: spans[name] + end for name in self.segments}
 
     # ----------------------------------------------------------------- scoring
 

@@ -36,7 +36,8 @@ class PreparedText:
 class TextScorer:
     """Renders prompts with the PRISM system prompt and scores responses in the layout."""
 
-    def __init__(self, model: Any, processor: Any = None, system_prompt: str = SYSTEM_PROMPT) -> None:
+    def __init__(self, model: Any, processor: Any = None, system_prompt: str | None = None) -> None:
+        """``system_prompt`` defaults to the discriminator's own (``config.system_prompt``), else the PRISM one."""
         self.model = model
         self.vision = model.config.is_vision
         if processor is None:
@@ -48,8 +49,10 @@ class TextScorer:
             processor = AutoProcessor.from_pretrained(source) if self.vision else AutoTokenizer.from_pretrained(source)
         self.processor = processor
         self.tokenizer = getattr(processor, "tokenizer", processor)
-        self.system_prompt = system_prompt
+        self.system_prompt = system_prompt or getattr(model.config, "system_prompt", None) or SYSTEM_PROMPT
+        self.turn = getattr(model.config, "segment_format", "continuation") == "turn"
         self.eot = end_of_turn_id(self.tokenizer)
+        self.turn_end = [self.eot, *self.tokenizer("\n", add_special_tokens=False)["input_ids"]]
         config = model.config
         self.max_length = config.max_length or int(config.backbone_text_config.max_position_embeddings)
 
@@ -72,8 +75,15 @@ class TextScorer:
 
     def segment_ids(self, response: Segments | str, segments: Sequence[str]) -> dict[str, list[int]]:
         """Token ids of each of ``segments`` of one response; ValueError outside the layout or for an empty
-        segment. Teacher and student sides go through here alike, so both are read at the same token."""
+        segment. Teacher and student sides go through here alike, so both are read at the same token.
+
+        ``continuation`` discriminators: the response's ids as a policy generates them, split at the caption
+        boundary. ``turn`` discriminators: each segment's text tokenised alone and closed as an assistant turn
+        (``<|im_end|>\n``), as the authors' warm-up renders it.
+        """
         text = response.response if isinstance(response, Segments) else response
+        if self.turn:
+            return self._turn_ids(response if isinstance(response, Segments) else text, segments)
         ids = self.tokenize_response(text)
         split = split_segments(ids, self.tokenizer, eos_token_ids=self.eot)
         if any(name != "response" for name in segments) and not split.valid:
@@ -84,6 +94,18 @@ class TextScorer:
             if end <= start:
                 raise ValueError(f"{name} segment is empty")
             out[name] = ids[start:end]
+        return out
+
+    def _turn_ids(self, response: Segments | str, segments: Sequence[str]) -> dict[str, list[int]]:
+        parts = response if isinstance(response, Segments) else Segments.from_response(response)
+        if parts is None and any(name != "response" for name in segments):
+            raise ValueError("response is not in the <caption>/<think>/<answer> layout")
+        out = {}
+        for name in segments:
+            segment = (parts.get(name) if parts is not None else str(response)).strip()
+            if not segment:
+                raise ValueError(f"{name} segment is empty")
+            out[name] = self.tokenizer(segment, add_special_tokens=False)["input_ids"] + self.turn_end
         return out
 
     def prepare(
@@ -100,9 +122,7 @@ class TextScorer:
         split = split_segments(ids, self.tokenizer, eos_token_ids=self.eot)
         segments = {}
         if split.valid:
-            for name in self.model.config.segments:
-                start, end = split.span(name)
-                segments[name] = ids[start:end]
+            segments = self.segment_ids(response, self.model.config.segments)
         return PreparedText(inputs, segments, split.valid, length)
 
     def score_prepared(

@@ -8,7 +8,10 @@ the same field checks as the LLaMA-Factory side (:mod:`prism_plugin.data.records
 the file, the row and the field; ``skip_invalid=True`` leaves bad rows out and reports them.
 Output: one ``<image>`` marker per image in ``prompt`` (added in front when a row has none),
 ``images`` as absolute paths, or as ``{"bytes": …}`` with ``embed_images`` (self-contained files
-for multi-node Ray jobs), and ``answer`` as a string (EasyR1's default ``answer_key``).
+for multi-node Ray jobs), and ``answer`` as a string (EasyR1's default ``answer_key``). Without any
+image in the data there is no ``images`` column: EasyR1's ``RLHFDataset`` takes its multimodal
+branch whenever the row has the ``data.image_key`` column, and that branch needs a processor, which
+a text-only model does not have.
 """
 
 from __future__ import annotations
@@ -39,6 +42,17 @@ def load_rlvr(path: str | Path, *, skip_invalid: bool = False, image_dir: str | 
     return report
 
 
+def image_storage(records: list[EasyR1Row], embed_images: bool) -> str | None:
+    """How :func:`to_easyr1` writes the ``images`` column for ``records``: ``"paths"`` (absolute, valid on
+    this machine only), ``"bytes"`` (``embed_images``, or input already holding bytes), or None (no row
+    has an image: no column)."""
+    if not any(rec.images for rec in records):
+        return None
+    if embed_images or any(isinstance(img, bytes) for rec in records for img in rec.images):
+        return "bytes"
+    return "paths"
+
+
 def to_easyr1(
     src: str | Path,
     out: str | Path,
@@ -53,20 +67,15 @@ def to_easyr1(
 
     report = load_rlvr(src, skip_invalid=skip_invalid, image_dir=image_dir)
     records: list[EasyR1Row] = report.records
-    as_bytes = embed_images or any(isinstance(img, bytes) for rec in records for img in rec.images)
-    if as_bytes:
+    columns = {"prompt": pa.array([rec.prompt for rec in records], pa.string())}
+    storage = image_storage(records, embed_images)
+    if storage == "bytes":
         images: Any = [[{"bytes": _read(img)} for img in rec.images] for rec in records]
-        image_type = pa.list_(pa.struct([("bytes", pa.binary())]))
-    else:
-        images = [list(rec.images) for rec in records]
-        image_type = pa.list_(pa.string())
-    table = pa.table(
-        {
-            "prompt": pa.array([rec.prompt for rec in records], pa.string()),
-            "images": pa.array(images, image_type),
-            "answer": pa.array([rec.answer for rec in records], pa.string()),
-        }
-    )
+        columns["images"] = pa.array(images, pa.list_(pa.struct([("bytes", pa.binary())])))
+    elif storage == "paths":
+        columns["images"] = pa.array([list(rec.images) for rec in records], pa.list_(pa.string()))
+    columns["answer"] = pa.array([rec.answer for rec in records], pa.string())
+    table = pa.table(columns)
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     pq.write_table(table, out)
@@ -77,4 +86,4 @@ def _read(image: str | bytes) -> bytes:
     return image if isinstance(image, bytes) else Path(image).read_bytes()
 
 
-__all__ = ["DatasetRowError", "EasyR1Row", "load_rlvr", "to_easyr1"]
+__all__ = ["DatasetRowError", "EasyR1Row", "image_storage", "load_rlvr", "to_easyr1"]

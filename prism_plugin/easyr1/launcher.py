@@ -2,7 +2,8 @@
 
 What it does before delegating to ``verl.trainer.main.main`` (EasyR1's own entry point):
 
-1. resolves ``prism://NAME[:fn]`` references (reward, format prompt, presets) to installed paths;
+1. resolves ``prism://NAME[:fn]`` and ``${prism:NAME}`` references (reward, format prompt, presets) to
+   installed paths (:mod:`prism_plugin.easyr1.paths`);
 2. takes ``worker.actor.loss_type=prism_*`` (command line or config file) out of EasyR1's config:
    it becomes the nearest native value (``prism_gspo`` -> ``gspo``, ``prism_dapo`` -> ``default`` …),
    or is dropped on EasyR1 builds without ``loss_type`` (v0.3.2), and the prism name travels in
@@ -29,7 +30,7 @@ from typing import Any
 
 from . import hook
 from .loss_plugin import ENV_LOSS, PREFIX, check_loss_name, native_loss_type
-from .paths import SCHEME, resolve_reference
+from .paths import has_reference, resolve_reference
 
 LOSS_KEY = "worker.actor.loss_type"
 ENV_ALLOW_OMEGACONF = "PRISM_EASYR1_ALLOW_OMEGACONF"
@@ -53,8 +54,8 @@ class LaunchPlan:
 
 
 def _resolve_tree(node: Any) -> tuple[Any, bool]:
-    """Resolve every ``prism://`` string in a nested dict/list; report whether anything changed."""
-    if isinstance(node, str) and node.startswith(SCHEME):
+    """Resolve every prism reference in a nested dict/list; report whether anything changed."""
+    if isinstance(node, str) and has_reference(node):
         return resolve_reference(node), True
     if isinstance(node, dict):
         changed = False
@@ -95,7 +96,7 @@ def plan_launch(argv: Sequence[str], *, has_loss_type: bool, out_dir: str | Path
     cli_loss_index, config_index = None, None
     for token in argv:
         key, sep, value = token.partition("=")
-        if sep and value.startswith(SCHEME):
+        if sep and has_reference(value):
             value = resolve_reference(value)
             token = f"{key}={value}"
         if sep and key.lstrip("+") == "config":

@@ -1,15 +1,24 @@
 """Absolute paths of the files EasyR1 must be given by path (reward, format prompt, presets).
 
 EasyR1 reads its reward function and format prompt only from file paths, so the installed copies
-are named here; ``prism://NAME[:suffix]`` references (accepted by the launcher) resolve to them.
+are named here. The launcher resolves two spellings of a reference to them:
+
+- ``prism://NAME[:suffix]``, a whole value (``config=prism://preset-gspo`` on the command line);
+- ``${prism:NAME}`` anywhere in a value (``"${prism:reward}:compute_score"``), the spelling the
+  presets use: to plain EasyR1 it is an OmegaConf interpolation with no resolver, so EasyR1 stops
+  while loading its config, naming the key, instead of printing "not found" and training without
+  the format prompt (or failing at the first reward call).
 """
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 PACKAGE_DIR = Path(__file__).resolve().parent
 SCHEME = "prism://"
+INTERPOLATION = re.compile(r"\$\{prism:([^}]*)\}")
+"""``${prism:NAME}`` inside a config value."""
 
 _PACKAGED = {
     "reward": "reward.py",
@@ -42,9 +51,15 @@ def path_of(name: str) -> Path:
     return path
 
 
+def has_reference(value: str) -> bool:
+    """Does ``value`` hold a ``prism://`` or ``${prism:…}`` reference?"""
+    return value.startswith(SCHEME) or INTERPOLATION.search(value) is not None
+
+
 def resolve_reference(value: str) -> str:
-    """``prism://NAME[:suffix]`` -> ``/abs/path[:suffix]``; any other string is returned unchanged."""
-    if not value.startswith(SCHEME):
-        return value
-    name, sep, suffix = value[len(SCHEME):].partition(":")
-    return f"{path_of(name)}{sep}{suffix}"
+    """``prism://NAME[:suffix]`` -> ``/abs/path[:suffix]``; each ``${prism:NAME}`` -> ``/abs/path``;
+    a string without references is returned unchanged."""
+    if value.startswith(SCHEME):
+        name, sep, suffix = value[len(SCHEME):].partition(":")
+        return f"{path_of(name)}{sep}{suffix}"
+    return INTERPOLATION.sub(lambda match: str(path_of(match.group(1))), value)

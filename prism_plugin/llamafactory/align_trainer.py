@@ -12,6 +12,7 @@ DeepSpeed, logging and checkpoints are the Trainer's.
 from __future__ import annotations
 
 import os
+import random
 from dataclasses import dataclass
 from typing import Any
 
@@ -23,8 +24,14 @@ from prism_plugin.advantage import segment_advantage
 from prism_plugin.discriminator.updater import all_ranks_sum
 from prism_plugin.format import split_segments
 from prism_plugin.llamafactory.metrics import MetricsLogMixin
-from prism_plugin.losses import aggregation_unit, get_policy_loss, pairwise_wins, policy_loss_defaults
-from prism_plugin.rollout import RolloutEngine, Sampling
+from prism_plugin.losses import (
+    aggregation_unit,
+    dynamic_sampling_mask,
+    get_policy_loss,
+    pairwise_wins,
+    policy_loss_defaults,
+)
+from prism_plugin.rollout import RolloutEngine, Rollouts, Sampling
 from prism_plugin.scorers import AlignPrompt, RolloutBatch, Scorer, Scores
 
 DISCRIMINATOR_DIR = "discriminator"
@@ -73,6 +80,7 @@ class PrismAlignTrainer(MetricsLogMixin, Trainer):
         self.nonfinite_skips = {"scores": 0, "policy_loss": 0}
         self._window: list[PolicyMicroBatch] | None = None
         self._drop_window = False
+        self._prompt_stream = PromptStream(self.train_dataset, seed=self.args.seed + self.args.process_index)
         self._init_metrics()
 
     # ------------------------------------------------------------------ one optimiser step
@@ -89,12 +97,8 @@ class PrismAlignTrainer(MetricsLogMixin, Trainer):
 
     def rollout_step(self, prompts: list[AlignPrompt]) -> PolicyMicroBatch:
         """Rollout → split → score → advantage → discriminator update, for one micro-batch of prompts."""
-        G = self.prism.prism_num_generations
         self.engine.load_policy(self.accelerator.unwrap_model(self.model))
-        rollouts = self.engine.generate([p.policy for p in prompts], G, self.sampling)
-        split = split_segments(rollouts.completions, self.policy_tokenizer, rollouts.mask,
-                               eos_token_ids=self.engine.eot_id)
-        batch = RolloutBatch(prompts, rollouts, split)
+        batch, signal, sampling_metrics = self.sample(prompts)
         scores = self.scorer.score(batch)
         advantages = segment_advantage(
             {s: scores.rollout[s] for s in self.weights}, self.weights, scores.valid, batch.group_index,
@@ -106,8 +110,56 @@ class PrismAlignTrainer(MetricsLogMixin, Trainer):
         metrics = self.scorer.update(batch, scores, enabled=finite)
         if accuracy is not None:
             metrics.update({"disc/batch_accuracy": accuracy, "policy/gated": float(gated)})
-        self.record_metrics("train", {**step_metrics(batch, scores, advantages), **metrics})
-        return self._policy_groups(batch, advantages, trains=finite and not gated)
+        self.record_metrics("train", {**step_metrics(batch, scores, advantages), **metrics, **sampling_metrics})
+        return self._policy_groups(batch, advantages, trains=finite and not gated and signal)
+
+    def sample(self, prompts: list[AlignPrompt]) -> tuple[RolloutBatch, bool, dict[str, float]]:
+        """Rollouts of ``prompts``, split into segments; with ``prism_dynamic_sampling`` (DAPO), prompt groups
+        whose rewards do not vary are dropped and refilled from further prompts, for at most
+        ``prism_max_sampling_rounds`` rounds. Returns the batch, whether it carries any signal (False: every
+        group was dropped; the batch is kept only so this rank joins the update with a zero loss), and the
+        sampling metrics. No collective runs here, so ranks may take different numbers of rounds."""
+        batch = self._rollouts(prompts)
+        if not self.prism.prism_dynamic_sampling:
+            return batch, True, {}
+        kept, rounds, dropped = self._varying(batch), 0, 0
+        dropped += len(prompts) - len(kept)
+        while len(kept) < len(prompts) and rounds < self.prism.prism_max_sampling_rounds:
+            extra = self._rollouts(self._prompt_stream.take(len(prompts) - len(kept)))
+            varying = self._varying(extra)
+            kept += varying
+            dropped += len(extra.prompts) - len(varying)
+            rounds += 1
+        metrics = {"dapo/dropped_groups": float(dropped), "dapo/sampling_rounds": float(rounds),
+                   "dapo/kept_groups": float(len(kept))}
+        if not kept:
+            return batch, False, metrics
+        return self._merge(kept), True, metrics
+
+    def _rollouts(self, prompts: list[AlignPrompt]) -> RolloutBatch:
+        rollouts = self.engine.generate([p.policy for p in prompts], self.prism.prism_num_generations, self.sampling)
+        split = split_segments(rollouts.completions, self.policy_tokenizer, rollouts.mask,
+                               eos_token_ids=self.engine.eot_id)
+        return RolloutBatch(prompts, rollouts, split)
+
+    def _varying(self, batch: RolloutBatch) -> list[tuple[RolloutBatch, int]]:
+        """(batch, prompt) of every group whose scored reward varies (the groups with a signal)."""
+        reward = self.scorer.score(batch).rollout["response"]
+        keep = dynamic_sampling_mask(reward, batch.group_index)
+        return [(batch, k) for k in range(len(batch.prompts)) if bool(keep[batch.rollouts.rows_of(k)].all())]
+
+    def _merge(self, groups: list[tuple[RolloutBatch, int]]) -> RolloutBatch:
+        """One batch of the given prompt groups of several batches (re-split: cheap, and exactly the same)."""
+        sequences, rows, prompts = [], [], []
+        for batch, k in groups:
+            for row in batch.rollouts.rows_of(k).tolist():
+                sequences.append(batch.rollouts.completions[row, : int(batch.rollouts.lengths[row])].tolist())
+                rows.append(len(prompts))
+            prompts.append(batch.prompts[k])
+        rollouts = Rollouts.from_sequences(sequences, rows, self.engine.eot_id, self.engine.pad_id)
+        split = split_segments(rollouts.completions, self.policy_tokenizer, rollouts.mask,
+                               eos_token_ids=self.engine.eot_id)
+        return RolloutBatch(prompts, rollouts, split)
 
     # ------------------------------------------------------------------ step helpers
 
@@ -229,6 +281,25 @@ class PrismAlignTrainer(MetricsLogMixin, Trainer):
 
 
 # ---------------------------------------------------------------------- pure helpers
+
+
+class PromptStream:
+    """Further prompts for DAPO's refills: the training prompts in a seeded random order, over and over
+    (each rank its own order), apart from the Trainer's own data loader."""
+
+    def __init__(self, prompts: Any, seed: int) -> None:
+        self.prompts = prompts
+        self.rng = random.Random(seed)
+        self.order: list[int] = []
+
+    def take(self, count: int) -> list[Any]:
+        out = []
+        while len(out) < count:
+            if not self.order:
+                self.order = list(range(len(self.prompts)))
+                self.rng.shuffle(self.order)
+            out.append(self.prompts[self.order.pop()])
+        return out
 
 
 def policy_loss_options(prism_args: Any) -> dict[str, Any]:

@@ -39,7 +39,8 @@ def build_scorer(args: Any, policy_tokenizer: Any, cutoff_len: int, device: Any,
 
     reward = args.prism_reward
     if reward == VERIFIABLE:
-        return VerifiableScorer()
+        buffer = args.prism_overlong_buffer
+        return VerifiableScorer((args.prism_max_new_tokens, buffer, args.prism_overlong_penalty) if buffer else None)
     if reward != DISCRIMINATOR:
         path, name = check_reward_spec(reward)
         return FileScorer(load_score_function(path, name), args.prism_segments, reward)
@@ -79,7 +80,7 @@ def run_prism_align(
 
     from prism_plugin.llamafactory.align_data import AlignEncoder, encode_align
     from prism_plugin.llamafactory.align_trainer import DISCRIMINATOR_DIR, PrismAlignTrainer
-    from prism_plugin.llamafactory.disc_workflow import train_and_save
+    from prism_plugin.llamafactory.workflow import train_and_save
     from prism_plugin.rollout import HFRolloutEngine
 
     logger = logging.get_logger(f"llamafactory.{__name__}")  # under LLaMA-Factory's configured root logger

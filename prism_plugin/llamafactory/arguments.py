@@ -13,7 +13,7 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
-from prism_plugin.errors import did_you_mean
+from prism_plugin.errors import ConfigError, did_you_mean
 from prism_plugin.layout import KNOWN_SEGMENTS
 
 DISCRIMINATOR = "discriminator"
@@ -32,7 +32,7 @@ def _chain_post_init(obj: Any, cls: type) -> None:
 def _at_least_one(obj: Any, *names: str) -> None:
     bad = {name: getattr(obj, name) for name in names if getattr(obj, name) is not None and getattr(obj, name) < 1}
     if bad:
-        raise ValueError(f"these keys must be >= 1: {', '.join(f'{k}={v}' for k, v in bad.items())}")
+        raise ConfigError(f"these keys must be >= 1: {', '.join(f'{k}={v}' for k, v in bad.items())}")
 
 
 def check_reward_spec(spec: str) -> tuple[str, str] | None:
@@ -41,7 +41,7 @@ def check_reward_spec(spec: str) -> tuple[str, str] | None:
         return None
     path, sep, name = spec.rpartition(":")
     if not sep or not path.endswith(".py") or not name:
-        raise ValueError(f"prism_reward must be 'discriminator', 'verifiable' or 'FILE.py:FUNCTION'; got {spec!r}"
+        raise ConfigError(f"prism_reward must be 'discriminator', 'verifiable' or 'FILE.py:FUNCTION'; got {spec!r}"
                          + did_you_mean(spec, (DISCRIMINATOR, VERIFIABLE)))
     return path, name
 
@@ -105,14 +105,14 @@ class DiscriminatorArguments:
     def __post_init__(self) -> None:
         unknown = [s for s in self.prism_segments if s not in KNOWN_SEGMENTS]
         if unknown or not self.prism_segments:
-            raise ValueError(f"prism_segments must be a non-empty subset of {KNOWN_SEGMENTS}; got {self.prism_segments}"
-                             + (did_you_mean(unknown[0], KNOWN_SEGMENTS) if unknown else ""))
+            raise ConfigError(f"prism_segments must be a non-empty subset of {KNOWN_SEGMENTS}; got "
+                              f"{self.prism_segments}" + (did_you_mean(unknown[0], KNOWN_SEGMENTS) if unknown else ""))
         if self.prism_score_reg_rows not in REG_ROWS:
-            raise ValueError(f"prism_score_reg_rows must be one of {REG_ROWS}; got {self.prism_score_reg_rows!r}")
+            raise ConfigError(f"prism_score_reg_rows must be one of {REG_ROWS}; got {self.prism_score_reg_rows!r}")
         if self.prism_no_valid_pair not in NO_VALID_PAIR:
-            raise ValueError(f"prism_no_valid_pair must be one of {NO_VALID_PAIR}; got {self.prism_no_valid_pair!r}")
+            raise ConfigError(f"prism_no_valid_pair must be one of {NO_VALID_PAIR}; got {self.prism_no_valid_pair!r}")
         if self.prism_score_clip is not None and self.prism_score_clip <= 0:
-            raise ValueError(f"prism_score_clip must be > 0; got {self.prism_score_clip}")
+            raise ConfigError(f"prism_score_clip must be > 0; got {self.prism_score_clip}")
         _at_least_one(self, "prism_disc_update_every")
         _chain_post_init(self, DiscriminatorArguments)
 
@@ -149,16 +149,42 @@ class AlignArguments:
                           "than this share of the fresh rollouts (0 = never skip)."},
     )
 
+    prism_dynamic_sampling: bool = field(
+        default=False,
+        metadata={"help": "prism_reward: verifiable: drop prompt groups whose rewards do not vary (no signal under "
+                          "group normalisation) and refill from further prompts, as DAPO does."},
+    )
+    prism_max_sampling_rounds: int = field(
+        default=3,
+        metadata={"help": "prism_dynamic_sampling: rounds of further prompts a batch may draw to refill dropped "
+                          "groups; what is still missing after them is left out of that step."},
+    )
+    prism_overlong_buffer: int = field(
+        default=0,
+        metadata={"help": "prism_reward: verifiable: DAPO's soft overlong punishment over the last this many tokens "
+                          "before prism_max_new_tokens (0: off)."},
+    )
+    prism_overlong_penalty: float = field(
+        default=1.0, metadata={"help": "prism_overlong_buffer: the penalty at prism_max_new_tokens."}
+    )
+
     def __post_init__(self) -> None:
         check_reward_spec(self.prism_reward)
+        if (self.prism_dynamic_sampling or self.prism_overlong_buffer) and self.prism_reward != VERIFIABLE:
+            raise ConfigError("prism_dynamic_sampling and prism_overlong_buffer shape the verifiable reward: set "
+                              f"prism_reward: verifiable (got {self.prism_reward!r})")
+        if not 0 <= self.prism_overlong_buffer <= self.prism_max_new_tokens:
+            raise ConfigError(f"prism_overlong_buffer must be in [0, prism_max_new_tokens]; got "
+                              f"{self.prism_overlong_buffer}")
+        _at_least_one(self, "prism_max_sampling_rounds")
         _at_least_one(self, "prism_num_generations", "prism_max_new_tokens")
         if self.prism_temperature <= 0:
-            raise ValueError(f"prism_temperature must be > 0; got {self.prism_temperature}")
+            raise ConfigError(f"prism_temperature must be > 0; got {self.prism_temperature}")
         if not 0.0 <= self.prism_min_disc_accuracy <= 1.0:
-            raise ValueError(f"prism_min_disc_accuracy must be in [0, 1]; got {self.prism_min_disc_accuracy}")
+            raise ConfigError(f"prism_min_disc_accuracy must be in [0, 1]; got {self.prism_min_disc_accuracy}")
         segments = getattr(self, "prism_segments", None)
         if segments is not None and len(self.prism_segment_weights) != len(segments):
-            raise ValueError(
+            raise ConfigError(
                 f"prism_segment_weights needs one weight per segment: {segments} vs {self.prism_segment_weights}"
             )
         _chain_post_init(self, AlignArguments)
@@ -191,10 +217,10 @@ class PolicyLossArguments:
 
         names = policy_loss_names()
         if self.prism_policy_loss not in names:
-            raise ValueError(f"prism_policy_loss {self.prism_policy_loss!r} is not a registered policy loss"
+            raise ConfigError(f"prism_policy_loss {self.prism_policy_loss!r} is not a registered policy loss"
                              f"{did_you_mean(self.prism_policy_loss, names)}; registered: {', '.join(names)}")
         if self.prism_loss_agg_mode is not None and self.prism_loss_agg_mode not in AGG_MODES:
-            raise ValueError(f"prism_loss_agg_mode must be one of {', '.join(AGG_MODES)}; "
+            raise ConfigError(f"prism_loss_agg_mode must be one of {', '.join(AGG_MODES)}; "
                              f"got {self.prism_loss_agg_mode!r}{did_you_mean(self.prism_loss_agg_mode, AGG_MODES)}")
         _at_least_one(self, "prism_policy_epochs")
         _chain_post_init(self, PolicyLossArguments)
@@ -219,7 +245,7 @@ class DriftMonitorArguments:
         _at_least_one(self, "prism_drift_every", "prism_drift_num_prompts", "prism_drift_num_generations",
                       "prism_drift_max_new_tokens")
         if self.prism_drift_monitor and not self.prism_drift_data:
-            raise ValueError("prism_drift_monitor needs prism_drift_data (held-out prompts with teacher segments)")
+            raise ConfigError("prism_drift_monitor needs prism_drift_data (held-out prompts with teacher segments)")
         _chain_post_init(self, DriftMonitorArguments)
 
 

@@ -7,9 +7,7 @@ paths). Writes a self-contained discriminator (weights + processor) to ``output_
 
 from __future__ import annotations
 
-import json
 import random
-from pathlib import Path
 from typing import Any
 
 from prism_plugin.llamafactory.pairs import PairCollator, PairEncoder, encode_pairs, resolve_dataset_files
@@ -68,31 +66,10 @@ def run_prism_disc(model_args: Any, data_args: Any, training_args: Any, finetuni
                          else model.config.router_aux_loss_coef),
     )
     if training_args.do_train:
+        from prism_plugin.llamafactory.workflow import train_and_save
+
         train_and_save(trainer, training_args, finetuning_args, reports, PLOT_KEYS)
     if training_args.do_eval and evaluation:
         metrics = trainer.evaluate(metric_key_prefix="eval")
         trainer.log_metrics("eval", metrics)
         trainer.save_metrics("eval", metrics)
-
-
-def train_and_save(trainer: Any, training_args: Any, finetuning_args: Any, reports: list, plot_keys: list) -> None:
-    """Train, then save model, metrics, state, the data report and (``plot_loss``) the metric curves."""
-    result = trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
-    trainer.save_model()
-    trainer.log_metrics("train", result.metrics)
-    trainer.save_metrics("train", result.metrics)
-    trainer.save_state()
-    if trainer.is_world_process_zero():
-        write_data_report(training_args.output_dir, reports)
-        if finetuning_args.plot_loss:
-            from llamafactory.extras.ploting import plot_loss
-
-            plot_loss(training_args.output_dir, keys=plot_keys)
-
-
-def write_data_report(output_dir: str | Path, reports: list) -> None:
-    """``prism_data_report.json``: rows kept and skipped (with reasons) per dataset file."""
-    summary = [
-        {"file": r.path, "kept": len(r.records), "skipped": [str(e) for e in r.skipped]} for r in reports
-    ]
-    (Path(output_dir) / "prism_data_report.json").write_text(json.dumps(summary, indent=1), encoding="utf-8")

@@ -99,7 +99,7 @@ def patch_tuner(module: ModuleType) -> None:
     if getattr(original, "__prism_original__", None) is not None:
         return
 
-    def _training_function(config: dict[str, Any]) -> None:
+    def run(config: dict[str, Any]) -> None:
         args = module.read_args(config.get("args"))
         if stage_of(args) in PRISM_STAGES:
             from prism_plugin.llamafactory.workflow import run_prism_stage
@@ -115,9 +115,52 @@ def patch_tuner(module: ModuleType) -> None:
         with log_through_trainer(monitor):
             original({**config, "args": args, "callbacks": [*(config.get("callbacks") or []), monitor]})
 
+    def _training_function(config: dict[str, Any]) -> None:
+        try:
+            run(config)
+        except Exception as exc:
+            message = user_error_message(exc)
+            if message is None:
+                raise
+            import sys
+
+            sys.stderr.write(f"prism-plugin: error: {message}\n")
+            raise SystemExit(1) from None
+
     _training_function.__prism_original__ = original  # type: ignore[attr-defined]
     _training_function.__doc__ = original.__doc__
     module._training_function = _training_function
+
+
+UNUSED_KEYS = "Some keys are not used by the HfArgumentParser: "
+
+
+def user_error_message(exc: BaseException) -> str | None:
+    """One line for a user's mistake in a training run (a bad row, a misspelt key, a missing file, a key
+    with a wrong value), or None for anything else (our bugs keep their traceback)."""
+    from prism_plugin.data.records import DatasetRowError
+    from prism_plugin.errors import UserError
+
+    if isinstance(exc, DatasetRowError):
+        return f"{exc} (set prism_skip_invalid_rows: true to skip bad rows; they are counted and listed)"
+    if isinstance(exc, (UserError, FileNotFoundError)):
+        return str(exc)
+    if isinstance(exc, ValueError) and str(exc).startswith(UNUSED_KEYS):
+        return unknown_keys_message(str(exc)[len(UNUSED_KEYS):])
+    return None
+
+
+def unknown_keys_message(listed: str) -> str:
+    """``keys not known to LLaMA-Factory or prism-plugin: 'x' (did you mean 'y'?)`` for the parser's list."""
+    import ast
+
+    from llamafactory.hparams.parser import _TRAIN_ARGS
+
+    from prism_plugin.errors import did_you_mean
+
+    known = [f.name for cls in _TRAIN_ARGS for f in dataclasses.fields(cls)]
+    keys = ast.literal_eval(listed) if listed.startswith("[") else [listed]
+    return "unknown keys: " + ", ".join(f"{key!r}{did_you_mean(str(key), known)}" for key in keys)
 
 
 # --------------------------------------------------------------------------- chat template

@@ -31,7 +31,11 @@ def overlong_penalty_value(
     response_length: int, max_response_length: int, overlong_buffer: int, overlong_penalty: float
 ) -> float:
     """DAPO soft overlong punishment: 0 up to ``max - buffer`` tokens, then linear down to
-    ``-overlong_penalty`` at ``max`` (clamped there)."""
+    ``-overlong_penalty`` at ``max`` (clamped there). The one overlong shaping of the package: the
+    EasyR1 reward file and ``prism_align``'s verifiable reward both use it."""
+    if not 0 < overlong_buffer <= max_response_length:
+        raise ValueError(f"overlong buffer must be in (0, max_response_length]; got buffer={overlong_buffer}, "
+                         f"max_response_length={max_response_length}")
     expected = max_response_length - overlong_buffer
     exceed = response_length - expected
     if exceed <= 0:

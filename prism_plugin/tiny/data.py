@@ -10,8 +10,10 @@ files are byte-identical wherever they are built; LLaMA-Factory resolves them th
 - ``pairs.jsonl``   discriminator warm-up: ``prompt``, ``image``, teacher and (plausible but wrong)
                     student caption / cot.
 - ``rlvr.jsonl``    ``prompt``, ``images``, ``answer``.
-- ``dataset_info.json``  LLaMA-Factory entries ``prism_tiny_sft``, ``prism_tiny_pairs`` and
-  ``prism_tiny_align`` with absolute ``file_name``s.
+- ``eval.jsonl``    held-out prompts (other scenes, images ``images/eval_*.png``) in the alignment format,
+                    for ``prism-plugin evaluate``.
+- ``dataset_info.json``  LLaMA-Factory entries ``prism_tiny_sft``, ``prism_tiny_pairs``,
+  ``prism_tiny_align`` and ``prism_tiny_rlvr`` with absolute ``file_name``s.
 """
 
 from __future__ import annotations
@@ -30,6 +32,8 @@ from prism_plugin.tiny.images import Scene, draw_scene, random_scene, save_png
 SFT_DATASET_NAME = "prism_tiny_sft"
 PAIRS_DATASET_NAME = "prism_tiny_pairs"
 ALIGN_DATASET_NAME = "prism_tiny_align"
+RLVR_DATASET_NAME = "prism_tiny_rlvr"
+DEFAULT_NUM_EVAL = 32
 IMAGE_DIR = "images"
 
 
@@ -69,7 +73,7 @@ def sum_text(counts: dict[str, int], colors: tuple[str, ...], total: int | None 
     return " + ".join(f"{c} {counts[c]}" for c in colors) + f" = {value}"
 
 
-def make_example(index: int, scene: Scene, rng: random.Random) -> Example:
+def make_example(index: int, scene: Scene, rng: random.Random, prefix: str = "") -> Example:
     """A question about ``scene``: the sum of two colours, or (one time in four) of all shapes."""
     counts = scene.counts()
     if rng.random() < 0.25:
@@ -79,7 +83,7 @@ def make_example(index: int, scene: Scene, rng: random.Random) -> Example:
         asked = tuple(sorted(rng.sample(COLORS, 2), key=COLORS.index))
         question = f"How many {asked[0]} and {asked[1]} shapes are there?"
     return Example(
-        image=f"{IMAGE_DIR}/{index:04d}.png",
+        image=f"{IMAGE_DIR}/{prefix}{index:04d}.png",
         question=question,
         caption=caption_text(counts),
         reasoning=sum_text(counts, asked),
@@ -104,13 +108,14 @@ def student_segments(example: Example, rng: random.Random) -> Segments:
     return Segments.from_response(render_response(caption_text(counts), reasoning, answer))
 
 
-def build_examples(data_dir: Path, num_examples: int, seed: int) -> list[Example]:
-    """Draw and save ``num_examples`` scenes under ``data_dir/images`` and return their examples."""
+def build_examples(data_dir: Path, num_examples: int, seed: int, prefix: str = "") -> list[Example]:
+    """Draw and save ``num_examples`` scenes under ``data_dir/images`` (file names ``{prefix}NNNN.png``) and
+    return their examples."""
     rng = random.Random(seed)
     examples = []
     for index in range(num_examples):
         scene = random_scene(rng)
-        example = make_example(index, scene, rng)
+        example = make_example(index, scene, rng, prefix)
         save_png(draw_scene(scene), data_dir / example.image)
         examples.append(example)
     return examples
@@ -126,11 +131,12 @@ def _write_jsonl(path: Path, rows: list[dict[str, Any]]) -> Path:
     return path
 
 
-def write_dataset(data_dir: Path, num_examples: int, seed: int) -> dict[str, str]:
+def write_dataset(data_dir: Path, num_examples: int, seed: int, num_eval: int = DEFAULT_NUM_EVAL) -> dict[str, str]:
     """Build images and every dataset file under ``data_dir``; returns {name: absolute path}."""
     data_dir = Path(data_dir).resolve()
     data_dir.mkdir(parents=True, exist_ok=True)
     examples = build_examples(data_dir, num_examples, seed)
+    held_out = build_examples(data_dir, num_eval, seed + 1_000_003, prefix="eval_")
     student_rng = random.Random(seed + 1)
 
     sft = [
@@ -168,12 +174,18 @@ def write_dataset(data_dir: Path, num_examples: int, seed: int) -> dict[str, str
             }
         )
     rlvr = [{"prompt": ex.prompt, "images": [ex.image], "answer": ex.answer} for ex in examples]
+    evaluation = [
+        {"prompt": ex.prompt, "images": [ex.image], "teacher_caption": ex.teacher.caption,
+         "teacher_cot": ex.teacher.reasoning, "ground_truth": ex.answer}
+        for ex in held_out
+    ]
 
     paths = {
         "sft": _write_json(data_dir / "sft.json", sft),
         "align": _write_jsonl(data_dir / "align.jsonl", align),
         "pairs": _write_jsonl(data_dir / "pairs.jsonl", pairs),
         "rlvr": _write_jsonl(data_dir / "rlvr.jsonl", rlvr),
+        "eval": _write_jsonl(data_dir / "eval.jsonl", evaluation),
     }
     paths["dataset_info"] = _write_json(data_dir / "dataset_info.json", dataset_info(paths))
     out = {name: str(path) for name, path in paths.items()}
@@ -184,10 +196,12 @@ def write_dataset(data_dir: Path, num_examples: int, seed: int) -> dict[str, str
 
 def dataset_info(paths: dict[str, Path]) -> dict[str, Any]:
     """LLaMA-Factory ``dataset_info.json``: the SFT set as multimodal sharegpt; the PRISM stages' files
-    (``prism_tiny_pairs`` for ``prism_disc``, ``prism_tiny_align`` for ``prism_align``) by file name."""
+    (``prism_tiny_pairs`` for ``prism_disc``, ``prism_tiny_align`` for ``prism_align``, ``prism_tiny_rlvr`` for
+    its verifiable-reward RLVR run) by file name."""
     return {
         PAIRS_DATASET_NAME: {"file_name": str(Path(paths["pairs"]).resolve())},
         ALIGN_DATASET_NAME: {"file_name": str(Path(paths["align"]).resolve())},
+        RLVR_DATASET_NAME: {"file_name": str(Path(paths["rlvr"]).resolve())},
         SFT_DATASET_NAME: {
             "file_name": str(Path(paths["sft"]).resolve()),
             "formatting": "sharegpt",
