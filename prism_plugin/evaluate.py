@@ -311,7 +311,7 @@ def evaluate(
     file without usable rows) is raised before the first policy loads.
     """
     from prism_plugin.data.records import load_prompts
-    from prism_plugin.policy import policy_config
+    from prism_plugin.policy import policy_config, policy_device
     from prism_plugin.rollout import Sampling
 
     if not models:
@@ -329,6 +329,7 @@ def evaluate(
     out_dir = Path(out_dir)
     if out_dir.exists() and not out_dir.is_dir():
         raise UserError(f"--out {out_dir} is a file; give a directory")
+    device = policy_device(device)
     for model in models:
         policy_config(model)
 

@@ -31,6 +31,22 @@ def load_processor(source: str | Path, vision: bool, **kwargs: Any) -> Any:
     return (AutoProcessor if vision else AutoTokenizer).from_pretrained(source, **kwargs)
 
 
+def policy_device(device: str | None = None) -> str:
+    """The torch device a policy runs on: ``device`` checked (a clear error for a malformed one, or for CUDA
+    where there is none), or by default ``cuda`` when available, else ``cpu``."""
+    if device is None:
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        parsed = torch.device(device)
+    except RuntimeError as err:
+        raise UserError(f"device {device!r} is not a torch device (e.g. cpu, cuda, cuda:1)") from err
+    if parsed.type == "cuda" and not torch.cuda.is_available():
+        raise UserError(f"device {device!r}: no CUDA device is available here")
+    if parsed.type == "cuda" and parsed.index is not None and parsed.index >= torch.cuda.device_count():
+        raise UserError(f"device {device!r}: only {torch.cuda.device_count()} CUDA device(s) here")
+    return device
+
+
 class NotAPolicyError(UserError, ValueError):
     """A directory that holds something other than a policy (a PRISM discriminator, an encoder …)."""
 
@@ -55,9 +71,12 @@ def policy_config(policy_dir: str | Path) -> tuple[str | Path, Any, bool]:
     elif not (policy_dir / "config.json").is_file():
         raise NotAPolicyError(f"{policy_dir} is not a policy: it has neither config.json nor adapter_config.json")
     local = Path(base) / "config.json"
-    if local.is_file() and json.loads(local.read_text()).get("model_type") == "prism_discriminator":
-        raise NotAPolicyError(f"{base} is a PRISM discriminator, not a policy: give a policy checkpoint "
-                              "(e.g. the SFT output) or a LoRA adapter directory")
+    if local.is_file():
+        from prism_plugin.discriminator.authors import is_authors_discriminator
+
+        if json.loads(local.read_text()).get("model_type") == "prism_discriminator" or is_authors_discriminator(base):
+            raise NotAPolicyError(f"{base} is a PRISM discriminator, not a policy: give a policy checkpoint "
+                                  "(e.g. the SFT output) or a LoRA adapter directory")
     try:
         config = AutoConfig.from_pretrained(base)
     except (OSError, ValueError) as err:
@@ -89,7 +108,7 @@ def load_policy(policy_dir: str | Path, device: str | None = None) -> tuple[Any,
         model = PeftModel.from_pretrained(model, policy_dir).merge_and_unload()
     has_own_tokenizer = (policy_dir / "tokenizer_config.json").is_file()
     processor = load_processor(policy_dir if has_own_tokenizer else base, vision)
-    model.to(device or ("cuda" if torch.cuda.is_available() else "cpu")).eval()
+    model.to(policy_device(device)).eval()
     return model, processor, vision
 
 
