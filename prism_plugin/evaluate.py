@@ -16,7 +16,11 @@ the verifiable reward of the RLVR stage (:func:`prism_plugin.rewards.compute_sco
   (:func:`caption_exact_match`) and ``caption_token_f1`` (:func:`caption_token_f1`), means over those
   rows' samples. Only a layout-valid sample has a caption segment; any other sample scores 0 on both.
 
-Accuracy and reward are ``compute_score`` of the decoded text, exactly what RLVR would reward.
+Accuracy and reward are ``compute_score`` of the decoded text (no overlong shaping), as RLVR rewards it.
+``<name>.jsonl`` holds one line per (row, sample): ``row`` (the data file's 1-based row), ``sample``,
+``response``, ``ground_truth``, ``valid_layout``, ``truncated``, ``accuracy``, ``reward``,
+``response_tokens`` and, where the row has a teacher caption, the two caption scores.
+
 Rows are read by :func:`prism_plugin.data.records.load_prompts` (alignment or RLVR rows; a ground
 truth is required, the teacher is optional). Every policy samples from the same seed; samples depend
 on the seed, the batch size and the device.
