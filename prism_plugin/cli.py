@@ -270,10 +270,52 @@ def _add_plan(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=_plan)
 
 
+def _evaluate(args: argparse.Namespace) -> int:
+    import sys
+
+    from prism_plugin.evaluate import SUMMARY_NAME, evaluate
+
+    result = evaluate(
+        args.model, args.data, args.out, names=args.name, num_samples=args.num_samples,
+        temperature=args.temperature, max_new_tokens=args.max_new_tokens, batch_size=args.batch_size,
+        seed=args.seed, media_dir=args.image_dir, device=args.device, limit=args.limit,
+        skip_invalid=args.skip_invalid,
+    )
+    details = result.details()
+    if details:
+        print(details, file=sys.stderr)
+    print(result.table())
+    written = [result.out_dir / SUMMARY_NAME, *([result.plot] if result.plot else [])]
+    print("written: " + ", ".join(str(path) for path in written))
+    return 0
+
+
+def _add_evaluate(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "evaluate", help="did a stage help? answer accuracy, pass@k, layout, caption scores of policies side by side",
+    )
+    p.add_argument("--model", action="append", required=True, metavar="DIR",
+                   help="policy checkpoint or LoRA adapter directory; repeat to compare several")
+    p.add_argument("--data", required=True, help="rows with a ground truth (.jsonl/.json/.parquet; align or RLVR rows)")
+    p.add_argument("--out", required=True, help="output folder: <name>.jsonl per model, summary.json, comparison.png")
+    p.add_argument("--name", action="append", help="display name per --model, in order (default: the directory names)")
+    p.add_argument("--num-samples", type=int, default=1, help="samples per row, k of pass@k / mean@k (default 1)")
+    p.add_argument("--temperature", type=float, default=0.0,
+                   help="sampling temperature; 0 (default) is greedy, --num-samples > 1 needs more")
+    p.add_argument("--max-new-tokens", type=int, default=512, help="longest response in tokens (default 512)")
+    p.add_argument("--batch-size", type=int, default=8, help="rows per generate call (default 8)")
+    p.add_argument("--seed", type=int, default=0, help="sampling seed, the same for every model (default 0)")
+    p.add_argument("--image-dir", help="folder relative image paths resolve against (default: the data file's folder)")
+    p.add_argument("--device", help="torch device (default: cuda if available, else cpu)")
+    p.add_argument("--limit", type=int, help="evaluate only the first N usable rows")
+    p.add_argument("--skip-invalid", action="store_true", help="leave bad rows out (counted, listed)")
+    p.set_defaults(func=_evaluate)
+
+
 # Sub-command registrars: each adds one parser and sets ``func``; add new ones here.
 SUBCOMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [
     _add_init, _add_make_tiny, _add_upcycle, _add_import_discriminator, _add_score, _add_align_preview, _add_paths,
-    _add_data, _add_plan,
+    _add_data, _add_plan, _add_evaluate,
 ]
 
 

@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from prism_plugin.errors import UserError
 from prism_plugin.layout import IMAGE_MARKER, Segments, is_caption_segment, is_reasoning_segment
 
 ImageRef = str | bytes
@@ -48,6 +49,10 @@ class DatasetRowError(ValueError):
     def at(self, path: str | Path | None, row: int | None) -> DatasetRowError:
         """The same error, located at ``path``, ``row``."""
         return DatasetRowError(path, row, self.field, self.message, self.reason)
+
+
+class DatasetFileError(UserError, ValueError):
+    """A dataset file that cannot be used as a whole: an unsupported format, or no usable row in it."""
 
 
 @dataclass(frozen=True)
@@ -124,7 +129,7 @@ def read_rows(path: str | Path) -> Iterator[tuple[int, Any]]:
 
         yield from enumerate(pq.read_table(path).to_pylist(), start=1)
     else:
-        raise ValueError(f"{path}: unsupported dataset format {suffix!r}; use .jsonl, .json or .parquet")
+        raise DatasetFileError(f"{path}: unsupported dataset format {suffix!r}; use .jsonl, .json or .parquet")
 
 
 # --------------------------------------------------------------------------- field checks
@@ -312,7 +317,8 @@ def load_rows(path: str | Path, parse: Callable[[RowReader], Any], skip_invalid:
                 raise
             report.skipped.append(err)
     if not report.records:
-        raise ValueError(f"{path}: no usable rows" + (f" ({len(report.skipped)} skipped)" if report.skipped else ""))
+        skipped = f" ({len(report.skipped)} skipped; the first: {report.skipped[0]})" if report.skipped else ""
+        raise DatasetFileError(f"{path}: no usable rows{skipped}")
     return report
 
 
@@ -354,5 +360,5 @@ def load_and_encode(files: list[Path], load: Callable[..., LoadReport], encode: 
         report.records = kept
         reports.append(report)
     if not encoded:
-        raise ValueError(f"no usable {what} in " + ", ".join(map(str, files)))
+        raise DatasetFileError(f"no usable {what} in " + ", ".join(map(str, files)))
     return encoded, reports
