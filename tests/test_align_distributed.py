@@ -155,7 +155,7 @@ def nan_once_on_rank_one(rollouts, teachers, ground_truths):
 
 
 def _policy_worker(rank: int, world: int, port: int, tiny_dir: str, out_dir: str, reward: str, per_device: int,
-                   steps: int) -> None:
+                   steps: int, generations: int = 2, across: bool = False, one_prompt: bool = False) -> None:
     """One rank of a real PrismAlignTrainer run (DDP on gloo when world > 1) that records, at every optimizer
     step, each parameter's gradient (None when the step trains nothing) and the logged metrics."""
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), LOCAL_RANK=str(rank),
@@ -176,7 +176,8 @@ def _policy_worker(rank: int, world: int, port: int, tiny_dir: str, out_dir: str
     model = AutoModelForCausalLM.from_pretrained(policy_dir, dtype=torch.float32)
     prompts = [AlignPrompt(policy_prompt(tokenizer, False, q), Segments.from_response(GOOD), answer, k + 1, "test")
                for k, (q, answer) in enumerate([("How many red and blue?", "5"), ("How many in total?", "3")])]
-    answers = {tuple(prompts[0].policy.input_ids): [GOOD, WRONG], tuple(prompts[1].policy.input_ids): [LONG, WRONG]}
+    answers = {tuple(prompts[0].policy.input_ids): [GOOD, WRONG, LONG, GOOD],
+               tuple(prompts[1].policy.input_ids): [LONG, WRONG, GOOD, WRONG]}
     if reward == "verifiable":
         scorer = VerifiableScorer()
     else:
@@ -198,18 +199,23 @@ def _policy_worker(rank: int, world: int, port: int, tiny_dir: str, out_dir: str
                              report_to="none", save_strategy="no", seed=0, ddp_backend="gloo" if world > 1 else None,
                              use_cpu=True, dataloader_drop_last=False, remove_unused_columns=False)
     prism = PrismArguments(prism_reward=reward if reward == "verifiable" else "scorer.py:f",
-                           prism_segments=["response"], prism_segment_weights=[1.0], prism_num_generations=2,
-                           prism_max_new_tokens=64)
-    trainer = PrismAlignTrainer(model=model, args=args, train_dataset=prompts * steps, data_collator=lambda b: b,
+                           prism_segments=["response"], prism_segment_weights=[1.0],
+                           prism_num_generations=generations, prism_max_new_tokens=64,
+                           prism_groups_across_ranks=across)
+    dataset = prompts[:1] if one_prompt else prompts * steps
+    trainer = PrismAlignTrainer(model=model, args=args, train_dataset=dataset, data_collator=lambda b: b,
                                 processing_class=tokenizer, callbacks=[Record()], prism_args=prism, scorer=scorer,
-                                engine=ReplayEngine(tokenizer, answers))
+                                engine=ReplayEngine(tokenizer, answers, offset=rank * per_device if across else 0))
     trainer.train()
     torch.save(records, Path(out_dir) / f"rank{rank}.pt")
 
 
-def run_policy(tmp_path: Path, tiny_dir: Path, world: int, reward: str = "verifiable", steps: int = 1) -> list:
-    per_device = 2 // world
-    spawn(_policy_worker, world, free_port(), str(tiny_dir), str(tmp_path), reward, per_device, steps)
+def run_policy(tmp_path: Path, tiny_dir: Path, world: int, reward: str = "verifiable", steps: int = 1,
+               per_device: int | None = None, generations: int = 2, across: bool = False,
+               one_prompt: bool = False) -> list:
+    per_device = per_device or 2 // world
+    spawn(_policy_worker, world, free_port(), str(tiny_dir), str(tmp_path), reward, per_device, steps, generations,
+          across, one_prompt)
     return [torch.load(tmp_path / f"rank{r}.pt", weights_only=False) for r in range(world)]
 
 
@@ -247,3 +253,16 @@ def test_a_non_finite_score_on_one_rank_skips_the_step_on_every_rank(tiny_dir, t
     for name, grad in ranks[0][[i for i, r in enumerate(ranks[0]) if "grads" in r][1]]["grads"].items():
         other = ranks[1][[i for i, r in enumerate(ranks[1]) if "grads" in r][1]]["grads"][name]
         torch.testing.assert_close(grad, other)
+
+
+def test_a_group_spread_over_two_ranks_trains_as_one_rank_with_the_whole_group(tiny_dir, tmp_path):
+    """``prism_groups_across_ranks``: one prompt's G = 4 rollouts, two on each rank, normalised as one group
+    (scores gathered), give the gradients of one process holding the whole group."""
+    single = run_policy(tmp_path / "one", tiny_dir, 1, per_device=1, generations=4, one_prompt=True)[0]
+    ranks = run_policy(tmp_path / "two", tiny_dir, 2, per_device=2, generations=4, across=True, one_prompt=True)
+    grads = [next(r["grads"] for r in records if "grads" in r) for records in (single, *ranks)]
+    for name, expected in grads[0].items():
+        for rank_grads in grads[1:]:
+            torch.testing.assert_close(rank_grads[name], expected, rtol=1e-4, atol=1e-7)
+    logged = [next(r["logs"] for r in records if "logs" in r) for records in (single, *ranks)]
+    assert logged[1]["advantage_mean"] == pytest.approx(logged[0]["advantage_mean"], abs=1e-6)

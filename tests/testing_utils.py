@@ -62,10 +62,12 @@ class ReplayEngine:
     """A :class:`prism_plugin.rollout.RolloutEngine` that answers each prompt with fixed completions: a
     trainer's rollouts known in advance (the same in one process and on two ranks)."""
 
-    def __init__(self, tokenizer, answers: dict[tuple[int, ...], list[str]]) -> None:
+    def __init__(self, tokenizer, answers: dict[tuple[int, ...], list[str]], offset: int = 0) -> None:
+        """``offset``: where this engine starts in each prompt's answers when asked for one sample per copy of a
+        prompt (a rank holding copies ``offset…`` of a group spread across ranks)."""
         from prism_plugin.rollout import end_of_turn_id
 
-        self.tokenizer, self.answers = tokenizer, answers
+        self.tokenizer, self.answers, self.offset = tokenizer, answers, offset
         self.eot_id = end_of_turn_id(tokenizer)
         self.pad_id = tokenizer.pad_token_id
 
@@ -75,7 +77,15 @@ class ReplayEngine:
     def generate(self, prompts, num_samples, sampling):
         from prism_plugin.rollout import Rollouts
 
-        texts = [self.answers[tuple(p.input_ids)][:num_samples] for p in prompts]
+        if num_samples == 1:  # one rollout per copy: consecutive copies take consecutive answers
+            seen: dict[tuple[int, ...], int] = {}
+            texts = []
+            for p in prompts:
+                key = tuple(p.input_ids)
+                texts.append([self.answers[key][self.offset + seen.get(key, 0)]])
+                seen[key] = seen.get(key, 0) + 1
+        else:
+            texts = [self.answers[tuple(p.input_ids)][:num_samples] for p in prompts]
         ids = [self.tokenizer(t, add_special_tokens=False)["input_ids"] + [self.eot_id]
                for group in texts for t in group]
         rows = [k for k in range(len(prompts)) for _ in range(num_samples)]

@@ -100,10 +100,7 @@ class PrismAlignTrainer(MetricsLogMixin, Trainer):
         self.engine.load_policy(self.accelerator.unwrap_model(self.model))
         batch, signal, sampling_metrics = self.sample(prompts)
         scores = self.scorer.score(batch)
-        advantages = segment_advantage(
-            {s: scores.rollout[s] for s in self.weights}, self.weights, scores.valid, batch.group_index,
-            format_penalty=self.prism.prism_format_penalty, scale=self.prism.prism_scale_advantages,
-        )
+        advantages = self._advantages(batch, scores)
         finite = self._all_ranks_finite(scores, advantages)
         accuracy = batch_accuracy(scores, batch.group_index, self.accelerator.device)
         gated = accuracy is not None and accuracy < self.prism.prism_min_disc_accuracy
@@ -113,12 +110,27 @@ class PrismAlignTrainer(MetricsLogMixin, Trainer):
         self.record_metrics("train", {**step_metrics(batch, scores, advantages), **metrics, **sampling_metrics})
         return self._policy_groups(batch, advantages, trains=finite and not gated and signal)
 
+    def _get_train_sampler(self, train_dataset: Any = None) -> Any:
+        """With ``prism_groups_across_ranks`` every prompt comes G times in a row, so the Trainer's split of each
+        global batch across ranks spreads a prompt's rollouts over consecutive ranks (trl's scheme)."""
+        if not self.prism.prism_groups_across_ranks:
+            return super()._get_train_sampler(train_dataset)
+        dataset = train_dataset if train_dataset is not None else self.train_dataset
+        return GroupRepeatSampler(len(dataset), self.prism.prism_num_generations, self.args.seed)
+
     def sample(self, prompts: list[AlignPrompt]) -> tuple[RolloutBatch, bool, dict[str, float]]:
         """Rollouts of ``prompts``, split into segments; with ``prism_dynamic_sampling`` (DAPO), prompt groups
         whose rewards do not vary are dropped and refilled from further prompts, for at most
         ``prism_max_sampling_rounds`` rounds. Returns the batch, whether it carries any signal (False: every
         group was dropped; the batch is kept only so this rank joins the update with a zero loss), and the
         sampling metrics. No collective runs here, so ranks may take different numbers of rounds."""
+        if self.prism.prism_groups_across_ranks:  # one rollout per item: a group's copies are spread over ranks
+            unique = list({id(p): p for p in prompts}.values())
+            rollouts = self.engine.generate([p.policy for p in prompts], 1, self.sampling)
+            rollouts.prompt_index = torch.tensor([unique.index(p) for p in prompts], dtype=torch.long)
+            split = split_segments(rollouts.completions, self.policy_tokenizer, rollouts.mask,
+                                   eos_token_ids=self.engine.eot_id)
+            return RolloutBatch(unique, rollouts, split), True, {}
         batch = self._rollouts(prompts)
         if not self.prism.prism_dynamic_sampling:
             return batch, True, {}
@@ -162,6 +174,26 @@ class PrismAlignTrainer(MetricsLogMixin, Trainer):
         return RolloutBatch(prompts, rollouts, split)
 
     # ------------------------------------------------------------------ step helpers
+
+    def _advantages(self, batch: RolloutBatch, scores: Scores) -> torch.Tensor:
+        """Group advantages of this rank's rollouts; with ``prism_groups_across_ranks`` a group's scores are
+        gathered from every rank first, so the normalisation sees the whole group."""
+        options = {"format_penalty": self.prism.prism_format_penalty, "scale": self.prism.prism_scale_advantages}
+        if not self.prism.prism_groups_across_ranks or not torch.distributed.is_initialized():
+            return segment_advantage({s: scores.rollout[s] for s in self.weights}, self.weights, scores.valid,
+                                     batch.group_index, **options)
+        keys = [(p.source, p.row) for p in batch.prompts]
+        local = ([keys[int(k)] for k in batch.group_index], {s: scores.rollout[s].tolist() for s in self.weights},
+                 scores.valid.tolist())
+        gathered: list[Any] = [None] * torch.distributed.get_world_size()
+        torch.distributed.all_gather_object(gathered, local)
+        group_of: dict[Any, int] = {}
+        groups = [group_of.setdefault(key, len(group_of)) for rank in gathered for key in rank[0]]
+        everything = segment_advantage(
+            {s: torch.tensor([v for rank in gathered for v in rank[1][s]]) for s in self.weights}, self.weights,
+            torch.tensor([v for rank in gathered for v in rank[2]]), groups, **options)
+        start = sum(len(rank[0]) for rank in gathered[: torch.distributed.get_rank()])
+        return everything[start : start + len(local[0])]
 
     def _all_ranks_finite(self, scores: Scores, advantages: torch.Tensor) -> bool:
         """Whether every rank's scores and advantages are finite; a broken scorer must not steer the policy."""
@@ -281,6 +313,21 @@ class PrismAlignTrainer(MetricsLogMixin, Trainer):
 
 
 # ---------------------------------------------------------------------- pure helpers
+
+
+class GroupRepeatSampler(torch.utils.data.Sampler):
+    """Every prompt ``repeats`` times in a row, prompts in a seeded random order that changes each epoch."""
+
+    def __init__(self, size: int, repeats: int, seed: int) -> None:
+        self.size, self.repeats, self.seed, self.epoch = size, repeats, seed, 0
+
+    def __iter__(self) -> Any:
+        order = torch.randperm(self.size, generator=torch.Generator().manual_seed(self.seed + self.epoch)).tolist()
+        self.epoch += 1
+        return iter([index for index in order for _ in range(self.repeats)])
+
+    def __len__(self) -> int:
+        return self.size * self.repeats
 
 
 class PromptStream:

@@ -38,6 +38,24 @@ def compute_dtype(training_args: Any) -> Any:
     return torch.bfloat16 if training_args.bf16 else torch.float16 if training_args.fp16 else None
 
 
+def global_batch(args: Any, training_args: Any) -> str:
+    """The batch a config gives per optimiser step, in words; a ConfigError when a group would not fit whole."""
+    from prism_plugin.errors import ConfigError
+
+    per_step = training_args.per_device_train_batch_size * training_args.world_size
+    G = args.prism_num_generations
+    accumulation = training_args.gradient_accumulation_steps
+    if args.prism_groups_across_ranks:
+        if per_step % G:
+            raise ConfigError(f"prism_groups_across_ranks: per_device_train_batch_size × ranks = {per_step} rollouts "
+                              f"must be a multiple of prism_num_generations {G}")
+        prompts = per_step // G * accumulation
+    else:
+        prompts = per_step * accumulation
+    return (f"global batch {prompts} prompts × {G} rollouts = {prompts * G} rollouts per optimizer step over "
+            f"{training_args.world_size} rank(s)")
+
+
 def build_scorer(args: Any, policy_tokenizer: Any, cutoff_len: int, device: Any, checkpoint: str | None,
                  logger: Any, compute_dtype: Any = None, training_args: Any = None) -> Any:
     """The scorer ``prism_reward`` names: the discriminator (resumed from ``checkpoint`` when it holds one,
@@ -99,6 +117,7 @@ def run_prism_align(
 
     logger = logging.get_logger(f"llamafactory.{__name__}")  # under LLaMA-Factory's configured root logger
     args = finetuning_args
+    batch_line = global_batch(args, training_args)  # a group that cannot fit whole stops the run here
     if args.prism_reward != DISCRIMINATOR and args.prism_discriminator:
         logger.warning_rank0(f"prism_reward is {args.prism_reward!r}: prism_discriminator is not used")
     tokenizer_module = load_tokenizer(model_args)
@@ -119,6 +138,7 @@ def run_prism_align(
         f"prism_align: {len(items)} prompts, reward {args.prism_reward}, G={args.prism_num_generations}, "
         f"segments {args.segment_weights}, policy loss {args.prism_policy_loss} × {args.prism_policy_epochs} epoch(s)"
     )
+    logger.info_rank0(f"prism_align: {batch_line}")
     training_args.remove_unused_columns = False
     trainer = PrismAlignTrainer(
         model=model,

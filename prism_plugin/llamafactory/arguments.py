@@ -149,6 +149,13 @@ class AlignArguments:
                           "than this share of the fresh rollouts (0 = never skip)."},
     )
 
+    prism_groups_across_ranks: bool = field(
+        default=False,
+        metadata={"help": "Spread each prompt's G rollouts over the data-parallel ranks (as trl's GRPOTrainer does): "
+                          "per_device_train_batch_size then counts rollouts per rank, and a step holds "
+                          "per_device_train_batch_size × ranks × accumulation / G prompts (the paper's 4 × 16 on 8 "
+                          "GPUs is per_device_train_batch_size: 8)."},
+    )
     prism_rollout_chunk_size: int | None = field(
         default=None,
         metadata={"help": "Generate a step's rollouts in micro-batches of at most this many sequences (bounds the "
@@ -175,6 +182,9 @@ class AlignArguments:
 
     def __post_init__(self) -> None:
         check_reward_spec(self.prism_reward)
+        if self.prism_dynamic_sampling and self.prism_groups_across_ranks:
+            raise ConfigError("prism_dynamic_sampling drops whole prompt groups on one rank: it does not combine with "
+                              "prism_groups_across_ranks")
         if (self.prism_dynamic_sampling or self.prism_overlong_buffer) and self.prism_reward != VERIFIABLE:
             raise ConfigError("prism_dynamic_sampling and prism_overlong_buffer shape the verifiable reward: set "
                               f"prism_reward: verifiable (got {self.prism_reward!r})")
