@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from prism_plugin.data.dataset_info import file_entry, sharegpt_entry
 from prism_plugin.data.prompts import SYSTEM_PROMPT
 from prism_plugin.layout import Segments, render_response
 from prism_plugin.tiny.corpus import COLORS
@@ -186,18 +187,7 @@ def dataset_info(paths: dict[str, Path]) -> dict[str, Any]:
     """LLaMA-Factory ``dataset_info.json``: the SFT set as multimodal sharegpt; the PRISM stages' files
     (``prism_tiny_pairs`` for ``prism_disc``, ``prism_tiny_align`` for ``prism_align``) by file name."""
     return {
-        PAIRS_DATASET_NAME: {"file_name": str(Path(paths["pairs"]).resolve())},
-        ALIGN_DATASET_NAME: {"file_name": str(Path(paths["align"]).resolve())},
-        SFT_DATASET_NAME: {
-            "file_name": str(Path(paths["sft"]).resolve()),
-            "formatting": "sharegpt",
-            "columns": {"messages": "messages", "images": "images"},
-            "tags": {
-                "role_tag": "role",
-                "content_tag": "content",
-                "user_tag": "user",
-                "assistant_tag": "assistant",
-                "system_tag": "system",
-            },
-        }
+        PAIRS_DATASET_NAME: file_entry(paths["pairs"]),
+        ALIGN_DATASET_NAME: file_entry(paths["align"]),
+        SFT_DATASET_NAME: sharegpt_entry(paths["sft"]),
     }
