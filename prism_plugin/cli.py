@@ -225,7 +225,8 @@ def _add_teach(data_sub: argparse._SubParsersAction) -> None:
     q.add_argument("--samples-per-prompt", type=int, default=1, help="answers asked per question (default 1)")
     q.add_argument("--max-tokens", type=int, default=2048, help="longest answer in tokens (default 2048)")
     q.add_argument("--temperature", type=float, help="sampling temperature (default: the server's)")
-    q.add_argument("--timeout", type=float, default=120.0, help="seconds per request attempt (default 120)")
+    q.add_argument("--timeout", type=float, default=120.0,
+                   help="seconds a request attempt may wait to connect or for data (default 120)")
     q.add_argument("--max-retries", type=int, default=5,
                    help="retries of a request on connection errors, time-outs, HTTP 429 and 5xx (default 5)")
     q.add_argument("--retry-base-delay", type=float, default=1.0,

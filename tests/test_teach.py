@@ -407,6 +407,35 @@ def test_kill_and_resume_neither_loses_nor_repeats(teacher: str, tiny_dir: Path,
     assert "removed a torn last line" in resumed.stderr
 
 
+def test_interrupt_journals_the_answers_under_way(teacher: str, tiny_dir: Path, tmp_path: Path) -> None:
+    """Ctrl-C: nothing new is sent, the requests under way are answered and journaled (they are paid for), the
+    outputs are rebuilt, and the run exits 1 saying how to resume."""
+    data = tmp_path / "questions.jsonl"
+    write_questions(tiny_dir, data, list(range(8)))
+    out = tmp_path / "out"
+    with Proxy(teacher, delay=0.4) as proxy:
+        args = [sys.executable, "-m", "prism_plugin.cli", *teach_args(
+            data, out, proxy.base, "--samples-per-prompt", "2", "--concurrency", "2", "--image-dir",
+            str(tiny_dir / "data"))]
+        proc = subprocess.Popen(args, env=_cli_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        journal = out / "responses.jsonl"
+        deadline = time.monotonic() + 120
+        while not (journal.is_file() and journal.read_bytes().count(b"\n") >= 2 and proxy.active):
+            assert proc.poll() is None, proc.communicate()
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=120)
+        answered = [call for call in proxy.calls if call[2] == 200]
+    assert proc.returncode == 1, err
+    assert "stopped early: interrupted" in err.strip().splitlines()[-1] and "Traceback" not in err
+    entries = journal_lines(out)
+    assert len(entries) == len(answered) < 16  # every answer the server gave is in the journal
+    report = report_of(out)
+    assert report["stopped"] == "interrupted" and report["pending"] == 16 - len(entries)
+    assert report["kept"] + sum(report["dropped"].values()) == len(entries)
+
+
 # --------------------------------------------------------------------------- server errors
 
 
@@ -462,6 +491,20 @@ def test_retries_and_permanent_failures(teacher: str, tiny_dir: Path, tmp_path: 
     assert len(resent) == 2 and {row for row, m in marks.items() for _, body, _ in resent if m in body} == {
         failing, refused}
     assert again["dropped"]["request_failed"] == 0 and again["journal_lines"] == 6
+
+
+def test_redirects_are_not_followed(tiny_dir: Path, tmp_path: Path) -> None:
+    """Requests go to the given base URL only: a redirect is a final failure naming where it pointed."""
+    data = tmp_path / "questions.jsonl"
+    write_questions(tiny_dir, data, [0])
+    elsewhere = f"http://{LOOPBACK}:9/v1/chat/completions"
+    with Proxy(f"http://{LOOPBACK}:9", lambda body, seen: (307, {"Location": elsewhere}, b"")) as proxy:
+        report = teach(data, tmp_path / "out", api_base=proxy.base, model="m", media_dir=tiny_dir / "data",
+                       progress=False, backoff_base=0.01)
+        calls = list(proxy.calls)
+    (failed,) = report["dropped_samples"]
+    assert len(calls) == 1 and failed["status"] == 307 and failed["attempts"] == 1
+    assert f"redirected to {elsewhere!r}" in failed["error"]
 
 
 def test_truncated_answers_are_dropped(teacher: str, tiny_dir: Path, tmp_path: Path, capsys, monkeypatch) -> None:
