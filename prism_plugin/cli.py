@@ -211,8 +211,73 @@ def _add_make_pairs(data_sub: argparse._SubParsersAction) -> None:
     q.set_defaults(func=_make_pairs)
 
 
+def _teach(args: argparse.Namespace) -> int:
+    import os
+    import sys
+
+    from prism_plugin.data.teach import details, summary, teach
+    from prism_plugin.errors import UserError
+
+    api_key = None
+    if args.api_key_env is not None:
+        api_key = os.environ.get(args.api_key_env)
+        if not api_key:
+            raise UserError(f"environment variable {args.api_key_env} (named by --api-key-env) is not set or empty")
+    report = teach(
+        args.data, args.out, api_base=args.api_base, model=args.model, api_key=api_key,
+        concurrency=args.concurrency, samples_per_prompt=args.samples_per_prompt, max_tokens=args.max_tokens,
+        temperature=args.temperature, timeout=args.timeout, max_retries=args.max_retries,
+        backoff_base=args.retry_base_delay, require_correct=args.require_correct, media_dir=args.image_dir,
+        skip_invalid=args.skip_invalid,
+    )
+    lines = details(report)
+    if lines:
+        print(lines, file=sys.stderr)
+    print(json.dumps(summary(report)))
+    if report["stopped"]:
+        raise UserError(f"stopped early: {report['stopped']}; {report['journal_lines']} answers are in "
+                        f"{report['journal']}; rerun the same command to resume")
+    if report["kept"] == 0:
+        reasons = {reason: n for reason, n in report["dropped"].items() if n}
+        raise UserError(f"no demonstration kept in {args.out}: every request was left out ({reasons}); "
+                        "see the lines above and teach_report.json")
+    return 0
+
+
+def _add_teach(data_sub: argparse._SubParsersAction) -> None:
+    q = data_sub.add_parser(
+        "teach",
+        help="ask a teacher behind an OpenAI-compatible API for demonstrations (SFT set, alignment rows)",
+        description="Send each question to POST {api-base}/chat/completions with the PRISM system prompt; keep "
+                    "the answers in the PRISM layout and write sft.json + dataset_info.json (Stage 1), "
+                    "align.jsonl (Stage 2; also the teacher side of `data make-pairs`) and teach_report.json. "
+                    "Resumable: answers are journaled in OUT/responses.jsonl and a re-run sends only the rest.",
+    )
+    q.add_argument("--data", required=True, help="question rows: prompt, image(s), optional answer/ground_truth")
+    q.add_argument("--out", required=True, help="output folder (created; re-use it to resume)")
+    q.add_argument("--api-base", required=True, help="base URL of the API, e.g. https://host/v1 (http/https only)")
+    q.add_argument("--model", required=True, help="model name sent with each request")
+    q.add_argument("--api-key-env", metavar="VAR", help="environment variable holding the API key (sent as a "
+                                                        "Bearer token; default: no key)")
+    q.add_argument("--concurrency", type=int, default=4, help="requests under way at once (default 4)")
+    q.add_argument("--samples-per-prompt", type=int, default=1, help="answers asked per question (default 1)")
+    q.add_argument("--max-tokens", type=int, default=2048, help="longest answer in tokens (default 2048)")
+    q.add_argument("--temperature", type=float, help="sampling temperature (default: the server's)")
+    q.add_argument("--timeout", type=float, default=120.0,
+                   help="seconds a request attempt may wait to connect or for data (default 120)")
+    q.add_argument("--max-retries", type=int, default=5,
+                   help="retries of a request on connection errors, time-outs, HTTP 429 and 5xx (default 5)")
+    q.add_argument("--retry-base-delay", type=float, default=1.0,
+                   help="first backoff in seconds, doubled per retry, with jitter (default 1)")
+    q.add_argument("--require-correct", action="store_true",
+                   help="keep only answers the verifiable reward marks correct, on rows with a ground truth")
+    q.add_argument("--image-dir", help="folder relative image paths resolve against (default: the data's folder)")
+    q.add_argument("--skip-invalid", action="store_true", help="leave bad input rows out (counted, listed)")
+    q.set_defaults(func=_teach)
+
+
 def _add_data(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("data", help="convert PRISM datasets for the training toolkits; build warm-up pairs")
+    p = sub.add_parser("data", help="teacher demonstrations; convert PRISM datasets for the toolkits; warm-up pairs")
     data_sub = p.add_subparsers(dest="data_command", metavar="DATA_COMMAND", required=True)
     q = data_sub.add_parser(
         "to-easyr1", help="PRISM alignment/RLVR rows -> EasyR1 parquet (prompt, images, answer)",
@@ -231,6 +296,7 @@ def _add_data(sub: argparse._SubParsersAction) -> None:
     )
     q.set_defaults(func=_to_easyr1)
     _add_make_pairs(data_sub)
+    _add_teach(data_sub)
 
 
 def _plan(args: argparse.Namespace) -> int:

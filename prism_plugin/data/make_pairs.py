@@ -30,6 +30,7 @@ from typing import Any
 
 import torch
 
+from prism_plugin.data.images import image_paths
 from prism_plugin.data.records import DatasetRowError, RowReader, load_align, parse_pair
 from prism_plugin.layout import Segments
 from prism_plugin.rollout import Sampling
@@ -76,29 +77,6 @@ class MakePairsReport:
         if len(self.rejected) > limit:
             lines.append(f"… {len(self.rejected) - limit} more samples left out")
         return "\n".join(lines)
-
-
-def image_paths(images: tuple[Any, ...], image_dir: Path) -> list[str]:
-    """Image references for a JSONL row: absolute paths as they are; embedded bytes written once, by content
-    hash, into ``image_dir`` and referenced by absolute path."""
-    import hashlib
-    import io
-
-    from PIL import Image
-
-    paths = []
-    for image in images:
-        if isinstance(image, bytes):
-            with Image.open(io.BytesIO(image)) as handle:
-                suffix = (handle.format or "png").lower()
-            target = image_dir / f"{hashlib.sha1(image).hexdigest()}.{suffix}"
-            if not target.is_file():
-                image_dir.mkdir(parents=True, exist_ok=True)
-                target.write_bytes(image)
-            paths.append(str(target.resolve()))
-        else:
-            paths.append(str(image))
-    return paths
 
 
 def pair_row(record: Any, images: list[str], student: Segments) -> dict[str, Any]:

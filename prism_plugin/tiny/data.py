@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from prism_plugin.data.dataset_info import file_entry, sharegpt_entry
 from prism_plugin.data.prompts import SYSTEM_PROMPT
 from prism_plugin.layout import Segments, render_response
 from prism_plugin.tiny.corpus import COLORS
@@ -199,19 +200,8 @@ def dataset_info(paths: dict[str, Path]) -> dict[str, Any]:
     (``prism_tiny_pairs`` for ``prism_disc``, ``prism_tiny_align`` for ``prism_align``, ``prism_tiny_rlvr`` for
     its verifiable-reward RLVR run) by file name."""
     return {
-        PAIRS_DATASET_NAME: {"file_name": str(Path(paths["pairs"]).resolve())},
-        ALIGN_DATASET_NAME: {"file_name": str(Path(paths["align"]).resolve())},
-        RLVR_DATASET_NAME: {"file_name": str(Path(paths["rlvr"]).resolve())},
-        SFT_DATASET_NAME: {
-            "file_name": str(Path(paths["sft"]).resolve()),
-            "formatting": "sharegpt",
-            "columns": {"messages": "messages", "images": "images"},
-            "tags": {
-                "role_tag": "role",
-                "content_tag": "content",
-                "user_tag": "user",
-                "assistant_tag": "assistant",
-                "system_tag": "system",
-            },
-        }
+        PAIRS_DATASET_NAME: file_entry(paths["pairs"]),
+        ALIGN_DATASET_NAME: file_entry(paths["align"]),
+        RLVR_DATASET_NAME: file_entry(paths["rlvr"]),
+        SFT_DATASET_NAME: sharegpt_entry(paths["sft"]),
     }
