@@ -123,40 +123,39 @@ def _align_yaml(tmp_path: Path, tiny_dir: Path, disc: Path, **keys) -> Path:
     return _write_yaml(tmp_path / "align.yaml", **(base | keys))
 
 
-def test_discriminator_counts_equal_the_alignment_state(
-    tiny_dir: Path, tiny_discriminator_dir: Path, tmp_path: Path
-) -> None:
-    """fp32 run: the discriminator as ``prism_align`` loads it, with the same AdamW as the alignment workflow."""
-    from prism_plugin.discriminator.loading import load_discriminator
+def _alignment_update_state(tiny_dir: Path, disc_dir: Path, compute_dtype: torch.dtype | None) -> dict[str, int]:
+    """The bytes the alignment stage's discriminator holds after one real update (its scorer and updater,
+    autocast to ``compute_dtype``): weights, gradients before the step, and AdamW state."""
+    from transformers import AutoTokenizer
 
-    real = _adamw_step(load_discriminator(str(tiny_discriminator_dir)))
-    plan = _items(build_plan(_align_yaml(tmp_path, tiny_dir, tiny_discriminator_dir), 1, 80))
+    from tests.test_prism_align import scorer_case
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_dir / "tokenizer")
+    scorer, batch = scorer_case(tiny_dir, disc_dir, tokenizer)
+    scorer.compute_dtype = compute_dtype
+    model, grads = scorer.model, {}
+    step = scorer.updater.optimizer.optimizer.step
+
+    def record_then_step(*args, **kwargs):  # the gradients the optimiser steps with
+        grads["bytes"] = _nbytes(p.grad for p in model.parameters() if p.grad is not None)
+        return step(*args, **kwargs)
+
+    scorer.updater.optimizer.optimizer.step = record_then_step
+    scorer.update(batch, scorer.score(batch))
+    state = scorer.updater.optimizer.optimizer.state
+    return {"weights": _nbytes(model.parameters()) + _nbytes(model.buffers()), "gradients": grads["bytes"],
+            "AdamW state": _nbytes(t for s in state.values() for t in s.values() if isinstance(t, torch.Tensor))}
+
+
+@pytest.mark.parametrize("bf16", [False, True], ids=["fp32", "bf16"])
+def test_discriminator_counts_equal_the_alignment_state(bf16: bool, tiny_dir: Path, tiny_discriminator_dir: Path,
+                                                        tmp_path: Path) -> None:
+    """The discriminator as ``prism_align`` trains it without DeepSpeed: float32 master weights, gradients and
+    AdamW state whether the run is fp32 or bf16 (bf16 autocasts the forwards: no second copy of the weights)."""
+    real = _alignment_update_state(tiny_dir, tiny_discriminator_dir, torch.bfloat16 if bf16 else None)
+    plan = _items(build_plan(_align_yaml(tmp_path, tiny_dir, tiny_discriminator_dir, bf16=bf16), 1, 80))
     assert {what: plan[("discriminator", what)] for what in real} == real
-    assert plan[("discriminator", "fp32 master weights")] == 0
-
-
-def test_mixed_precision_discriminator_counts(tiny_dir: Path, tiny_discriminator_dir: Path, tmp_path: Path) -> None:
-    """bf16 run: bf16 compute weights (loaded in bf16: buffers stay fp32), fp32 master copies with fp32
-    gradients, AdamW on the masters — the state the accounting rule describes, built by hand here from the
-    real discriminator."""
-    from transformers import AutoModel
-
-    model = AutoModel.from_pretrained(tiny_discriminator_dir, dtype=torch.bfloat16)
-    masters = [p.detach().float().clone().requires_grad_(True) for p in model.parameters() if p.requires_grad]
-    sum(p.float().sum() for p in model.parameters()).backward()
-    for master, p in zip(masters, [p for p in model.parameters() if p.requires_grad], strict=True):
-        master.grad = p.grad.float()
-        p.grad = None
-    optimizer = torch.optim.AdamW(masters, lr=1e-3)
-    optimizer.step()
-    real = {
-        "weights": _nbytes(model.parameters()) + _nbytes(model.buffers()),
-        "fp32 master weights": _nbytes(masters),
-        "gradients": _nbytes(m.grad for m in masters),
-        "AdamW state": _nbytes(t for s in optimizer.state.values() for t in s.values()),
-    }
-    plan = _items(build_plan(_align_yaml(tmp_path, tiny_dir, tiny_discriminator_dir, bf16=True), 1, 80))
-    assert {what: plan[("discriminator", what)] for what in real} == real
+    assert ("discriminator", "fp32 master weights") not in plan
 
 
 def test_prism_disc_trains_the_discriminator_as_the_trainer_model(tiny_discriminator_dir: Path, tmp_path: Path) -> None:
@@ -334,16 +333,16 @@ def test_trainer_model_under_zero() -> None:
 def test_side_discriminator_sharding() -> None:
     c = _census(trainable_all=True)  # 1510 trainable, 3 tensors
     single_fp32 = _by_what(side_discriminator(c, _settings(1, half=None), trains=True))
-    assert single_fp32 == {"weights": 1510 * 4 + 16, "fp32 master weights": 0, "gradients": 6040,
-                           "AdamW state": 12080 + 12}
-    ddp = _by_what(side_discriminator(c, _settings(2), trains=True))  # ZeroRedundancyOptimizer
-    assert ddp == {"weights": 1510 * 2 + 16, "fp32 master weights": 3020, "gradients": 6040,
-                   "AdamW state": (12080 + 12) // 2}
-    z2 = _by_what(side_discriminator(c, _settings(4, _zero(2)), trains=True))
-    assert z2 == {"weights": 1510 * 2 + 16, "fp32 master weights": 1510, "gradients": 1510, "AdamW state": 3023}
+    assert single_fp32 == {"weights": 1510 * 4 + 16, "gradients": 6040, "AdamW state": 12080 + 12}
+    ddp = _by_what(side_discriminator(c, _settings(2), trains=True))  # bf16 autocast, ZeroRedundancyOptimizer
+    assert ddp == {"weights": 1510 * 4 + 16, "gradients": 6040, "AdamW state": (12080 + 12) // 2}
+    z2 = _by_what(side_discriminator(c, _settings(4, _zero(2)), trains=True))  # its own DeepSpeed engine
+    assert z2 == {"weights": 1510 * 2 + 16, "fp32 master weights": 1510, "gradients": 755, "AdamW state": 3023}
     z3 = _by_what(side_discriminator(c, _settings(4, _zero(3)), trains=True))
     assert z3 == z2 | {"weights": 755 + 16}
-    assert _by_what(side_discriminator(c, _settings(4, _zero(2)), trains=False)) == {"weights": 1510 * 2 + 16}
+    z1 = _by_what(side_discriminator(c, _settings(4, _zero(1)), trains=True))  # at least ZeRO-2 for the engine
+    assert z1 == z2
+    assert _by_what(side_discriminator(c, _settings(4, _zero(2)), trains=False)) == {"weights": 1510 * 4 + 16}
 
 
 def test_rollout_kv_rule() -> None:

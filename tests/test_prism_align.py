@@ -417,6 +417,13 @@ def test_align_with_deepspeed_zero2_on_two_processes(tmp_path, tiny_dir, tiny_sf
     assert any(not torch.equal(before[k], after[k]) for k in before)
     assert all(torch.isfinite(v).all() for v in after.values())
     assert (out / "checkpoint-2" / "discriminator" / "prism_disc_state.pt").is_file()
+    # the discriminator is a DeepSpeed engine of its own: its optimiser state is partitioned over the ranks too
+    disc_zero = out / "checkpoint-2" / "discriminator" / "deepspeed" / "discriminator"
+    assert sorted(p.name for p in disc_zero.glob("*optim_states.pt")) == [
+        "bf16_zero_pp_rank_0_mp_rank_00_optim_states.pt", "bf16_zero_pp_rank_1_mp_rank_00_optim_states.pt"] or sorted(
+        p.name for p in disc_zero.glob("*optim_states.pt")) == [
+        "zero_pp_rank_0_mp_rank_00_optim_states.pt", "zero_pp_rank_1_mp_rank_00_optim_states.pt"]
+    assert "disc/grad_norm" in steps[-1] and steps[-1]["disc/skipped"] == 0.0
     disc_before = AutoModel.from_pretrained(tiny_discriminator_dir)
     disc_after = AutoModel.from_pretrained(out / "discriminator")
     assert any(not torch.equal(a, b) for a, b in zip(disc_before.parameters(), disc_after.parameters(), strict=True))

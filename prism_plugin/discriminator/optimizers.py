@@ -43,6 +43,9 @@ class LocalOptimizer:
         """Make every rank's gradients the same (nothing to do in one process)."""
 
     def step(self, max_grad_norm: float) -> float:
+        for param in self.params:  # a parameter no score reached steps with a zero gradient, on every backend alike
+            if param.grad is None:
+                param.grad = torch.zeros_like(param)
         self._reduce()
         norm = torch.nn.utils.clip_grad_norm_(self.params, max_grad_norm)
         finite = bool(torch.isfinite(norm))
@@ -80,8 +83,6 @@ class ShardedOptimizer(LocalOptimizer):
     def _reduce(self) -> None:
         world = torch.distributed.get_world_size()
         for param in self.params:
-            if param.grad is None:
-                param.grad = torch.zeros_like(param)
             torch.distributed.all_reduce(param.grad)
             param.grad /= world
 

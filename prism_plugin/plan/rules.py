@@ -145,41 +145,42 @@ def trainer_model(c: Census, s: RunSettings, upcast_trainable: bool) -> list[Ite
 
 
 def side_discriminator(c: Census, s: RunSettings, trains: bool) -> list[Item]:
-    """The discriminator ``prism_align`` trains beside the policy, with its own AdamW.
+    """The discriminator ``prism_align`` trains beside the policy (``prism_plugin.discriminator.optimizers``).
 
-    weights: compute weights in bf16 when the run is bf16, else fp32 (fp16 runs: fp32), plus buffers;
-      replicated, or /N under DeepSpeed ZeRO-3;
-    fp32 master weights: only when the compute dtype is not fp32, one per trainable parameter;
-    gradients: fp32, one per trainable parameter;
-    AdamW state: fp32 exp_avg + exp_avg_sq (8 bytes) + a 4-byte ``step`` per trainable tensor.
-    Sharding: under DeepSpeed ZeRO >= 2, master weights, gradients and AdamW state /N; otherwise with N > 1
-    (no DeepSpeed, or ZeRO 0/1), master weights and AdamW state /N (torch ``ZeroRedundancyOptimizer``) and
-    gradients replicated. A discriminator that does not train (``prism_update_discriminator: false``) holds
-    its weights only.
+    Without DeepSpeed it trains float32 master weights directly (bf16 / fp16 runs autocast its forwards, whose
+    transient low-precision copies are activations): weights (+ buffers) and gradients fp32, replicated; AdamW's
+    fp32 exp_avg + exp_avg_sq (8 bytes) + a 4-byte ``step`` per trainable tensor, /N across ranks
+    (``ZeroRedundancyOptimizer``). Under DeepSpeed it is an engine of its own at ZeRO stage max(2, the run's):
+    module weights in the run's half dtype (/N at stage 3), fp32 master weights /N, gradients in the module dtype
+    /N, and AdamW state /N. A discriminator that does not train holds its weights only (fp32).
     """
     n, label = s.world, c.label
-    compute = torch.bfloat16 if s.half == torch.bfloat16 else FP32
     z = s.zero
-    weights = c.numel * _size(compute)
-    weights = (shard(weights, n) if z is not None and z.stage == 3 else weights) + _buffers(c)
-    sharding = f"/{n}" if z is not None and z.stage == 3 else "replicated"
-    items = [Item(label, "weights", weights, f"{_name(compute)}, {sharding}")]
-    if not trains:
-        return items
     trainable = [t for t in c.params if t.trainable]
     numel = sum(t.numel for t in trainable)
-    all_sharded = z is not None and z.stage >= 2
-    opt_ranks = n if n > 1 else 1
-    grad_ranks = n if all_sharded else 1
-    how = "DeepSpeed" if all_sharded else "ZeroRedundancyOptimizer" if n > 1 else "single process"
-    master = shard(numel * 4, opt_ranks) if compute != FP32 else 0
-    items += [
-        Item(label, "fp32 master weights", master, f"/{opt_ranks} ({how})" if master else "none (fp32 compute)"),
-        Item(label, "gradients", shard(numel * 4, grad_ranks), f"fp32 /{grad_ranks}"),
-        Item(label, "AdamW state", shard(numel * 8 + STEP_BYTES * len(trainable), opt_ranks),
-             f"fp32 2 moments + step /{opt_ranks}"),
+    adam = numel * 8 + STEP_BYTES * len(trainable)
+    if z is None or not trains:
+        items = [Item(label, "weights", c.numel * 4 + _buffers(c), "fp32 master weights, replicated")]
+        if not trains:
+            return items
+        ranks = n if n > 1 else 1
+        how = "ZeroRedundancyOptimizer" if n > 1 else "single process"
+        return items + [
+            Item(label, "gradients", numel * 4, "fp32, replicated"),
+            Item(label, "AdamW state", shard(adam, ranks), f"fp32 2 moments + step /{ranks} ({how})"),
+        ]
+    stage = max(2, z.stage)
+    low = s.half or FP32
+    weights = c.numel * _size(low)
+    weights = (shard(weights, n) if stage == 3 else weights) + _buffers(c)
+    master = shard(numel * 4, n) if low != FP32 else 0
+    return [
+        Item(label, "weights", weights, f"{_name(low)}, {'/' + str(n) if stage == 3 else 'replicated'} "
+                                        f"(DeepSpeed ZeRO-{stage})"),
+        Item(label, "fp32 master weights", master, f"/{n}" if master else "none (fp32 weights)"),
+        Item(label, "gradients", shard(numel * _size(low), n), f"{_name(low)} /{n}"),
+        Item(label, "AdamW state", shard(adam, n), f"fp32 2 moments + step /{n}"),
     ]
-    return items
 
 
 def rollout_dtype(policy: Census, s: RunSettings) -> torch.dtype:
