@@ -62,6 +62,7 @@ def easyr1_inputs(*responses: str, ground_truth: str = "5", length: int = 100) -
     return [{"response": r, "response_length": length, "ground_truth": ground_truth} for r in responses]
 
 
+@pytest.mark.transformers4
 def test_reward_file_by_path_batch_contract():
     module = load_reward_module()
     assert module.REWARD_TYPE == "batch" and module.main is module.compute_score
@@ -74,6 +75,7 @@ def test_reward_file_by_path_batch_contract():
     assert scores[0] | {"overlong": 0.0} == compute_score(GOOD, "5") | {"overlong": 0.0}
 
 
+@pytest.mark.transformers4
 def test_reward_file_dapo_overlong_kwargs():
     module = load_reward_module()
     reward_fn = functools.partial(module.compute_score, **DAPO_KWARGS)  # as EasyR1 binds reward_function_kwargs
@@ -87,6 +89,7 @@ def test_reward_file_dapo_overlong_kwargs():
         module.compute_score(inputs, overlong_buffer_length=4096, overlong_penalty_factor=1.0)
 
 
+@pytest.mark.transformers4
 def test_format_prompt_keeps_image_markers():
     from jinja2 import Template
 
@@ -97,6 +100,7 @@ def test_format_prompt_keeps_image_markers():
     assert rendered.count("<image>") == 2
 
 
+@pytest.mark.transformers4
 def test_paths_and_references():
     for name in paths.names():
         assert paths.path_of(name).is_absolute() and paths.path_of(name).is_file()
@@ -106,6 +110,7 @@ def test_paths_and_references():
         paths.path_of("nope")
 
 
+@pytest.mark.transformers4
 def test_cli_paths(capsys):
     from prism_plugin.cli import main
 
@@ -150,6 +155,7 @@ def easyr1_kwargs(name: str, seed: int = 0, keyset=HEAD_KWARGS) -> dict:
 
 @pytest.mark.parametrize("keyset", [HEAD_KWARGS, V032_KWARGS], ids=["b44b311", "v0.3.2"])
 @pytest.mark.parametrize("name", list(SETTINGS))
+@pytest.mark.transformers4
 def test_loss_plugin_easyr1_keywords(name, keyset):
     kwargs = easyr1_kwargs(name, keyset=keyset)
     loss, metrics = getattr(loss_plugin, name)(**kwargs)
@@ -166,6 +172,7 @@ def test_loss_plugin_easyr1_keywords(name, keyset):
     torch.testing.assert_close(loss.detach(), ref)
 
 
+@pytest.mark.transformers4
 def test_dispatcher_selection(monkeypatch):
     calls = []
 
@@ -202,6 +209,7 @@ def preset(name: str) -> dict:
 
 
 @pytest.mark.parametrize("name", list(PRESETS))
+@pytest.mark.transformers4
 def test_presets_use_only_easyr1_keys(name):
     keys = set(preset(name))
     known_head = set(KEYS_HEAD["keys"]) | set(KEYS_HEAD["free_dicts"])
@@ -210,6 +218,7 @@ def test_presets_use_only_easyr1_keys(name):
     assert unknown_v032 == ({"worker.actor.loss_type"} if name == "gspo" else set())
 
 
+@pytest.mark.transformers4
 def test_presets_paper_settings():
     common = {"data.max_prompt_length": 2048, "data.max_response_length": 8192, "data.rollout_batch_size": 32,
               "worker.rollout.n": 16, "worker.actor.optim.lr": 1e-6, "algorithm.disable_kl": True,
@@ -237,6 +246,7 @@ def test_presets_paper_settings():
 # --------------------------------------------------------------------------- launcher rewriting
 
 
+@pytest.mark.transformers4
 def test_plan_cli_loss_rewrite(tmp_path):
     argv = ["worker.actor.loss_type=prism_gspo", "worker.reward.reward_function=prism://reward:compute_score",
             "data.train_files=x.parquet"]
@@ -252,6 +262,7 @@ def test_plan_cli_loss_rewrite(tmp_path):
         launcher.plan_launch(["worker.actor.loss_type=prism_ppo"], has_loss_type=True)
 
 
+@pytest.mark.transformers4
 def test_plan_config_file_rewrite(tmp_path, monkeypatch):
     # EasyR1's verl.utils.py_functional registers a PyYAML float representer rounding 3e-4 to 0.0
     monkeypatch.setitem(yaml.Dumper.yaml_representers, float, lambda d, x: d.represent_scalar(
@@ -274,6 +285,7 @@ def test_plan_config_file_rewrite(tmp_path, monkeypatch):
     assert yaml.safe_load(Path(plan.config_path).read_text())["worker"]["actor"]["loss_type"] == "default"
 
 
+@pytest.mark.transformers4
 def test_runtime_env_merge():
     easyr1_env = {"env_vars": {"TOKENIZERS_PARALLELISM": "true", "NCCL_DEBUG": "WARN"}}
     merged = launcher.merge_runtime_env(easyr1_env, "prism_gspo")
@@ -288,6 +300,7 @@ def test_runtime_env_merge():
 # --------------------------------------------------------------------------- converter
 
 
+@pytest.mark.transformers4
 def test_converter_round_trip(tiny_dir, tmp_path):
     src = tiny_dir / "data" / "rlvr.jsonl"
     rows = [json.loads(line) for line in src.read_text().splitlines() if line.strip()]
@@ -303,6 +316,7 @@ def test_converter_round_trip(tiny_dir, tmp_path):
     assert first == Path(table[0]["images"][0]).read_bytes()
 
 
+@pytest.mark.transformers4
 def test_converter_bad_rows(tiny_dir, tmp_path):
     good = json.loads((tiny_dir / "data" / "rlvr.jsonl").read_text().splitlines()[0])
     images = [str(tiny_dir / "data" / p) for p in good["images"]]
@@ -324,6 +338,7 @@ def test_converter_bad_rows(tiny_dir, tmp_path):
     assert "1 rows kept, 4 skipped" in report.summary()
 
 
+@pytest.mark.transformers4
 def test_cli_to_easyr1(tiny_dir, tmp_path, capsys):
     from prism_plugin.cli import main
 
@@ -519,6 +534,7 @@ def test_patch_active_inside_ray_worker(easyr1, monkeypatch):
     monkeypatch.delenv(loss_plugin.ENV_LOSS)
 
 
+@pytest.mark.transformers4
 def test_probe_fails_loudly_when_worker_unpatched():
     unpatched = {"active": False, "core_algos": False, "dp_actor": None, "loss": None, "pid": 1}
     ray = types.SimpleNamespace(remote=lambda **o: lambda fn: types.SimpleNamespace(remote=lambda: unpatched),

@@ -58,6 +58,27 @@ def _is_canonical(gate_up: tuple[int, ...], down: tuple[int, ...], hidden: int, 
     return canonical
 
 
+def read_experts(state: dict[str, torch.Tensor], prefix: str, hidden: int, inter: int) -> tuple[torch.Tensor,
+                                                                                                  torch.Tensor]:
+    """Canonical ``gate_up`` (E, 2I, H) and ``down`` (E, H, I) of the experts of the MoE block ``prefix`` in
+    ``state`` (a state dict or a loaded checkpoint), whatever layout it holds them in."""
+    fused = state.get(f"{prefix}.{FUSED_GATE_UP}")
+    if fused is None:
+        num = 0
+        while f"{prefix}.experts.{num}.gate_proj.weight" in state:
+            num += 1
+        if not num:
+            raise KeyError(f"no experts under {prefix}")
+        gate_up = torch.stack([torch.cat([state[f"{prefix}.experts.{e}.gate_proj.weight"],
+                                          state[f"{prefix}.experts.{e}.up_proj.weight"]]) for e in range(num)])
+        down = torch.stack([state[f"{prefix}.experts.{e}.down_proj.weight"] for e in range(num)])
+        return gate_up, down
+    down = state[f"{prefix}.{FUSED_DOWN}"]
+    if _is_canonical(tuple(fused.shape[1:]), tuple(down.shape[1:]), hidden, inter, prefix):
+        return fused, down
+    return fused.transpose(1, 2), down.transpose(1, 2)
+
+
 def write_hub_layout(directory: str | Path, hidden: int, inter: int) -> list[str]:
     """Rewrite the fused expert tensors of the safetensors checkpoint in ``directory`` (single file or shards)
     that are in the canonical layout into the hub layout; returns the names of the files rewritten."""

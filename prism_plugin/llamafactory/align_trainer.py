@@ -24,6 +24,7 @@ from prism_plugin.discriminator.updater import all_ranks_sum
 from prism_plugin.format import split_segments
 from prism_plugin.llamafactory.metrics import MetricsLogMixin
 from prism_plugin.losses import aggregation_unit, get_policy_loss, pairwise_wins, policy_loss_defaults
+from prism_plugin.portable import make_portable
 from prism_plugin.rollout import RolloutEngine, Sampling
 from prism_plugin.scorers import AlignPrompt, RolloutBatch, Scorer, Scores
 
@@ -222,10 +223,15 @@ class PrismAlignTrainer(MetricsLogMixin, Trainer):
 
     def save_model(self, output_dir: str | None = None, _internal_call: bool = False) -> None:
         """Save the policy (Trainer) and the scorer's state (the discriminator with its optimiser state, under
-        ``output_dir/discriminator``) — in checkpoints too, so ``resume_from_checkpoint`` restores both."""
+        ``output_dir/discriminator``) — in checkpoints too, so ``resume_from_checkpoint`` restores both. Both
+        folders are made readable by transformers 4.57 (EasyR1, Stage 3) too (:func:`make_portable`)."""
         super().save_model(output_dir, _internal_call)
         if self.is_world_process_zero():
-            self.scorer.save(os.path.join(output_dir or self.args.output_dir, DISCRIMINATOR_DIR))
+            output_dir = output_dir or self.args.output_dir
+            self.scorer.save(os.path.join(output_dir, DISCRIMINATOR_DIR))
+            make_portable(output_dir)
+            if os.path.isdir(os.path.join(output_dir, DISCRIMINATOR_DIR)):
+                make_portable(os.path.join(output_dir, DISCRIMINATOR_DIR))
 
 
 # ---------------------------------------------------------------------- pure helpers

@@ -14,6 +14,7 @@ from transformers import Trainer
 
 from prism_plugin.llamafactory.metrics import MetricsLogMixin
 from prism_plugin.losses import discriminator_loss
+from prism_plugin.portable import make_portable
 
 
 class PrismDiscTrainer(MetricsLogMixin, Trainer):
@@ -49,6 +50,12 @@ class PrismDiscTrainer(MetricsLogMixin, Trainer):
         loss, metrics = self.pair_loss(model, inputs)
         self.record_metrics("train" if model.training else "eval", metrics)
         return (loss, None) if return_outputs else loss
+
+    def save_model(self, output_dir: str | None = None, _internal_call: bool = False) -> None:
+        """The Trainer's save (checkpoints too), made readable by transformers 4.57 as well (:func:`make_portable`)."""
+        super().save_model(output_dir, _internal_call)
+        if self.is_world_process_zero():
+            make_portable(output_dir or self.args.output_dir)
 
     def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):
         inputs = self._prepare_inputs(inputs)
