@@ -51,11 +51,11 @@ def portable_config(config: dict[str, Any]) -> dict[str, Any]:
         if new in out and old not in out:
             out[old] = out[new]
     params = out.get("rope_parameters")
-    if isinstance(params, dict) and "rope_type" in params and "rope_theta" in params:  # one global RoPE (5.x)
-        out.setdefault("rope_theta", params["rope_theta"])
-        if not out.get("rope_scaling"):
-            out["rope_scaling"] = {key: value for key, value in params.items() if key != "rope_theta"}
-    elif params is None and out.get("rope_theta") is not None:  # 4.57
+    global_rope = isinstance(params, dict) and "rope_type" in params and "rope_theta" in params
+    if global_rope and "rope_theta" not in out:  # 5.x's form only (one RoPE for every layer)
+        out["rope_theta"] = params["rope_theta"]
+        out["rope_scaling"] = {key: value for key, value in params.items() if key != "rope_theta"}
+    elif params is None and out.get("rope_theta") is not None:  # 4.57's form only
         scaling = dict(out.get("rope_scaling") or {})
         scaling.setdefault("rope_type", scaling.pop("type", "default"))
         out["rope_parameters"] = scaling | {"rope_theta": out["rope_theta"]}
