@@ -31,7 +31,7 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     """Tests marked ``llamafactory`` (and those built on a Stage 1 run) skip where LLaMA-Factory is absent."""
     if importlib.util.find_spec("llamafactory") is not None:
         return
-    skip = pytest.mark.skip(reason="needs LLaMA-Factory (pip install -e '.[llamafactory]')")
+    skip = pytest.mark.skip(reason="needs LLaMA-Factory and its training stack (pip install -e '.[llamafactory]')")
     for item in items:
         if "llamafactory" in item.keywords or "tiny_sft_run" in getattr(item, "fixturenames", ()):
             item.add_marker(skip)
