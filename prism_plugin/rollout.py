@@ -30,6 +30,8 @@ from typing import Any, Protocol
 
 import torch
 
+from prism_plugin.compat import TOKEN_TYPES_KWARG, rope_index_takes_token_types, token_types
+
 END_OF_TURN = "<|im_end|>"
 # Sampled by a policy, these break the image-feature bookkeeping of Qwen-VL models.
 VISION_SPECIAL_TOKENS = ("<|vision_start|>", "<|vision_end|>", "<|vision_pad|>", "<|image_pad|>", "<|video_pad|>")
@@ -183,9 +185,8 @@ class HFRolloutEngine:
             parts = [p.mm_inputs[key] for p in prompts if key in p.mm_inputs]
             if parts:
                 mm[key] = torch.cat(parts).to(device)
-        image_token = getattr(policy.config, "image_token_id", None)
-        if "pixel_values" in mm and image_token is not None:
-            mm["mm_token_type_ids"] = (ids == image_token).long()
+        if "pixel_values" in mm and rope_index_takes_token_types(policy):
+            mm[TOKEN_TYPES_KWARG] = token_types(ids, policy.config).long()
         greedy = sampling.temperature == 0
         sample_kwargs = {} if greedy else {"temperature": sampling.temperature, "top_k": sampling.top_k,
                                            "top_p": sampling.top_p}

@@ -1,7 +1,13 @@
-"""Shared fixtures: one tiny offline build (tokenizer, models, toy data) per test session."""
+"""Shared fixtures: one tiny offline build (tokenizer, models, toy data) per test session.
+
+Markers (``pyproject.toml``): ``transformers4`` tests also run in EasyR1's environment (transformers
+4.57, no LLaMA-Factory) — ``pytest -m "transformers4 and not llamafactory" --no-skips`` there, where a
+skipped test fails; ``llamafactory`` tests need LLaMA-Factory and are skipped where it is not installed.
+"""
 
 from __future__ import annotations
 
+import importlib.util
 import os
 from pathlib import Path
 
@@ -13,6 +19,46 @@ os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
 
 TINY_SEED = 0
 TINY_NUM_EXAMPLES = 16
+NO_SKIPS = "--no-skips"
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(NO_SKIPS, action="store_true",
+                     help="a skipped test (or module) fails: every selected test must run (the transformers 4.57 run)")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Tests marked ``llamafactory`` (and those built on a Stage 1 run) skip where LLaMA-Factory is absent."""
+    if importlib.util.find_spec("llamafactory") is not None:
+        return
+    skip = pytest.mark.skip(reason="needs LLaMA-Factory and its training stack (pip install -e '.[llamafactory]')")
+    for item in items:
+        if "llamafactory" in item.keywords or "tiny_sft_run" in getattr(item, "fixturenames", ()):
+            item.add_marker(skip)
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo):
+    outcome = yield
+    report = outcome.get_result()
+    if item.config.getoption(NO_SKIPS) and report.skipped and not hasattr(report, "wasxfail"):
+        report.outcome = "failed"
+        report.longrepr = f"skipped, but {NO_SKIPS} makes every skip a failure: {_skip_reason(report)}"
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_make_collect_report(collector: pytest.Collector):
+    outcome = yield
+    report = outcome.get_result()
+    if collector.config.getoption(NO_SKIPS) and report.skipped:
+        report.outcome = "failed"
+        report.longrepr = f"{collector.nodeid} skipped, but {NO_SKIPS} makes every skip a failure: " \
+                          f"{_skip_reason(report)}"
+
+
+def _skip_reason(report: pytest.CollectReport | pytest.TestReport) -> str:
+    longrepr = report.longrepr
+    return longrepr[2] if isinstance(longrepr, tuple) and len(longrepr) == 3 else str(longrepr)
 
 
 @pytest.fixture(scope="session")

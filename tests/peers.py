@@ -59,6 +59,7 @@ def trl_grpo_loss(
     max_completion_length: int | None = None,
 ) -> torch.Tensor:
     """trl 0.24 ``GRPOTrainer._compute_loss`` run on given log-probs through a minimal trainer stand-in."""
+    pytest.importorskip("trl", reason="trl is not installed (LLaMA-Factory brings it)")
     fix_trl_import_flags()
     from trl.trainer.grpo_trainer import GRPOTrainer
 

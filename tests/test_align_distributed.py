@@ -13,6 +13,8 @@ from pathlib import Path
 import pytest
 import torch
 
+pytestmark = pytest.mark.llamafactory
+
 DEADLINE_S = 240
 
 

@@ -9,6 +9,11 @@ import pytest
 
 from prism_plugin.cli import main
 
+pytestmark = pytest.mark.transformers4
+
+# the processor's settings file: one (transformers 5.x) or one per sub-processor (4.57)
+PROCESSOR_CONFIGS = ("processor_config.json", "preprocessor_config.json")
+
 
 @pytest.fixture(scope="module")
 def cli_disc(tiny_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
@@ -26,9 +31,12 @@ def test_upcycle_cli_writes_a_loadable_discriminator(cli_disc: Path) -> None:
     config = json.loads((cli_disc / "config.json").read_text())
     assert config["model_type"] == "prism_discriminator" and config["expert_mode"] == "dedicated"
     assert config["backbone_config"]["model_type"] == "qwen3_vl_moe"
-    assert config["backbone_config"]["text_config"]["num_local_experts"] == 4  # saved under its attribute_map name
-    for name in ("tokenizer.json", "chat_template.jinja", "processor_config.json"):
+    text = config["backbone_config"]["text_config"]
+    # transformers 4.57 reads ``num_experts``; 5.x writes its own name (``num_local_experts``) too
+    assert text["num_experts"] == 4 and text.get("num_local_experts", 4) == 4
+    for name in ("tokenizer.json", "chat_template.jinja"):
         assert (cli_disc / name).is_file(), name
+    assert any((cli_disc / name).is_file() for name in PROCESSOR_CONFIGS)
     assert type(AutoModel.from_pretrained(cli_disc)).__name__ == "PrismDiscriminator"
     AutoProcessor.from_pretrained(cli_disc)
 

@@ -13,6 +13,8 @@ import pytest
 from tests.test_align_distributed import free_port
 from tests.testing_utils import REPO
 
+pytestmark = pytest.mark.llamafactory
+
 LLAMAFACTORY_CONFIGS = sorted(p for p in (REPO / "yaml").glob("*.yaml") if not p.name.startswith("rlvr_"))
 
 PARSE = """

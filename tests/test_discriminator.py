@@ -21,10 +21,14 @@ from prism_plugin.discriminator import (
     score_with_aux,
     upcycle,
 )
-from prism_plugin.discriminator.routing import find_routers, routing_from_logits
+from prism_plugin.discriminator.experts import read_experts
+from prism_plugin.discriminator.routing import find_routers, is_topk_router, router_top_k, routing_from_logits
 from prism_plugin.discriminator.scoring import pad_right
 from prism_plugin.discriminator.texts import TextScorer
+from prism_plugin.discriminator.upcycle import dense_backbone
 from prism_plugin.losses import discriminator_loss
+
+pytestmark = pytest.mark.transformers4
 
 DENSE = {"vl": "qwen3_vl_dense", "text": "qwen3_dense"}
 MOE_BACKBONE = {"vl": "Qwen3VLMoeModel", "text": "Qwen3MoeModel"}
@@ -90,12 +94,32 @@ def test_round_trip_is_exact(discs, tmp_path: Path) -> None:
     assert set(again.state_dict()) == set(model.state_dict())
     for key, value in model.state_dict().items():
         assert torch.equal(again.state_dict()[key], value), key
-    # On disk, transformers writes Qwen3-MoE experts in the hub's per-expert layout (fused again on load).
+    # On disk, Qwen3-MoE experts are in the hub's per-expert layout (transformers 5.x fuses them again on load).
     saved = load_file(tmp_path / "a" / "model.safetensors")
-    fused = model.state_dict()["backbone.layers.0.mlp.experts.down_proj"]
-    assert torch.equal(saved["backbone.layers.0.mlp.experts.3.down_proj.weight"], fused[3])
+    text = model.config.backbone_text_config
+    _, down = read_experts(model.state_dict(), "backbone.layers.0.mlp", text.hidden_size, text.moe_intermediate_size)
+    assert torch.equal(saved["backbone.layers.0.mlp.experts.3.down_proj.weight"], down[3])
     again.save_pretrained(tmp_path / "b")
     assert (tmp_path / "a" / "model.safetensors").read_bytes() == (tmp_path / "b" / "model.safetensors").read_bytes()
+
+
+def test_vl_experts_are_saved_in_the_hub_layout(discs, tmp_path: Path) -> None:
+    """Fused Qwen3-VL-MoE experts are written as the hub (and transformers 4.57) holds them: gate_up (E, H, 2I),
+    down (E, I, H); transformers 5.x transposes them on load. Reloading gives the same weights."""
+    model = discs("vl")
+    model.save_pretrained(tmp_path)
+    saved = load_file(tmp_path / "model.safetensors")
+    text = model.config.backbone_text_config
+    hidden, inter, num = text.hidden_size, text.moe_intermediate_size, model.config.num_experts
+    prefix = "backbone.language_model.layers.1.mlp"
+    assert saved[f"{prefix}.experts.gate_up_proj"].shape == (num, hidden, 2 * inter)
+    assert saved[f"{prefix}.experts.down_proj"].shape == (num, inter, hidden)
+    gate_up, down = read_experts(model.state_dict(), prefix, hidden, inter)
+    assert torch.equal(saved[f"{prefix}.experts.gate_up_proj"], gate_up.transpose(1, 2))
+    assert torch.equal(saved[f"{prefix}.experts.down_proj"], down.transpose(1, 2))
+    again = PrismDiscriminator.from_pretrained(tmp_path)
+    for key, value in model.state_dict().items():
+        assert torch.equal(again.state_dict()[key], value), key
 
 
 def test_auto_classes_load_without_remote_code(discs, tmp_path: Path) -> None:
@@ -178,7 +202,8 @@ def test_score_read_at_last_valid_token(discs) -> None:
 def _dense_and_inputs(tiny_dir: Path, kind: str):
     from transformers import AutoProcessor, AutoTokenizer
 
-    dense = AutoModel.from_pretrained(tiny_dir / DENSE[kind]).eval()
+    _, dense = dense_backbone(tiny_dir / DENSE[kind])
+    dense.eval()
     if kind == "text":
         tok = AutoTokenizer.from_pretrained(tiny_dir / DENSE[kind])
         texts = ["<caption> red 1 </caption>", "<think> 1 + 1 = 2 </think>"]
@@ -211,15 +236,16 @@ def test_upcycling_with_zero_noise_is_the_dense_model(discs, tiny_dir: Path, kin
 @pytest.mark.parametrize("kind", ["vl", "text"])
 def test_upcycled_weights(discs, tiny_dir: Path, kind: str) -> None:
     model = discs(kind)
-    dense = AutoModel.from_pretrained(tiny_dir / DENSE[kind])
+    _, dense = dense_backbone(tiny_dir / DENSE[kind])
     dense_state, state = dense.state_dict(), model.backbone.state_dict()
     layer = "language_model.layers.0" if kind == "vl" else "layers.0"
-    gate_up = state[f"{layer}.mlp.experts.gate_up_proj"]
+    text = model.config.backbone_text_config
+    gate_up, down = read_experts(state, f"{layer}.mlp", text.hidden_size, text.moe_intermediate_size)
     expected = torch.cat([dense_state[f"{layer}.mlp.gate_proj.weight"], dense_state[f"{layer}.mlp.up_proj.weight"]])
     noise = gate_up - expected
     assert gate_up.shape[0] == 4 and 0.008 < noise.std().item() < 0.012
     assert not torch.allclose(gate_up[0], gate_up[1])  # independent noise per expert
-    down_noise = state[f"{layer}.mlp.experts.down_proj"] - dense_state[f"{layer}.mlp.down_proj.weight"]
+    down_noise = down - dense_state[f"{layer}.mlp.down_proj.weight"]
     assert 0.008 < down_noise.std().item() < 0.012
     assert 0.015 < state[f"{layer}.mlp.gate.weight"].std().item() < 0.025
     copied = [k for k in dense_state if ".mlp." not in k or "visual" in k]
@@ -244,18 +270,33 @@ def test_dense_discriminator_ablation(discs, tiny_dir: Path) -> None:
 
 def test_router_recomputation_matches_stock_router(discs) -> None:
     model = discs("vl", router_std=1.0)
-    for router in find_routers(model.backbone):
-        hidden = torch.randn(7, router.hidden_dim)
+    routers = find_routers(model.backbone)
+    assert len(routers) == model.config.backbone_text_config.num_hidden_layers
+    for router in routers:
+        hidden = torch.randn(7, model.config.backbone_hidden_size)
+        if not is_topk_router(router):
+            # transformers 4.57: a linear gate whose MoE block routes the (masked) logits itself; nothing is recomputed
+            assert isinstance(router, torch.nn.Linear) and router(hidden).shape == (7, model.config.num_experts)
+            continue
         logits, weights, index = router(hidden)
         again_w, again_i = routing_from_logits(logits, router.top_k, getattr(router, "norm_topk_prob", True))
         assert torch.equal(again_i, index) and torch.allclose(again_w, weights, atol=1e-7)
 
 
 def _selected_experts(model: PrismDiscriminator, call=None, **kwargs) -> list[torch.Tensor]:
-    """Top-k expert ids each MoE layer picked (tokens x k), captured at the experts' input."""
+    """Top-k expert ids each MoE layer picked (tokens x k), read from each router's final output (after the
+    mask): a top-k router's ids (transformers 5.x), or the top-k of a linear gate's logits, which its MoE
+    block picks itself (transformers 4.57)."""
     picked: list[torch.Tensor] = []
-    experts = [m.mlp.experts for m in model.backbone.modules() if hasattr(getattr(m, "mlp", None), "experts")]
-    handles = [e.register_forward_pre_hook(lambda mod, args: picked.append(args[1].clone())) for e in experts]
+
+    def grab(k: int):
+        def hook(module, args, output):
+            ids = output[2] if isinstance(output, tuple) else torch.topk(output.softmax(-1), k, dim=-1).indices
+            picked.append(ids.clone())
+        return hook
+
+    routers = find_routers(model.backbone)
+    handles = [r.register_forward_hook(grab(router_top_k(model.backbone, r))) for r in routers]
     try:
         with torch.no_grad():
             (call or model)(**kwargs)

@@ -12,6 +12,8 @@ import pytest
 
 from tests.lf_runs import llamafactory_train
 
+pytestmark = pytest.mark.llamafactory
+
 DRIFT_KEYS = ("drift/valid_ratio", "drift/caption_gap", "drift/reasoning_gap", "drift/caption_policy_score",
               "drift/reasoning_policy_score", "drift/teacher_caption_score", "drift/teacher_reasoning_score")
 

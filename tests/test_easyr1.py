@@ -103,6 +103,7 @@ def easyr1_inputs(*responses: str, ground_truth: str = "5", length: int = 100) -
     return [{"response": r, "response_length": length, "ground_truth": ground_truth} for r in responses]
 
 
+@pytest.mark.transformers4
 def test_reward_file_by_path_batch_contract():
     module = load_reward_module()
     assert module.REWARD_TYPE == "batch" and module.main is module.compute_score
@@ -115,6 +116,7 @@ def test_reward_file_by_path_batch_contract():
     assert scores[0] | {"overlong": 0.0} == compute_score(GOOD, "5") | {"overlong": 0.0}
 
 
+@pytest.mark.transformers4
 def test_reward_file_dapo_overlong_kwargs():
     module = load_reward_module()
     reward_fn = functools.partial(module.compute_score, **DAPO_KWARGS)  # as EasyR1 binds reward_function_kwargs
@@ -128,6 +130,7 @@ def test_reward_file_dapo_overlong_kwargs():
         module.compute_score(inputs, overlong_buffer_length=4096, overlong_penalty_factor=1.0)
 
 
+@pytest.mark.transformers4
 def test_format_prompt_keeps_image_markers():
     from jinja2 import Template
 
@@ -138,6 +141,7 @@ def test_format_prompt_keeps_image_markers():
     assert rendered.count("<image>") == 2
 
 
+@pytest.mark.transformers4
 def test_paths_and_references():
     for name in paths.names():
         assert paths.path_of(name).is_absolute() and paths.path_of(name).is_file()
@@ -154,6 +158,7 @@ def test_paths_and_references():
         paths.path_of("nope")
 
 
+@pytest.mark.transformers4
 def test_cli_paths(capsys):
     from prism_plugin.cli import main
 
@@ -197,6 +202,7 @@ def easyr1_kwargs(name: str, seed: int = 0, keyset=HEAD_KWARGS) -> dict:
 
 @pytest.mark.parametrize("keyset", [HEAD_KWARGS, V032_KWARGS], ids=["b44b311", "v0.3.2"])
 @pytest.mark.parametrize("name", list(SETTINGS))
+@pytest.mark.transformers4
 def test_loss_plugin_easyr1_keywords(name, keyset):
     kwargs = easyr1_kwargs(name, keyset=keyset)
     loss, metrics = getattr(loss_plugin, name)(**kwargs)
@@ -213,6 +219,7 @@ def test_loss_plugin_easyr1_keywords(name, keyset):
     torch.testing.assert_close(loss.detach(), ref)
 
 
+@pytest.mark.transformers4
 def test_dispatcher_selection(monkeypatch):
     calls = []
 
@@ -249,6 +256,7 @@ def preset(name: str) -> dict:
 
 
 @pytest.mark.parametrize("name", list(PRESETS))
+@pytest.mark.transformers4
 def test_presets_use_only_easyr1_keys(name):
     keys = set(preset(name))
     known_head = set(KEYS_HEAD["keys"]) | set(KEYS_HEAD["free_dicts"])
@@ -257,6 +265,7 @@ def test_presets_use_only_easyr1_keys(name):
     assert unknown_v032 == ({"worker.actor.loss_type"} if name == "gspo" else set())
 
 
+@pytest.mark.transformers4
 def test_presets_paper_settings():
     common = {"data.max_prompt_length": 2048, "data.max_response_length": 8192, "data.rollout_batch_size": 32,
               "worker.rollout.n": 16, "worker.actor.optim.lr": 1e-6, "algorithm.disable_kl": True,
@@ -312,6 +321,7 @@ def test_presets_stop_plain_easyr1_without_the_overrides(name):
 # --------------------------------------------------------------------------- launcher rewriting
 
 
+@pytest.mark.transformers4
 def test_plan_cli_loss_rewrite(tmp_path):
     argv = ["worker.actor.loss_type=prism_gspo", "worker.reward.reward_function=prism://reward:compute_score",
             "data.train_files=x.parquet"]
@@ -329,6 +339,7 @@ def test_plan_cli_loss_rewrite(tmp_path):
         launcher.plan_launch(["worker.actor.loss_type=prism_ppo"], has_loss_type=True)
 
 
+@pytest.mark.transformers4
 def test_plan_config_file_rewrite(tmp_path, monkeypatch):
     # EasyR1's verl.utils.py_functional registers a PyYAML float representer rounding 3e-4 to 0.0
     monkeypatch.setitem(yaml.Dumper.yaml_representers, float, lambda d, x: d.represent_scalar(
@@ -351,6 +362,7 @@ def test_plan_config_file_rewrite(tmp_path, monkeypatch):
     assert yaml.safe_load(Path(plan.config_path).read_text())["worker"]["actor"]["loss_type"] == "default"
 
 
+@pytest.mark.transformers4
 def test_runtime_env_merge():
     easyr1_env = {"env_vars": {"TOKENIZERS_PARALLELISM": "true", "NCCL_DEBUG": "WARN"}}
     merged = launcher.merge_runtime_env(easyr1_env, "prism_gspo")
@@ -365,6 +377,7 @@ def test_runtime_env_merge():
 # --------------------------------------------------------------------------- converter
 
 
+@pytest.mark.transformers4
 def test_converter_round_trip(tiny_dir, tmp_path):
     src = tiny_dir / "data" / "rlvr.jsonl"
     rows = [json.loads(line) for line in src.read_text().splitlines() if line.strip()]
@@ -380,6 +393,7 @@ def test_converter_round_trip(tiny_dir, tmp_path):
     assert first == Path(table[0]["images"][0]).read_bytes()
 
 
+@pytest.mark.transformers4
 def test_converter_bad_rows(tiny_dir, tmp_path):
     good = json.loads((tiny_dir / "data" / "rlvr.jsonl").read_text().splitlines()[0])
     images = [str(tiny_dir / "data" / p) for p in good["images"]]
@@ -426,6 +440,7 @@ def test_converter_text_only_rows_have_no_image_column(tiny_dir, tmp_path):
     assert [len(images) for images in table.column("images").to_pylist()] == [len(image_row["images"]), 0]
 
 
+@pytest.mark.transformers4
 def test_cli_to_easyr1(tiny_dir, tmp_path, capsys):
     from prism_plugin.cli import main
 
@@ -679,6 +694,7 @@ def test_patch_active_inside_ray_worker(fresh_core_algos, easyr1, monkeypatch):
     assert metrics["prism/loss_plugin"] == 1.0
 
 
+@pytest.mark.transformers4
 def test_probe_fails_loudly_when_worker_unpatched():
     unpatched = {"active": False, "core_algos": False, "dp_actor": None, "loss": None, "pid": 1}
     ray = types.SimpleNamespace(remote=lambda **o: lambda fn: types.SimpleNamespace(remote=lambda: unpatched),

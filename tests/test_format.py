@@ -8,6 +8,8 @@ from hypothesis import strategies as st
 from prism_plugin.format import is_valid, layout_parts, split_segments
 from tests.references import layout_parts_reference, reference_boundary
 
+pytestmark = pytest.mark.transformers4
+
 GOOD = "<caption> red 3 blue 2 </caption>\n<think> 3 + 2 = 5 </think>\n<answer> 5 </answer>"
 
 

@@ -12,6 +12,8 @@ import pytest
 
 from prism_plugin.llamafactory import patches
 
+pytestmark = pytest.mark.llamafactory
+
 PROBE = """
 import json
 import llamafactory.hparams.parser as parser

@@ -15,6 +15,8 @@ from prism_plugin.losses import (
     unregister_policy_loss,
 )
 
+pytestmark = pytest.mark.transformers4
+
 
 def nls(x: float) -> float:
     """-log(sigmoid(x))."""

@@ -22,6 +22,8 @@ from prism_plugin.plan.census import Census, Tensor
 from prism_plugin.plan.rules import rollout_kv, shard, side_discriminator, trainer_model
 from prism_plugin.plan.settings import RunSettings, ZeroSettings, prism_defaults
 
+pytestmark = pytest.mark.llamafactory
+
 REPO = Path(__file__).resolve().parents[1]
 FIXTURES = REPO / "tests" / "data" / "model_configs"
 

@@ -12,6 +12,8 @@ from safetensors.torch import load_file
 from tests.lf_runs import llamafactory_train
 from tests.testing_utils import align_prompt, lf_config, rollout_batch
 
+pytestmark = pytest.mark.llamafactory
+
 
 def failure_excerpt(log: str) -> str:
     """The lines that say why a run failed (any rank), then the log's tail."""

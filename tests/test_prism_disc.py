@@ -10,6 +10,8 @@ import torch
 from prism_plugin.data.records import DatasetRowError
 from tests.lf_runs import llamafactory_train
 
+pytestmark = pytest.mark.llamafactory
+
 
 def warmup_config(tmp_path: Path, tiny_dir: Path, disc_dir: Path, **overrides) -> dict:
     config = {

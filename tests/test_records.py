@@ -6,6 +6,8 @@ import pytest
 
 from prism_plugin.data.records import DatasetRowError, Segments, load_align, load_pairs
 
+pytestmark = pytest.mark.transformers4
+
 CAP = "<caption> red 1 </caption>"
 COT = "<think> red 1 = 1 </think>\n<answer> 1 </answer>"
 

@@ -21,6 +21,8 @@ from prism_plugin.rewards import (
 from prism_plugin.rewards import matchers as matchers_mod
 from prism_plugin.rewards.units import DIMENSIONS, UNIT_ALIASES
 
+pytestmark = pytest.mark.transformers4
+
 CASES = [
     json.loads(line) for line in (Path(__file__).parent / "data" / "answers.jsonl").read_text("utf-8").splitlines()
 ]

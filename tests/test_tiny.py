@@ -14,14 +14,18 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from PIL import Image
+from transformers import Qwen3VLModel
 
+from prism_plugin.compat import rope_index_takes_token_types
 from prism_plugin.rollout import VISION_SPECIAL_TOKENS
 from prism_plugin.tiny import MODEL_DIRS, make_tiny
 from prism_plugin.tiny.corpus import COLORS
 from prism_plugin.tiny.images import GRID, IMAGE_SIZE, RGB
-from prism_plugin.tiny.tokenizer import SPECIAL_TOKENS
+from prism_plugin.tiny.tokenizer import SPECIAL_TOKENS, TOKENIZER_CLASS
 
 from .conftest import TINY_NUM_EXAMPLES, TINY_SEED
+
+pytestmark = pytest.mark.transformers4
 
 LAYOUT_RE = re.compile(r"^\s*<caption>.*?</caption>\s*<think>.*?</think>\s*<answer>.*?</answer>\s*$", re.DOTALL)
 LAYOUT_TAGS = ("<caption>", "</caption>", "<think>", "</think>", "<answer>", "</answer>")
@@ -66,7 +70,9 @@ def test_manifest_lists_everything(tiny_dir: Path, tiny_manifest: dict) -> None:
     for key in ("sft", "align", "pairs", "rlvr", "dataset_info"):
         assert Path(tiny_manifest["data"][key]).is_file()
     assert {"torch", "transformers", "tokenizers", "prism_plugin"} <= set(tiny_manifest["versions"])
-    assert (Path(tiny_manifest["models"]["qwen3_vl_policy"]) / "processor_config.json").is_file()
+    policy = Path(tiny_manifest["models"]["qwen3_vl_policy"])
+    # the processor's settings: one file (transformers 5.x) or one per sub-processor (4.57)
+    assert (policy / "processor_config.json").is_file() or (policy / "preprocessor_config.json").is_file()
 
 
 def test_same_seed_is_byte_identical_other_seed_differs(tiny_dir: Path, tmp_path: Path) -> None:
@@ -234,11 +240,14 @@ def test_auto_tokenizer_and_auto_processor_load_every_dir(tiny_dir: Path, name: 
     from transformers import AutoProcessor, AutoTokenizer
 
     tok = AutoTokenizer.from_pretrained(tiny_dir / name)
-    processor = AutoProcessor.from_pretrained(tiny_dir / name)
     vision = name.startswith("qwen3_vl")
-    assert type(processor).__name__ == ("Qwen3VLProcessor" if vision else type(tok).__name__)
     assert tok.eos_token == "<|im_end|>" and tok.pad_token == "<|endoftext|>"
     assert ("processor_class" in tok.init_kwargs) == vision
+    # the generic fast class: transformers 4.57 and 5.x both load tokenizer.json verbatim with it
+    assert json.loads((tiny_dir / name / "tokenizer_config.json").read_text())["tokenizer_class"] == TOKENIZER_CLASS
+    if name != "tokenizer":  # a model folder (transformers 4.57's AutoProcessor needs its config.json)
+        processor = AutoProcessor.from_pretrained(tiny_dir / name)
+        assert type(processor).__name__ == ("Qwen3VLProcessor" if vision else type(tok).__name__)
 
 
 @pytest.mark.parametrize("name", ["qwen3_vl_policy", "qwen3_vl_dense"])
@@ -271,7 +280,8 @@ def test_processor_gives_a_handful_of_visual_tokens(tiny_dir: Path, size: int, v
     image_id = processor.tokenizer.convert_tokens_to_ids("<|image_pad|>")
     assert int((inputs["input_ids"] == image_id).sum()) == visual_tokens
     assert inputs["image_grid_thw"].prod().item() == 4 * visual_tokens
-    assert "mm_token_type_ids" in inputs  # Qwen3-VL needs it for M-RoPE when pixel values are passed
+    # Qwen3-VL's M-RoPE needs the token types where its rope index takes them (transformers 5.x)
+    assert ("mm_token_type_ids" in inputs) == rope_index_takes_token_types(Qwen3VLModel)
 
 
 @pytest.mark.parametrize("do_sample", [False, True])
@@ -349,6 +359,7 @@ def test_dataset_files_parse_and_follow_the_layout(tiny_dir: Path) -> None:
         assert a["teacher_caption"] == "<caption> " + " ".join(f"{c} {counts[c]}" for c in COLORS) + " </caption>"
 
 
+@pytest.mark.llamafactory
 def test_dataset_info_is_valid_for_llamafactory(tiny_dir: Path) -> None:
     from llamafactory.data.parser import get_dataset_list
 
@@ -367,6 +378,7 @@ def test_dataset_info_is_valid_for_llamafactory(tiny_dir: Path) -> None:
     assert Path(attr.dataset_name) == tiny_dir / "data" / "sft.json"
 
 
+@pytest.mark.llamafactory
 def test_llamafactory_sft_on_tiny_vl_policy(tiny_sft_run) -> None:
     """Stage 1 as a real ``llamafactory-cli train`` (template prism_qwen3_vl) on CPU: it learns the toy set."""
     out, log = tiny_sft_run

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
 from typing import Any, Literal
 
-from transformers import AutoConfig, PreTrainedConfig
+from transformers import AutoConfig, PretrainedConfig
 from transformers.models.auto.configuration_auto import CONFIG_MAPPING
+
+from prism_plugin.portable import portable_config, write_portable_config
 
 EXPERT_MODES = ("shared", "dedicated")
 SEGMENT_FORMATS = ("continuation", "turn")
@@ -14,7 +18,7 @@ MOE_MODEL_TYPES = ("qwen3_vl_moe", "qwen3_moe")
 VL_MODEL_TYPES = ("qwen3_vl", "qwen3_vl_moe")
 
 
-class PrismDiscriminatorConfig(PreTrainedConfig):
+class PrismDiscriminatorConfig(PretrainedConfig):
     """A scalar-score discriminator over a transformers backbone (Qwen3-VL(-MoE), Qwen3(-MoE)).
 
     Fields:
@@ -32,44 +36,65 @@ class PrismDiscriminatorConfig(PreTrainedConfig):
         ``turn`` (the segment text as a whole assistant turn, ``…<|im_end|>\n``, read at that last newline: the
         authors' warm-up, kept by imported discriminators so their scores stay the authors').
       system_prompt: the system prompt prompts are rendered with (None: prism-plugin's PRISM system prompt).
+
+    A plain ``__init__`` (not transformers 5's dataclass fields), so the class is the same on transformers
+    4.57 and 5.x; :meth:`save_pretrained` writes the backbone's settings in both lines' keys (RoPE, expert
+    count: :func:`prism_plugin.portable.portable_config`), and so does loading, so a discriminator saved by
+    either line loads in the other.
     """
 
     model_type = "prism_discriminator"
     sub_configs = {"backbone_config": AutoConfig}
 
-    backbone_config: dict | PreTrainedConfig | None = None
-    segments: list[str] | None = None
-    expert_mode: Literal["shared", "dedicated"] = "shared"
-    expert_groups: dict[str, list[int]] | None = None
-    shared_experts: list[int] | None = None
-    head_dropout: float = 0.1
-    head_init_std: float = 0.02
-    router_aux_loss_coef: float = 0.01
-    score_clip: float | None = 10.0
-    max_length: int | None = None
-    segment_format: Literal["continuation", "turn"] = "continuation"
-    system_prompt: str | None = None
-
-    def __post_init__(self, **kwargs: Any) -> None:
-        if isinstance(self.backbone_config, dict):
-            data = dict(self.backbone_config)
+    def __init__(
+        self,
+        backbone_config: dict | PretrainedConfig | None = None,
+        segments: list[str] | None = None,
+        expert_mode: Literal["shared", "dedicated"] = "shared",
+        expert_groups: dict[str, list[int]] | None = None,
+        shared_experts: list[int] | None = None,
+        head_dropout: float = 0.1,
+        head_init_std: float = 0.02,
+        router_aux_loss_coef: float = 0.01,
+        score_clip: float | None = 10.0,
+        max_length: int | None = None,
+        segment_format: Literal["continuation", "turn"] = "continuation",
+        system_prompt: str | None = None,
+        **kwargs: Any,
+    ) -> None:
+        if isinstance(backbone_config, dict):
+            data = portable_config(backbone_config)
             model_type = data.pop("model_type", None)
             if model_type is None:
                 raise ValueError("backbone_config needs a 'model_type'")
-            self.backbone_config = CONFIG_MAPPING[model_type](**data)
-        elif self.backbone_config is None:
-            self.backbone_config = CONFIG_MAPPING["qwen3"]()
-        self.segments = list(self.segments) if self.segments else ["caption", "reasoning"]
-        self.shared_experts = list(self.shared_experts or [])
-        if self.expert_groups is not None:
-            self.expert_groups = {k: list(v) for k, v in self.expert_groups.items()}
-        super().__post_init__(**kwargs)
+            backbone_config = CONFIG_MAPPING[model_type](**data)
+        elif backbone_config is None:
+            backbone_config = CONFIG_MAPPING["qwen3"]()
+        super().__init__(**kwargs)
+        # Set after the base class: transformers 4.57's __init__ also sets a (generation) ``max_length``.
+        self.backbone_config = backbone_config
+        self.segments = list(segments) if segments else ["caption", "reasoning"]
+        self.expert_mode = expert_mode
+        self.expert_groups = {k: list(v) for k, v in expert_groups.items()} if expert_groups is not None else None
+        self.shared_experts = list(shared_experts or [])
+        self.head_dropout = head_dropout
+        self.head_init_std = head_init_std
+        self.router_aux_loss_coef = router_aux_loss_coef
+        self.score_clip = score_clip
+        self.max_length = max_length
+        self.segment_format = segment_format
+        self.system_prompt = system_prompt
         self.validate_experts()
+
+    def save_pretrained(self, save_directory: str | os.PathLike, *args: Any, **kwargs: Any) -> None:
+        """transformers' ``save_pretrained``, then the backbone's settings in both lines' keys."""
+        super().save_pretrained(save_directory, *args, **kwargs)
+        write_portable_config(Path(save_directory) / "config.json")
 
     # ------------------------------------------------------------------ derived properties
 
     @property
-    def backbone_text_config(self) -> PreTrainedConfig:
+    def backbone_text_config(self) -> PretrainedConfig:
         """The backbone's language-model config (the backbone itself for text-only backbones)."""
         return self.backbone_config.get_text_config()
 

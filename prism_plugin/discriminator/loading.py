@@ -61,7 +61,10 @@ def checkpoint_dtype(config: Any) -> torch.dtype:
 def save_discriminator(model: Any, directory: str | Path, processor: Any = None,
                        state_dict: dict[str, torch.Tensor] | None = None) -> None:
     """Save ``model`` (with its processor) in the dtype it was loaded in (``model.checkpoint_dtype``), whatever
-    dtype it trains in: a bf16 discriminator trained with fp32 master weights is saved bf16 again."""
+    dtype it trains in: a bf16 discriminator trained with fp32 master weights is saved bf16 again. The folder
+    reads the same under transformers 4.57 and 5.x (:func:`prism_plugin.portable.make_portable`)."""
+    from prism_plugin.portable import make_portable
+
     dtype = getattr(model, "checkpoint_dtype", None)
     state = state_dict if state_dict is not None else model.state_dict()
     if dtype is not None:
@@ -74,3 +77,4 @@ def save_discriminator(model: Any, directory: str | Path, processor: Any = None,
         model.config.dtype = in_memory
     if processor is not None:
         processor.save_pretrained(directory)
+    make_portable(directory)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -10,10 +11,11 @@ import torch
 from torch import nn
 from transformers import AutoModel, PreTrainedModel
 from transformers.cache_utils import Cache
-from transformers.models.qwen3_moe.modeling_qwen3_moe import load_balancing_loss_func
 from transformers.utils import ModelOutput
 
+from prism_plugin.compat import rope_index
 from prism_plugin.discriminator.config import PrismDiscriminatorConfig
+from prism_plugin.discriminator.experts import write_hub_layout
 from prism_plugin.discriminator.routing import MASK_KWARG, RouterControl
 
 Segments = str | Sequence[str] | None
@@ -90,6 +92,14 @@ class PrismDiscriminator(PreTrainedModel):
         if any(module is head for head in self.heads.values()):
             nn.init.normal_(module.weight, mean=0.0, std=self.config.head_init_std)
 
+    def save_pretrained(self, save_directory: str | os.PathLike, *args: Any, **kwargs: Any) -> None:
+        """transformers' ``save_pretrained``, with fused experts written in the hub layout, which transformers
+        4.57 and 5.x both load (:func:`prism_plugin.discriminator.experts.write_hub_layout`)."""
+        super().save_pretrained(save_directory, *args, **kwargs)
+        if self.config.is_moe and kwargs.get("is_main_process", True):
+            text = self.config.backbone_text_config
+            write_hub_layout(save_directory, int(text.hidden_size), int(text.moe_intermediate_size))
+
     def get_input_embeddings(self) -> nn.Module:
         return self.backbone.get_input_embeddings()
 
@@ -133,14 +143,7 @@ class PrismDiscriminator(PreTrainedModel):
         ``max position + 1``: where a continuation of that row starts.
         """
         if self.config.is_vision:
-            text = self.config.backbone_config
-            token_type = (input_ids == text.image_token_id).int() + 2 * (input_ids == text.video_token_id).int()
-            positions, _ = self.backbone.get_rope_index(
-                input_ids,
-                mm_token_type_ids=token_type,
-                image_grid_thw=image_grid_thw,
-                attention_mask=attention_mask,
-            )
+            positions, _ = rope_index(self.backbone, input_ids, attention_mask, image_grid_thw)
             valid = attention_mask.bool().unsqueeze(0)
             next_pos = positions.masked_fill(~valid, -1).amax(dim=(0, 2)) + 1
             return positions, next_pos
@@ -259,6 +262,8 @@ class PrismDiscriminator(PreTrainedModel):
             output_router_logits = self.training and self.config.is_moe
         aux_loss = None
         if output_router_logits and logits:
+            from transformers.models.qwen3_moe.modeling_qwen3_moe import load_balancing_loss_func
+
             text = self.config.backbone_text_config
             aux_loss = load_balancing_loss_func(
                 tuple(logits), self.config.num_experts, int(text.num_experts_per_tok), current_mask

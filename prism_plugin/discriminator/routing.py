@@ -1,13 +1,18 @@
 """Per-call router-logit masking for transformers' MoE blocks (the ``dedicated`` expert mode).
 
-transformers' Qwen3-MoE / Qwen3-VL-MoE routers (``*TopKRouter``) compute
-``logits -> softmax -> top-k -> renormalise`` in one ``forward`` and return
-``(router_logits, routing_weights, selected_experts)``. :class:`RouterControl` puts one forward
-hook on every router. With no mask active the hook only (optionally) records the logits and
-leaves the output untouched, so ``shared`` mode runs the stock routers bit for bit. Inside
-``with control.restrict(allowed)`` the hook adds ``-inf`` to the logits of the experts a row may
-not use and recomputes the top-k from the masked logits (same softmax / top-k / renormalisation
-as the stock router), so masked experts get probability 0 and are never selected.
+Two router designs are handled (the Qwen3-MoE / Qwen3-VL-MoE blocks of the two transformers lines):
+
+- a top-k router module (``*TopKRouter``, transformers 5.x) computes ``logits -> softmax -> top-k ->
+  renormalise`` in one ``forward`` and returns ``(router_logits, routing_weights, selected_experts)``;
+- a plain linear gate (``mlp.gate``, an ``nn.Linear``, transformers 4.57) returns the logits, and its MoE
+  block does the softmax / top-k / renormalisation itself.
+
+:class:`RouterControl` puts one forward hook on every router. With no mask active the hook only
+(optionally) records the logits and leaves the output untouched, so ``shared`` mode runs the stock
+routers bit for bit. Inside ``with control.restrict(allowed)`` the hook adds ``-inf`` to the logits of
+the experts a row may not use: a linear gate returns the masked logits (its block then routes them as
+usual); a top-k router's output is recomputed from the masked logits (same softmax / top-k /
+renormalisation as the stock router). Either way masked experts get probability 0 and are never selected.
 
 ``allowed`` is a ``(batch, num_experts)`` bool tensor, one row per sequence of the call: the
 router sees the MoE block's input flattened as ``(batch * seq_len, hidden)``, row-major, so
@@ -33,8 +38,8 @@ from torch import nn
 MASK_KWARG = "prism_expert_allowed"
 
 
-def is_router(module: nn.Module) -> bool:
-    """True for transformers' top-k MoE routers (Qwen3-MoE, Qwen3-VL-MoE and the same design)."""
+def is_topk_router(module: nn.Module) -> bool:
+    """True for a router module that routes itself (transformers 5.x ``*TopKRouter``: logits, weights, ids)."""
     return (
         type(module).__name__.endswith("TopKRouter")
         and isinstance(getattr(module, "weight", None), torch.Tensor)
@@ -43,9 +48,31 @@ def is_router(module: nn.Module) -> bool:
     )
 
 
+def _linear_gate(module: nn.Module) -> nn.Linear | None:
+    """The ``gate`` of an MoE block that routes its gate's logits itself (transformers 4.57), else None."""
+    gate = getattr(module, "gate", None)
+    if isinstance(gate, nn.Linear) and hasattr(module, "experts") and hasattr(module, "top_k"):
+        return gate
+    return None
+
+
 def find_routers(model: nn.Module) -> list[nn.Module]:
-    """Every MoE router in ``model``, in layer order."""
-    return [m for m in model.modules() if is_router(m)]
+    """Every MoE router in ``model`` (top-k router modules or linear gates), in layer order."""
+    routers = []
+    for module in model.modules():
+        if is_topk_router(module):
+            routers.append(module)
+        elif (gate := _linear_gate(module)) is not None:
+            routers.append(gate)
+    return routers
+
+
+def router_top_k(model: nn.Module, router: nn.Module) -> int:
+    """How many experts ``router`` (one of :func:`find_routers`'s) picks per token."""
+    if is_topk_router(router):
+        return int(router.top_k)
+    block = next(m for m in model.modules() if _linear_gate(m) is router)
+    return int(block.top_k)
 
 
 def routing_from_logits(logits: torch.Tensor, top_k: int, normalize: bool) -> tuple[torch.Tensor, torch.Tensor]:
@@ -72,7 +99,7 @@ class RouterControl:
 
     def __init__(self, backbone: nn.Module) -> None:
         self.routers = find_routers(backbone)
-        self.num_experts = int(self.routers[0].num_experts) if self.routers else 0
+        self.num_experts = int(self.routers[0].weight.shape[0]) if self.routers else 0
         self._bias: torch.Tensor | None = None  # (B, E) additive mask: 0 or -inf
         self._records: list[torch.Tensor] | None = None
         self._handles = [r.register_forward_hook(self._hook) for r in self.routers]
@@ -129,8 +156,9 @@ class RouterControl:
         finally:
             self._records = previous
 
-    def _hook(self, module: nn.Module, args: tuple, output: tuple) -> tuple | None:
-        logits = output[0]
+    def _hook(self, module: nn.Module, args: tuple, output: Any) -> Any:
+        topk = isinstance(output, tuple)  # a top-k router's (logits, weights, ids); a linear gate's logits
+        logits = output[0] if topk else output
         changed = None
         active = self._layer_bias[-1] if self._layer_bias and self._layer_bias[-1] is not None else self._bias
         if active is not None:
@@ -141,8 +169,11 @@ class RouterControl:
                     raise RuntimeError(f"router saw {tokens} tokens, not a multiple of the mask's {bias.shape[0]} rows")
                 bias = bias.repeat_interleave(tokens // bias.shape[0], dim=0)
             logits = logits + bias.to(logits.dtype)
-            weights, index = routing_from_logits(logits, int(module.top_k), getattr(module, "norm_topk_prob", True))
-            changed = (logits, weights, index)
+            if topk:
+                weights, index = routing_from_logits(logits, int(module.top_k), getattr(module, "norm_topk_prob", True))
+                changed = (logits, weights, index)
+            else:
+                changed = logits
         if self._records is not None:
             self._records.append(logits)
         return changed

@@ -29,7 +29,6 @@ from dataclasses import dataclass
 
 import torch
 from transformers.cache_utils import DynamicCache
-from transformers.models.qwen3_moe.modeling_qwen3_moe import load_balancing_loss_func
 
 # Router logits of the valid tokens run so far: one list per MoE layer of (tokens, experts) blocks.
 RouterLog = list[list[torch.Tensor]]
@@ -177,6 +176,8 @@ def _aux_loss(model, log: RouterLog | None) -> torch.Tensor | None:
     """Switch load-balancing loss over every logged token (all layers pooled); None when nothing was logged."""
     if not log:
         return None
+    from transformers.models.qwen3_moe.modeling_qwen3_moe import load_balancing_loss_func
+
     logits = tuple(torch.cat(layer) for layer in log)
     top_k = int(model.config.backbone_text_config.num_experts_per_tok)
     return load_balancing_loss_func(logits, model.config.num_experts, top_k)

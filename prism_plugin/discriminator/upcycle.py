@@ -1,11 +1,13 @@
 """Sparse upcycling: a dense Qwen3-VL / Qwen3 checkpoint -> an MoE ``PrismDiscriminator`` directory.
 
 Every text-layer MLP becomes ``num_experts`` experts, each the dense MLP plus i.i.d.
-N(0, noise_std²) noise, in transformers' fused layout (``experts.gate_up_proj`` (E, 2I, H) =
-[gate; up], ``experts.down_proj`` (E, H, I)); routers are N(0, router_std²); top-k weights are
-renormalised, so with ``noise_std=0`` the MoE computes exactly the dense function. Vision
-tower, embeddings, attention and norms are copied. ``num_experts=0`` keeps the dense backbone
-(the "dense discriminator" ablation).
+N(0, noise_std²) noise; routers are N(0, router_std²); top-k weights are renormalised, so with
+``noise_std=0`` the MoE computes exactly the dense function. Vision tower, embeddings, attention and
+norms are copied. ``num_experts=0`` keeps the dense backbone (the "dense discriminator" ablation).
+
+Noise and heads are drawn from the seed alone, the experts in one canonical layout and then written in
+the layout the installed transformers holds (:func:`prism_plugin.discriminator.experts.expert_tensors`):
+the same dense model and seed give the same discriminator on transformers 4.57 and 5.x.
 """
 
 from __future__ import annotations
@@ -22,6 +24,8 @@ from prism_plugin.discriminator.config import (
     default_expert_groups,
     default_shared_experts,
 )
+from prism_plugin.discriminator.experts import FUSED_GATE_UP, expert_tensors
+from prism_plugin.portable import make_portable
 
 # Tokenizer / processor files copied next to the weights (whatever of these the dense dir has).
 PROCESSOR_FILES = (
@@ -68,22 +72,39 @@ def moe_backbone_config(dense: Any, num_experts: int, top_k: int, aux_coef: floa
     return cls(**(data | moe | {"norm_topk_prob": True, "output_router_logits": False}))
 
 
-def _dense_backbone_state(dense_path: Path) -> tuple[Any, dict[str, torch.Tensor]]:
-    """The dense config and its backbone's state dict (no LM head), loaded in float32."""
-    from transformers import AutoConfig, AutoModel
+def dense_backbone(dense_path: str | Path) -> tuple[Any, Any]:
+    """The dense checkpoint's config and backbone (its language/vision model without the LM head), float32.
+
+    Loaded with the checkpoint's own head class (``AutoModelForImageTextToText`` / ``AutoModelForCausalLM``)
+    and its ``.model`` taken: transformers 4.57's ``AutoModel`` does not map a Qwen3-VL checkpoint's
+    ``model.`` prefix and would leave the backbone randomly initialised. Any backbone weight missing
+    from the checkpoint is an error.
+    """
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForImageTextToText
     from transformers.utils import logging as hf_logging
 
+    from prism_plugin.policy import is_vision_config
+
     config = AutoConfig.from_pretrained(dense_path)
+    model_class = AutoModelForImageTextToText if is_vision_config(config) else AutoModelForCausalLM
     verbosity, bars = hf_logging.get_verbosity(), hf_logging.is_progress_bar_enabled()
-    hf_logging.set_verbosity_error()  # the dense checkpoint's LM head is expected to be left out
+    hf_logging.set_verbosity_error()
     hf_logging.disable_progress_bar()
     try:
-        model = AutoModel.from_pretrained(dense_path, dtype=torch.float32)
+        model, info = model_class.from_pretrained(dense_path, dtype=torch.float32, output_loading_info=True)
     finally:
         hf_logging.set_verbosity(verbosity)
         if bars:
             hf_logging.enable_progress_bar()
-    return config, model.state_dict()
+    missing = [key for key in info["missing_keys"] if not key.startswith("lm_head.")]
+    if missing:
+        raise ValueError(f"{dense_path} lacks weights of its {config.model_type!r} backbone: {missing[:5]}")
+    return config, model.model
+
+
+def _is_moe_mlp(prefix: str, target: dict[str, torch.Tensor]) -> bool:
+    """Whether the backbone holds experts (fused or per expert) at the dense MLP ``prefix``."""
+    return f"{prefix}.{FUSED_GATE_UP}" in target or f"{prefix}.experts.0.gate_proj.weight" in target
 
 
 def _upcycled_state(
@@ -98,29 +119,27 @@ def _upcycled_state(
     mlps: dict[str, dict[str, torch.Tensor]] = {}
     for key, value in dense_state.items():
         match = _MLP_KEY.match(key)
-        if match and f"{match['prefix']}.experts.gate_up_proj" in target:
+        if match and _is_moe_mlp(match["prefix"], target):
             mlps.setdefault(match["prefix"], {})[match["proj"]] = value
         else:
             state[key] = value.clone()
     for prefix, proj in sorted(mlps.items()):
-        gate_up_shape = target[f"{prefix}.experts.gate_up_proj"].shape
-        down_shape = target[f"{prefix}.experts.down_proj"].shape
-        num = gate_up_shape[0]
+        router = target[f"{prefix}.gate.weight"]
+        num = router.shape[0]
         gate_up = torch.cat([proj["gate_proj"], proj["up_proj"]], dim=0).expand(num, -1, -1).clone()
         down = proj["down_proj"].expand(num, -1, -1).clone()
-        if gate_up.shape != gate_up_shape or down.shape != down_shape:
-            raise RuntimeError(f"{prefix}: dense MLP {tuple(gate_up.shape)} does not fit {tuple(gate_up_shape)}")
         if noise_std > 0:
             gate_up += torch.randn(gate_up.shape, generator=generator) * noise_std
             down += torch.randn(down.shape, generator=generator) * noise_std
-        state[f"{prefix}.experts.gate_up_proj"] = gate_up
-        state[f"{prefix}.experts.down_proj"] = down
-        router = target[f"{prefix}.gate.weight"]
+        state.update(expert_tensors(prefix, gate_up, down, target))
         state[f"{prefix}.gate.weight"] = torch.randn(router.shape, generator=generator) * router_std
     missing = sorted(set(target) - set(state))
     unexpected = sorted(set(state) - set(target))
     if missing or unexpected:
         raise RuntimeError(f"upcycling key mismatch: missing {missing[:5]}, unexpected {unexpected[:5]}")
+    wrong = [k for k, v in state.items() if v.shape != target[k].shape]
+    if wrong:
+        raise RuntimeError(f"upcycling shape mismatch: {wrong[:5]}")
     return state
 
 
@@ -159,7 +178,8 @@ def upcycle(
 
     dense_path, out_dir = Path(dense_path), Path(out_dir)
     segments = list(segments or ["caption", "reasoning"])
-    dense_config, dense_state = _dense_backbone_state(dense_path)
+    dense_config, dense = dense_backbone(dense_path)
+    dense_state = dense.state_dict()
     if num_experts > 0:
         backbone_config = moe_backbone_config(dense_config, num_experts, top_k, router_aux_loss_coef)
     else:
@@ -178,14 +198,21 @@ def upcycle(
         shared_experts=shared,
         router_aux_loss_coef=router_aux_loss_coef,
     )
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)  # the heads' N(0, 0.02²) init; the caller's RNG state is left alone
+    with torch.random.fork_rng(devices=[]):  # the backbone's throw-away init; the caller's RNG state is left alone
+        torch.manual_seed(seed)
         model = PrismDiscriminator(config).to(torch.float32)
     target = {k.removeprefix("backbone."): v for k, v in model.state_dict().items() if k.startswith("backbone.")}
     generator = torch.Generator().manual_seed(seed)
     state = _upcycled_state(dense_state, target, noise_std, router_std, generator)
     model.backbone.load_state_dict(state, strict=True)
+    # The heads' N(0, head_init_std²) init from the seed alone: how a transformers version's own init consumes
+    # the global RNG does not change the discriminator.
+    heads = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name in sorted(model.heads):
+            model.heads[name].weight.normal_(0.0, config.head_init_std, generator=heads)
     out_dir.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(out_dir, safe_serialization=True)
     copy_processor_files(dense_path, out_dir)
+    make_portable(out_dir)
     return out_dir

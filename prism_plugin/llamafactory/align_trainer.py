@@ -31,6 +31,7 @@ from prism_plugin.losses import (
     pairwise_wins,
     policy_loss_defaults,
 )
+from prism_plugin.portable import make_portable
 from prism_plugin.rollout import RolloutEngine, Rollouts, Sampling
 from prism_plugin.scorers import AlignPrompt, RolloutBatch, Scorer, Scores
 
@@ -306,10 +307,13 @@ class PrismAlignTrainer(MetricsLogMixin, Trainer):
 
     def save_model(self, output_dir: str | None = None, _internal_call: bool = False) -> None:
         """Save the policy (Trainer) and the scorer's state (the discriminator with its optimiser state, under
-        ``output_dir/discriminator``) — in checkpoints too, so ``resume_from_checkpoint`` restores both."""
+        ``output_dir/discriminator``) — in checkpoints too, so ``resume_from_checkpoint`` restores both. Both
+        folders are made readable by transformers 4.57 (EasyR1, Stage 3) too (:func:`make_portable`)."""
         super().save_model(output_dir, _internal_call)
         self.scorer.save(os.path.join(output_dir or self.args.output_dir, DISCRIMINATOR_DIR),
                          main=self.is_world_process_zero())
+        if self.is_world_process_zero():
+            make_portable(output_dir or self.args.output_dir)
 
 
 # ---------------------------------------------------------------------- pure helpers

@@ -6,6 +6,12 @@ It only appends a finder to ``sys.meta_path``; the patches themselves
 (:mod:`prism_plugin.llamafactory.patches`) load when LLaMA-Factory's own modules do.
 Kept import-free (``sys`` and ``os`` only) and exception-safe; ``PRISM_PLUGIN_DISABLE=1``
 turns it off.
+
+It speaks only about LLaMA-Factory, and at most one line per process: where LLaMA-Factory is not
+installed (EasyR1's environment) it prints nothing, and registering the discriminator with
+transformers' Auto classes never prints (a failure there is kept in :data:`failed`;
+``import prism_plugin.discriminator`` raises it). Where LLaMA-Factory's internals differ from the
+supported version, one line names the supported version(s) and stock LLaMA-Factory stays untouched.
 """
 
 import os
@@ -24,18 +30,46 @@ TARGETS = {
 
 fired: list = []  # target modules patched in this interpreter, in order (tests and `doctor` read it)
 failed: list = []  # (module, error) for patches that could not be applied
+reported: list = []  # the one line this interpreter printed, if any
+
+
+def report(message):
+    """Print ``message`` to stderr unless this interpreter already printed one (one line per process)."""
+    if not reported:
+        reported.append(message)
+        sys.stderr.write(message + "\n")
 
 
 def _apply(patch_name, module):
-    """Run one patch; a failure is reported and leaves stock LLaMA-Factory working."""
+    """Run one patch; a failure is recorded (and, for LLaMA-Factory, reported) and leaves stock code working."""
+    is_llamafactory = module.__name__.split(".")[0] == "llamafactory"
     try:
         from prism_plugin.llamafactory import patches
 
         getattr(patches, patch_name)(module)
         fired.append(module.__name__)
+        if is_llamafactory:
+            note = patches.untested_version_note()
+            if note:
+                report(note)
     except Exception as exc:
         failed.append((module.__name__, repr(exc)))
-        sys.stderr.write(f"prism-plugin: PRISM stages unavailable, patching {module.__name__} failed: {exc}\n")
+        if is_llamafactory:
+            report(f"prism-plugin: PRISM stages unavailable: {_with_versions(module.__name__, exc)}")
+
+
+def _with_versions(name, exc):
+    """``exc`` as one line that names the supported LLaMA-Factory versions."""
+    text = " ".join(str(exc).split())
+    if "llamafactory==" in text:  # UnsupportedLlamaFactoryError names them already
+        return text
+    try:
+        from prism_plugin.llamafactory.patches import supported_versions
+
+        supported = supported_versions()
+    except Exception:
+        supported = "the pinned llamafactory"
+    return f"patching {name} failed ({text}); prism-plugin supports {supported}"
 
 
 class _PatchingLoader:

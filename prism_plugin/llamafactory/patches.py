@@ -16,7 +16,7 @@ PRISM_STAGES = ("prism_disc", "prism_align")
 
 PATCHED_SYMBOLS = {
     "llamafactory.hparams.parser": ("_TRAIN_ARGS", "_INFER_ARGS", "_EVAL_ARGS"),
-    "llamafactory.train.tuner": ("_training_function", "read_args"),
+    "llamafactory.train.tuner": ("_training_function", "read_args", "export_model"),
     "llamafactory.data.template": ("TEMPLATES", "register_template"),
     "transformers.models.auto.modeling_auto": ("AutoModel",),
 }
@@ -26,14 +26,35 @@ class UnsupportedLlamaFactoryError(RuntimeError):
     """LLaMA-Factory's internals differ from the versions prism-plugin was written against."""
 
 
+def supported_versions() -> str:
+    """The supported LLaMA-Factory versions as a requirement (``llamafactory==0.9.5``)."""
+    return f"llamafactory=={' / '.join(SUPPORTED_LLAMAFACTORY)}"
+
+
+def llamafactory_version() -> str:
+    """The installed LLaMA-Factory's version (``unknown`` where it does not say)."""
+    try:
+        from llamafactory.extras.env import VERSION
+    except Exception:  # another layout of LLaMA-Factory's package
+        return "unknown"
+    return str(VERSION)
+
+
+def untested_version_note() -> str | None:
+    """One line for an installed LLaMA-Factory that is not a supported version (its patches did apply)."""
+    version = llamafactory_version()
+    if version in SUPPORTED_LLAMAFACTORY:
+        return None
+    return (f"prism-plugin: LLaMA-Factory {version} is untested; prism-plugin supports {supported_versions()} "
+            "(the PRISM stages may fail)")
+
+
 def _require(module: ModuleType) -> None:
     missing = [name for name in PATCHED_SYMBOLS[module.__name__] if not hasattr(module, name)]
     if missing:
-        from llamafactory.extras.env import VERSION
-
         raise UnsupportedLlamaFactoryError(
-            f"LLaMA-Factory {VERSION}: {module.__name__} lacks {', '.join(missing)}; "
-            f"prism-plugin supports llamafactory=={' / '.join(SUPPORTED_LLAMAFACTORY)}"
+            f"LLaMA-Factory {llamafactory_version()}: {module.__name__} lacks {', '.join(missing)}; "
+            f"prism-plugin supports {supported_versions()}"
         )
 
 
@@ -73,17 +94,22 @@ def patch_parser(module: ModuleType) -> None:
 # --------------------------------------------------------------------------- training entry
 
 
-def stage_of(args: Any) -> str | None:
-    """The ``stage`` a LLaMA-Factory argument dict or command-line list asks for."""
+def arg_value(args: Any, key: str) -> Any:
+    """The value of ``key`` in a LLaMA-Factory argument dict or command-line list (None when absent)."""
     if isinstance(args, dict):
-        return args.get("stage")
+        return args.get(key)
     if isinstance(args, (list, tuple)):
         for i, item in enumerate(args):
-            if item == "--stage" and i + 1 < len(args):
+            if item == f"--{key}" and i + 1 < len(args):
                 return args[i + 1]
-            if isinstance(item, str) and item.startswith("--stage="):
+            if isinstance(item, str) and item.startswith(f"--{key}="):
                 return item.split("=", 1)[1]
     return None
+
+
+def stage_of(args: Any) -> str | None:
+    """The ``stage`` a LLaMA-Factory argument dict or command-line list asks for."""
+    return arg_value(args, "stage")
 
 
 def _wants_drift_monitor(args: Any) -> bool:
@@ -93,8 +119,10 @@ def _wants_drift_monitor(args: Any) -> bool:
 
 
 def patch_tuner(module: ModuleType) -> None:
-    """Route the PRISM stages to our workflows; every other stage runs LLaMA-Factory's code."""
+    """Route the PRISM stages to our workflows (every other stage runs LLaMA-Factory's code), and make
+    ``llamafactory-cli export``'s folder readable by transformers 4.57 too (EasyR1, Stage 3)."""
     _require(module)
+    _patch_export(module)
     original = module._training_function
     if getattr(original, "__prism_original__", None) is not None:
         return
@@ -161,6 +189,27 @@ def unknown_keys_message(listed: str) -> str:
     known = [f.name for cls in _TRAIN_ARGS for f in dataclasses.fields(cls)]
     keys = ast.literal_eval(listed) if listed.startswith("[") else [listed]
     return "unknown keys: " + ", ".join(f"{key!r}{did_you_mean(str(key), known)}" for key in keys)
+
+
+def _patch_export(module: ModuleType) -> None:
+    """``export_model`` (LLaMA-Factory's merge / export), then :func:`prism_plugin.portable.make_portable` on
+    its ``export_dir``: a merged LoRA policy goes on to EasyR1 (transformers 4.57) as it is."""
+    original = module.export_model
+    if getattr(original, "__prism_original__", None) is not None:
+        return
+
+    def export_model(args: Any = None) -> None:
+        args = module.read_args(args)
+        original(args)
+        export_dir = arg_value(args, "export_dir")
+        if export_dir:
+            from prism_plugin.portable import make_portable
+
+            make_portable(export_dir)
+
+    export_model.__prism_original__ = original  # type: ignore[attr-defined]
+    export_model.__doc__ = original.__doc__
+    module.export_model = export_model
 
 
 # --------------------------------------------------------------------------- chat template

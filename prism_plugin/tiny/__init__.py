@@ -62,7 +62,7 @@ def make_tiny(out_dir: str | Path, seed: int = 0, num_examples: int = DEFAULT_NU
     from prism_plugin.tiny.data import SFT_DATASET_NAME, write_dataset
     from prism_plugin.tiny.models import build_model, save_model
     from prism_plugin.tiny.processor import build_processor
-    from prism_plugin.tiny.tokenizer import build_tokenizer, special_token_ids
+    from prism_plugin.tiny.tokenizer import build_tokenizer, save_tokenizer, special_token_ids
 
     if num_examples < 1:
         raise ValueError("num_examples must be >= 1")
@@ -73,11 +73,11 @@ def make_tiny(out_dir: str | Path, seed: int = 0, num_examples: int = DEFAULT_NU
             shutil.rmtree(out / sub)
 
     tokenizer = build_tokenizer()
-    tokenizer.save_pretrained(out / "tokenizer")
+    save_tokenizer(tokenizer, out / "tokenizer")
     # The processor gets its own tokenizer object: saving a processor stamps ``processor_class`` into
     # its tokenizer's config, which would make ``AutoProcessor`` on the text-only dirs look for an
     # image processor.
-    processor = build_processor(build_tokenizer())
+    processor = build_processor()
 
     bars = hf_logging.is_progress_bar_enabled()
     hf_logging.disable_progress_bar()

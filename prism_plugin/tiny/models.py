@@ -10,9 +10,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from prism_plugin.portable import make_portable, portable_config, set_tokenizer_class
 from prism_plugin.rollout import VISION_SPECIAL_TOKENS
 from prism_plugin.tiny.processor import MERGE_SIZE, PATCH_SIZE, TEMPORAL_PATCH_SIZE
-from prism_plugin.tiny.tokenizer import EOS_TOKEN, PAD_TOKEN
+from prism_plugin.tiny.tokenizer import EOS_TOKEN, PAD_TOKEN, TOKENIZER_CLASS
 
 HIDDEN = 64
 INTERMEDIATE = 128
@@ -50,11 +51,8 @@ def qwen3_config(tokenizer: Any) -> Any:
     """A 2-layer, hidden-64 ``Qwen3Config`` over ``tokenizer``'s vocabulary."""
     from transformers import Qwen3Config
 
-    return Qwen3Config(
-        **_text_kwargs(tokenizer),
-        rope_parameters={"rope_type": "default", "rope_theta": 1_000_000.0},
-        tie_word_embeddings=False,
-    )
+    rope = portable_config({"rope_parameters": {"rope_type": "default", "rope_theta": 1_000_000.0}})
+    return Qwen3Config(**_text_kwargs(tokenizer), **rope, tie_word_embeddings=False)
 
 
 def qwen3_vl_config(tokenizer: Any) -> Any:
@@ -62,14 +60,14 @@ def qwen3_vl_config(tokenizer: Any) -> Any:
     from transformers import Qwen3VLConfig
 
     ids = {tok: tokenizer.convert_tokens_to_ids(tok) for tok in VISION_SPECIAL_TOKENS}
-    text = _text_kwargs(tokenizer) | {
+    text = _text_kwargs(tokenizer) | portable_config({
         "rope_parameters": {
             "rope_type": "default",
             "rope_theta": 5_000_000.0,
             "mrope_section": MROPE_SECTION,
             "mrope_interleaved": True,
         },
-    }
+    })
     vision = {
         "depth": VISION_DEPTH,
         "hidden_size": VISION_HIDDEN,
@@ -133,7 +131,11 @@ def build_model(kind: str, tokenizer: Any, seed: int) -> Any:
 
 
 def save_model(model: Any, out_dir: Path, tokenizer: Any, processor: Any | None) -> Path:
-    """Save ``model`` with its tokenizer (and processor) into ``out_dir``; returns the directory."""
+    """Save ``model`` with its tokenizer (and processor) into ``out_dir``; returns the directory.
+
+    The folder reads the same under transformers 4.57 and 5.x: RoPE in both lines' config keys and
+    ``tokenizer_class`` the generic fast class (:func:`prism_plugin.portable.make_portable`).
+    """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(out_dir, safe_serialization=True)
@@ -141,4 +143,6 @@ def save_model(model: Any, out_dir: Path, tokenizer: Any, processor: Any | None)
         processor.save_pretrained(out_dir)
     else:
         tokenizer.save_pretrained(out_dir)
+    set_tokenizer_class(out_dir, TOKENIZER_CLASS)
+    make_portable(out_dir)
     return out_dir

@@ -18,11 +18,19 @@ IMAGE_MEAN = [0.5, 0.5, 0.5]
 IMAGE_STD = [0.5, 0.5, 0.5]
 
 
-def build_processor(tokenizer: Any) -> Any:
-    """A ``Qwen3VLProcessor`` around ``tokenizer`` (its chat template is reused)."""
+def build_processor() -> Any:
+    """A ``Qwen3VLProcessor`` around its own tiny tokenizer (whose chat template it reuses).
+
+    The tokenizer is of the class the processor accepts (:func:`prism_plugin.compat.processor_tokenizer_class`):
+    any on transformers 5.x, ``Qwen2TokenizerFast`` on 4.57 — the same ``tokenizers`` pipeline either way.
+    """
     from transformers import Qwen2VLImageProcessor, Qwen3VLProcessor
     from transformers.models.qwen3_vl.video_processing_qwen3_vl import Qwen3VLVideoProcessor
 
+    from prism_plugin.compat import processor_tokenizer_class
+    from prism_plugin.tiny.tokenizer import TOKENIZER_CLASS, build_tokenizer
+
+    tokenizer = build_tokenizer(tokenizer_class=processor_tokenizer_class(Qwen3VLProcessor) or TOKENIZER_CLASS)
     common = {
         "patch_size": PATCH_SIZE,
         "merge_size": MERGE_SIZE,
@@ -30,7 +38,11 @@ def build_processor(tokenizer: Any) -> Any:
         "image_mean": IMAGE_MEAN,
         "image_std": IMAGE_STD,
     }
-    image_processor = Qwen2VLImageProcessor(size={"shortest_edge": MIN_PIXELS, "longest_edge": MAX_PIXELS}, **common)
+    # min_pixels / max_pixels too: transformers 4.57's Qwen2VLImageProcessor ignores ``size`` (5.x reads both).
+    image_processor = Qwen2VLImageProcessor(
+        size={"shortest_edge": MIN_PIXELS, "longest_edge": MAX_PIXELS}, min_pixels=MIN_PIXELS, max_pixels=MAX_PIXELS,
+        **common,
+    )
     video_processor = Qwen3VLVideoProcessor(
         size={
             "shortest_edge": TEMPORAL_PATCH_SIZE * MIN_PIXELS,

@@ -7,6 +7,7 @@ string round-trips exactly. The PRISM layout tags stay ordinary BPE text, as in 
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
@@ -33,6 +34,8 @@ SPECIAL_TOKENS = (
     "<|image_pad|>",
     "<|video_pad|>",
 )
+# What saved tokenizer folders name: the class transformers 4.57 and 5.x both load tokenizer.json verbatim with.
+TOKENIZER_CLASS = "PreTrainedTokenizerFast"
 EOS_TOKEN = "<|im_end|>"
 PAD_TOKEN = "<|endoftext|>"
 
@@ -89,16 +92,19 @@ def train_backend(vocab_size: int = BPE_VOCAB_SIZE) -> Tokenizer:
     return tok
 
 
-def build_tokenizer(vocab_size: int = BPE_VOCAB_SIZE) -> Any:
+def build_tokenizer(vocab_size: int = BPE_VOCAB_SIZE, tokenizer_class: str = TOKENIZER_CLASS) -> Any:
     """The trained tokenizer wrapped as a transformers fast tokenizer with the chat template.
 
     ``tokenizer_class`` is the generic fast class on purpose: transformers 5 rebuilds the
     pipeline of ``Qwen2Tokenizer`` from its own code (adding an NFC normaliser), whereas the
-    generic class loads ``tokenizer.json`` verbatim.
+    generic class loads ``tokenizer.json`` verbatim, in transformers 4.57 and 5.x alike. Another
+    fast class (``Qwen2TokenizerFast``, which transformers 4.57's ``Qwen3VLProcessor`` insists on) wraps
+    the same pipeline; saved folders name :data:`TOKENIZER_CLASS` whatever object wrote them.
     """
-    from transformers import PreTrainedTokenizerFast
+    import transformers
 
-    tokenizer = PreTrainedTokenizerFast(
+    cls = getattr(transformers, tokenizer_class)
+    tokenizer = cls(
         tokenizer_object=train_backend(vocab_size),
         eos_token=EOS_TOKEN,
         pad_token=PAD_TOKEN,
@@ -111,6 +117,16 @@ def build_tokenizer(vocab_size: int = BPE_VOCAB_SIZE) -> Any:
     )
     tokenizer.chat_template = CHAT_TEMPLATE
     return tokenizer
+
+
+def save_tokenizer(tokenizer: Any, out_dir: str | Path) -> Path:
+    """Save ``tokenizer`` into ``out_dir`` with ``tokenizer_class`` :data:`TOKENIZER_CLASS` (see
+    :func:`build_tokenizer`), so transformers 4.57 and 5.x load the same pipeline from it."""
+    from prism_plugin.portable import set_tokenizer_class
+
+    tokenizer.save_pretrained(out_dir)
+    set_tokenizer_class(out_dir, TOKENIZER_CLASS)
+    return Path(out_dir)
 
 
 def special_token_ids(tokenizer: Any) -> dict[str, int]:
