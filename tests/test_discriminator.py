@@ -539,11 +539,14 @@ def test_prefix_aux_loss_is_the_switch_loss_over_the_distinct_tokens(discs, tiny
 
 
 def test_aux_loss_under_gradient_checkpointing(discs, tiny_dir: Path) -> None:
-    """Checkpointed training falls back to full forwards; the aux loss is then the full path's, with gradients."""
+    """Checkpointed training keeps the prefix path (its continuation forward is checkpointed): the same aux loss
+    as without checkpointing, with gradients to the routers."""
     model = discs("text", "dedicated", router_std=1.0)
     prompts, queries = _queries(model, tiny_dir, num_prompts=1)
     with _training_without_dropout(model):
-        _, want = score_with_aux(model, prompts, queries, reuse_prefix=False)
+        _, want = score_with_aux(model, prompts, queries, reuse_prefix=True)
+        _, full = score_with_aux(model, prompts, queries, reuse_prefix=False)
+        assert not torch.allclose(full, want, atol=1e-4)  # the full path counts prompt tokens once per row
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         try:
             _, got = score_with_aux(model, prompts, queries, reuse_prefix=True)

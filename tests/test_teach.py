@@ -614,7 +614,8 @@ def test_no_usable_rows(tmp_path: Path, capsys, monkeypatch) -> None:
     data.write_text('{"prompt": "<image>two markers <image>", "images": []}\nnot json\n')
     code, _, err = run_main(teach_args(data, tmp_path / "out", "http://127.0.0.1:9/v1", "--skip-invalid"),
                             capsys, monkeypatch)
-    assert code == 1 and "no usable rows (2 skipped)" in _last_line(err)
+    assert code == 1 and "no usable rows (2 skipped; the first: " in _last_line(err)
+    assert "row 1, field 'prompt': has 2 '<image>' markers" in _last_line(err)
     code, _, err = run_main(teach_args(data, tmp_path / "out", "http://127.0.0.1:9/v1"), capsys, monkeypatch)
     assert code == 1 and "row 1, field 'prompt'" in _last_line(err)
 
