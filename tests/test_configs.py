@@ -56,3 +56,11 @@ def test_every_shipped_config_has_a_heading_and_command_in_examples_readme():
     readme = (REPO / "examples" / "README.md").read_text(encoding="utf-8")
     for config in (REPO / "yaml").glob("*.yaml"):
         assert f"yaml/{config.name}" in readme, config.name
+
+
+def test_readme_test_command_is_exactly_what_ci_runs():
+    readme = (REPO / "README.md").read_text(encoding="utf-8").splitlines()
+    command = readme[next(i for i, line in enumerate(readme) if line.startswith("# (b)")) + 1]
+    ci = [line for line in (REPO / ".ci" / "run").read_text(encoding="utf-8").splitlines()
+          if line and not line.startswith(("#", "set ", "cd ", "export "))]
+    assert ci == [command]

@@ -218,18 +218,26 @@ def test_kv_cache_equals_a_real_dynamic_cache(tiny_dir: Path, tiny_discriminator
     assert _items(plan)[("policy", "rollout KV cache")] == per_token * 2 * (5 + 4)
 
 
-def test_paper_configs_sizes_and_kv(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Qwen3-VL-4B policy and Qwen3-VL-2B upcycled to 4 experts (top-2): exact counts, 144 KiB/token in bf16."""
+def test_paper_configs_sizes_and_kv(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """Qwen3-VL-4B policy and Qwen3-VL-2B upcycled to 4 experts (top-2): exact counts, 144 KiB/token in bf16;
+    the shipped config fits 8 × 80 GiB, and would not with the policy loss's logits in one piece."""
     monkeypatch.chdir(REPO)
-    plan = build_plan("yaml/prism_align.yaml", 8, 80, policy_config=str(FIXTURES / "qwen3_vl_4b"),
-                      discriminator_config=str(FIXTURES / "qwen3_vl_2b" / "config.json"))
+    configs = {"policy_config": str(FIXTURES / "qwen3_vl_4b"),
+               "discriminator_config": str(FIXTURES / "qwen3_vl_2b" / "config.json")}
+    plan = build_plan("yaml/prism_align.yaml", 8, 80, **configs)
     policy, disc = plan.models
     assert (policy.numel, policy.trainable_numel) == (4_437_815_808, 4_022_468_096)
     assert disc.numel == disc.trainable_numel == 5_298_657_280  # 5.30 B
     assert plan.rollout.bytes_per_token == 144 * 1024
-    assert _items(plan)[("policy", "rollout KV cache")] == 64 * (1024 + 6144) * 144 * 1024
-    assert not plan.fits and plan.largest.what == "rollout KV cache"
-    assert plan.batch.startswith("32 prompts × 16 rollouts = 512 rollouts per optimizer step over 8 ranks")
+    assert _items(plan)[("policy", "rollout KV cache")] == 8 * (1024 + 6144) * 144 * 1024
+    assert _items(plan)[("policy", "loss logits")] == 8 * 512 * 151_936 * 14
+    assert plan.fits and (plan.largest.model, plan.largest.what) == ("discriminator", "weights")
+    assert plan.batch.startswith("4 prompts × 16 rollouts = 64 rollouts per optimizer step over 8 ranks")
+    whole = yaml.safe_load((REPO / "yaml" / "prism_align.yaml").read_text()) | {"prism_logprob_chunk_size": None}
+    (tmp_path / "whole.yaml").write_text(yaml.safe_dump(whole))
+    unchunked = build_plan(tmp_path / "whole.yaml", 8, 80, **configs)
+    assert _items(unchunked)[("policy", "loss logits")] == 8 * 6144 * 151_936 * 14
+    assert not unchunked.fits and unchunked.largest.what == "loss logits"
 
 
 # ----------------------------------------------------------------------------- rollout shape and batch

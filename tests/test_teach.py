@@ -24,22 +24,19 @@ from pathlib import Path
 
 import pytest
 
-for _module in ("fastapi", "uvicorn", "sse_starlette"):  # what `llamafactory-cli api` needs besides llamafactory
-    pytest.importorskip(_module, reason=f"`llamafactory-cli api` needs {_module} (pip install 'llamafactory==0.9.5')")
-
-from prism_plugin.cli import main  # noqa: E402
-from prism_plugin.data.dataset_info import sharegpt_entry  # noqa: E402
-from prism_plugin.data.images import data_url  # noqa: E402
-from prism_plugin.data.openai_client import backoff_seconds, retry_after_seconds  # noqa: E402
-from prism_plugin.data.prompts import SYSTEM_PROMPT  # noqa: E402
-from prism_plugin.data.records import load_align, load_prompts  # noqa: E402
-from prism_plugin.data.teach import request_messages, teach  # noqa: E402
-from prism_plugin.data.teach_journal import Journal  # noqa: E402
-from prism_plugin.data.teach_outputs import verdict  # noqa: E402
-from prism_plugin.layout import IMAGE_MARKER, Segments  # noqa: E402
-from tests.lf_runs import CLI as LF_CLI  # noqa: E402
-from tests.lf_runs import llamafactory_train  # noqa: E402
-from tests.testing_utils import REPO, lf_config  # noqa: E402
+from prism_plugin.cli import main
+from prism_plugin.data.dataset_info import sharegpt_entry
+from prism_plugin.data.images import data_url
+from prism_plugin.data.openai_client import backoff_seconds, retry_after_seconds
+from prism_plugin.data.prompts import SYSTEM_PROMPT
+from prism_plugin.data.records import load_align, load_prompts
+from prism_plugin.data.teach import request_messages, teach
+from prism_plugin.data.teach_journal import Journal
+from prism_plugin.data.teach_outputs import verdict
+from prism_plugin.layout import IMAGE_MARKER, Segments
+from tests.lf_runs import CLI as LF_CLI
+from tests.lf_runs import llamafactory_train
+from tests.testing_utils import REPO, lf_config
 
 API_KEY = "teach-test-key-5b1f"
 KEY_ENV = "PRISM_TEACH_TEST_KEY"
@@ -520,6 +517,7 @@ def test_truncated_answers_are_dropped(teacher: str, tiny_dir: Path, tmp_path: P
     assert report_of(out)["dropped"]["truncated"] == 3
 
 
+@pytest.mark.llamafactory
 def test_untrained_teacher_is_dropped_and_counted(tiny_dir: Path, tmp_path: Path, capsys, monkeypatch) -> None:
     """The untrained tiny policy does not write the layout: every answer is left out, by reason, exit 1."""
     data = tmp_path / "questions.jsonl"

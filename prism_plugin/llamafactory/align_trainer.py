@@ -21,9 +21,11 @@ from transformers import Trainer
 from transformers.utils import logging
 
 from prism_plugin.advantage import segment_advantage
+from prism_plugin.compat import TOKEN_TYPES_KWARG, rope_index_takes_token_types, token_types
 from prism_plugin.discriminator.updater import all_ranks_sum
 from prism_plugin.format import split_segments
 from prism_plugin.llamafactory.metrics import MetricsLogMixin
+from prism_plugin.logprobs import completion_log_probs
 from prism_plugin.losses import (
     aggregation_unit,
     dynamic_sampling_mask,
@@ -218,12 +220,11 @@ class PrismAlignTrainer(MetricsLogMixin, Trainer):
             ids = torch.tensor(prompt.policy.input_ids, device=device).expand(len(rows), -1)
             mm = {key: value.repeat(len(rows), *([1] * (value.dim() - 1))).to(device)
                   for key, value in prompt.policy.mm_inputs.items()}
-            image_token = getattr(self.accelerator.unwrap_model(self.model).config, "image_token_id", None)
-            if "pixel_values" in mm and image_token is not None:  # Qwen-VL token types over prompt and completion
-                full = torch.cat([ids, completions], dim=1)
-                mm["mm_token_type_ids"] = (full == image_token).long() * torch.cat(
-                    [torch.ones_like(ids), torch.zeros_like(completions)], dim=1)
-            group = RolloutGroup(torch.cat([ids, completions], dim=1),
+            full = torch.cat([ids, completions], dim=1)
+            policy = self.accelerator.unwrap_model(self.model)
+            if "pixel_values" in mm and rope_index_takes_token_types(policy):  # M-RoPE over prompt and completion
+                mm[TOKEN_TYPES_KWARG] = token_types(full, policy.config).long()
+            group = RolloutGroup(full,
                                  torch.cat([torch.ones_like(ids), mask], dim=1), mask, mm,
                                  advantages[rows].to(device) if trains else torch.zeros(len(rows), device=device))
             if self.prism.prism_policy_epochs > 1 and trains:
@@ -252,13 +253,12 @@ class PrismAlignTrainer(MetricsLogMixin, Trainer):
     # ------------------------------------------------------------------ policy loss
 
     def _log_probs(self, model: torch.nn.Module, group: RolloutGroup) -> torch.Tensor:
-        """Per-token log-probabilities (G, T) of the completions under ``model`` (sampling temperature applied)."""
-        T = group.completion_mask.shape[1]
-        out = model(input_ids=group.input_ids, attention_mask=group.attention_mask, logits_to_keep=T + 1,
-                    use_cache=False, **group.mm_inputs)
-        logits = out.logits[:, :-1, :].float() / self.prism.prism_temperature
-        targets = group.input_ids[:, -T:]
-        return torch.log_softmax(logits, dim=-1).gather(-1, targets.unsqueeze(-1)).squeeze(-1)
+        """Per-token log-probabilities (G, T) of the completions under ``model`` (sampling temperature applied),
+        the output layer applied ``prism_logprob_chunk_size`` positions at a time."""
+        head = self.accelerator.unwrap_model(model).get_output_embeddings()
+        return completion_log_probs(model, head, group.input_ids, group.attention_mask,
+                                    group.completion_mask.shape[1], self.prism.prism_temperature,
+                                    self.prism.prism_logprob_chunk_size, **group.mm_inputs)
 
     def compute_loss(self, model, inputs: PolicyMicroBatch, return_outputs=False, num_items_in_batch=None):
         """Σ over the micro-batch's groups of (the registered loss's mean × its count), × the window's scale:

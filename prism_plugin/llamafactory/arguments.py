@@ -226,6 +226,11 @@ class PolicyLossArguments:
     prism_policy_epochs: int = field(
         default=1, metadata={"help": "Policy updates per batch of rollouts (> 1 makes the clip bind)."}
     )
+    prism_logprob_chunk_size: int | None = field(
+        default=512,
+        metadata={"help": "Completion positions whose logits the policy loss holds at once (the output layer runs "
+                          "in chunks, recomputed in backward; same result). null: all logits in one piece."},
+    )
 
     def __post_init__(self) -> None:
         from prism_plugin.losses import AGG_MODES, policy_loss_names
@@ -237,7 +242,7 @@ class PolicyLossArguments:
         if self.prism_loss_agg_mode is not None and self.prism_loss_agg_mode not in AGG_MODES:
             raise ConfigError(f"prism_loss_agg_mode must be one of {', '.join(AGG_MODES)}; "
                              f"got {self.prism_loss_agg_mode!r}{did_you_mean(self.prism_loss_agg_mode, AGG_MODES)}")
-        _at_least_one(self, "prism_policy_epochs")
+        _at_least_one(self, "prism_policy_epochs", "prism_logprob_chunk_size")
         _chain_post_init(self, PolicyLossArguments)
 
 

@@ -137,6 +137,13 @@ def _rollout_shape(s: RunSettings, policy: Census, prompt_tokens: int) -> Rollou
                         rules.kv_bytes_per_token(policy, dtype))
 
 
+def _policy_loss_rows(s: RunSettings) -> int:
+    """Rollouts in one policy-loss forward: a prompt's G on this rank, or — spread over the ranks — as many
+    of them as the rank holds."""
+    g = s.prism["prism_num_generations"]
+    return min(g, s.per_device_batch) if s.prism["prism_groups_across_ranks"] else g
+
+
 def _batch_line(s: RunSettings) -> str:
     """The global batch per optimizer step."""
     per_step = s.per_device_batch * s.grad_accum * s.world
@@ -210,10 +217,8 @@ def build_plan(
             raise PlanError(f"--discriminator-config: prism_reward is {s.prism['prism_reward']!r}, no discriminator")
         rollout = _rollout_shape(s, policy, prompt_tokens)
         items.append(rules.rollout_kv(policy, s, rollout.sequences, rollout.tokens))
-        g, new = s.prism["prism_num_generations"], s.prism["prism_max_new_tokens"]
-        vocab = int(policy.config.get_text_config().vocab_size)
-        not_counted.insert(0, f"the policy-loss logits: one fp32 copy for a group of {g} rollouts × {new:,} new "
-                              f"tokens × {vocab:,} vocab is {g * new * vocab * 4 / GIB:.1f} GiB")
+        items.append(rules.policy_loss_logits(policy, s, _policy_loss_rows(s)))
+        new = s.prism["prism_max_new_tokens"]
         cutoff = s.raw.get("cutoff_len")
         if isinstance(cutoff, int) and prompt_tokens + new > cutoff:
             notes.append(f"--prompt-tokens {prompt_tokens} + prism_max_new_tokens {new} exceeds cutoff_len {cutoff}: "

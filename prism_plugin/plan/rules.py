@@ -203,3 +203,19 @@ def rollout_kv(policy: Census, s: RunSettings, sequences: int, tokens: int) -> I
     per_token = kv_bytes_per_token(policy, dtype)
     return Item(policy.label, "rollout KV cache", sequences * tokens * per_token,
                 f"{sequences} seq × {tokens:,} tokens × {per_token / 1024:g} KiB/token ({_name(dtype)})")
+
+
+LOGIT_BYTES_PER_ELEMENT = 14  # the head's bf16/fp16 logits (2), their fp32 copy (4), the tempered copy (4), exp (4)
+
+
+def policy_loss_logits(policy: Census, s: RunSettings, rows: int) -> Item:
+    """The policy loss's logits at their peak: ``rows`` rollouts (one prompt's on this rank) ×
+    ``prism_logprob_chunk_size`` positions (all ``prism_max_new_tokens`` when unset) × vocab ×
+    :data:`LOGIT_BYTES_PER_ELEMENT` (the output layer's logits and the fp32 temporaries of the log-softmax)."""
+    new = int(s.prism["prism_max_new_tokens"])
+    chunk = s.prism["prism_logprob_chunk_size"]
+    positions = min(int(chunk), new) if chunk else new
+    vocab = int(policy.config.get_text_config().vocab_size)
+    how = f"chunks of {positions:,} positions" if chunk else "all positions at once"
+    return Item(policy.label, "loss logits", rows * positions * vocab * LOGIT_BYTES_PER_ELEMENT,
+                f"{rows} rollouts × {positions:,} × {vocab:,} vocab × {LOGIT_BYTES_PER_ELEMENT} B ({how})")

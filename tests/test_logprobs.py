@@ -1,0 +1,100 @@
+"""``completion_log_probs``: the chunked output layer gives the full computation's log-probabilities and
+gradients, while what autograd keeps for backward no longer grows with the vocabulary × length."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from PIL import Image
+
+from prism_plugin.chat import chat_prompt_text
+from prism_plugin.compat import TOKEN_TYPES_KWARG, rope_index_takes_token_types, token_types
+from prism_plugin.logprobs import completion_log_probs
+from prism_plugin.policy import load_policy
+
+pytestmark = pytest.mark.transformers4
+
+
+def _inputs(tiny_dir: Path, vision: bool, rows: int = 3, completion: int = 24):
+    model, processor, is_vl = load_policy(tiny_dir / ("qwen3_vl_policy" if vision else "qwen3_policy"), device="cpu")
+    assert is_vl == vision
+    torch.manual_seed(0)
+    tokenizer = getattr(processor, "tokenizer", processor)
+    prompt = ("<image>" if vision else "") + "How many red shapes are there?"
+    text = chat_prompt_text(tokenizer, prompt, 1 if vision else 0, True)
+    if vision:
+        image = Image.open(next((tiny_dir / "data" / "images").glob("*.png")))
+        enc = processor(text=[text], images=[image], return_tensors="pt")
+        mm = {key: enc[key].repeat(rows, 1) for key in ("pixel_values", "image_grid_thw")}
+    else:
+        enc = tokenizer([text], return_tensors="pt")
+        mm = {}
+    prompt_ids = enc["input_ids"].expand(rows, -1)
+    completions = torch.randint(10, model.config.get_text_config().vocab_size, (rows, completion))
+    ids = torch.cat([prompt_ids, completions], dim=1)
+    if vision and rope_index_takes_token_types(model):
+        mm[TOKEN_TYPES_KWARG] = token_types(ids, model.config).long()
+    mask = torch.ones_like(ids)
+    mask[-1, -5:] = 0  # a shorter row, right-padded
+    return model, ids, mask, completion, mm
+
+
+@pytest.mark.parametrize("vision", [True, False], ids=["qwen3_vl", "qwen3"])
+def test_chunked_log_probs_and_gradients_equal_the_full_logits(tiny_dir: Path, vision: bool) -> None:
+    model, ids, mask, T, mm = _inputs(tiny_dir, vision)
+    head = model.get_output_embeddings()
+    results = {}
+    for chunk in (None, 1, 5, 24, 512):
+        model.zero_grad(set_to_none=True)
+        lp = completion_log_probs(model, head, ids, mask, T, 0.7, chunk, **mm)
+        (lp * mask[:, -T:]).sum().backward()
+        results[chunk] = (lp.detach(), {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None})
+    want, want_grads = results[None]
+    assert want.shape == (ids.shape[0], T) and bool((want <= 0).all())
+    by_hand = torch.log_softmax(model(input_ids=ids, attention_mask=mask, **mm).logits[:, -T - 1:-1].float() / 0.7,
+                                dim=-1).gather(-1, ids[:, -T:, None]).squeeze(-1)
+    assert torch.allclose(want, by_hand.detach(), atol=1e-5)
+    for chunk in (1, 5, 24, 512):
+        got, grads = results[chunk]
+        assert torch.allclose(got, want, atol=1e-5), chunk
+        assert grads.keys() == want_grads.keys()
+        for name, grad in grads.items():
+            assert torch.allclose(grad, want_grads[name], atol=1e-5, rtol=1e-4), (chunk, name)
+
+
+def _saved_vocab_sized_bytes(model: torch.nn.Module, fn, vocab: int) -> int:
+    """Bytes of the logits-shaped activations (last dimension ``vocab``; the weights are not counted) autograd
+    keeps for backward while ``fn`` runs, each storage counted once."""
+    seen: dict[int, int] = {}
+    weights = {p.untyped_storage().data_ptr() for p in model.parameters()}
+
+    def pack(tensor: torch.Tensor) -> torch.Tensor:
+        storage = tensor.untyped_storage().data_ptr()
+        if tensor.dim() and tensor.shape[-1] == vocab and storage not in weights:
+            seen[tensor.untyped_storage().data_ptr()] = tensor.untyped_storage().nbytes()
+        return tensor
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
+        fn()
+    return sum(seen.values())
+
+
+def test_chunking_keeps_no_full_logits_for_backward(tiny_dir: Path) -> None:
+    model, ids, mask, T, mm = _inputs(tiny_dir, vision=False, rows=4, completion=96)
+    head = model.get_output_embeddings()
+    rows, vocab = ids.shape[0], head.weight.shape[0]
+    full = _saved_vocab_sized_bytes(model, lambda: completion_log_probs(model, head, ids, mask, T, 0.7, None), vocab)
+    chunked = _saved_vocab_sized_bytes(model, lambda: completion_log_probs(model, head, ids, mask, T, 0.7, 8), vocab)
+    assert full >= rows * T * vocab * 4  # the full path keeps (rows, T, vocab) fp32 logits for backward
+    assert chunked == 0  # the chunked one keeps none: each chunk's logits are recomputed in backward
+
+
+def test_a_model_whose_logits_are_not_its_head_is_refused(tiny_dir: Path) -> None:
+    model, ids, mask, T, mm = _inputs(tiny_dir, vision=False)
+    scaled = torch.nn.Linear(*reversed(model.get_output_embeddings().weight.shape), bias=False)
+    with torch.no_grad():
+        scaled.weight.copy_(model.get_output_embeddings().weight * 3.0)  # a head the logits do not come from
+    with pytest.raises(RuntimeError, match="prism_logprob_chunk_size: null"):
+        completion_log_probs(model, scaled, ids, mask, T, 1.0, 8)
