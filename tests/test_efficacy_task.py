@@ -52,3 +52,19 @@ def test_eval_records_carry_the_teacher_response_in_the_prism_layout(tmp_path):
         # the segments are joined the way the policy writes them (and the product renders a teacher):
         # the caption's score is read at its last token, so the separator must match
         assert "</caption>\n<think>" in record.teacher
+
+
+def test_the_run_points_at_its_logs_and_the_report(tmp_path, monkeypatch, capsys):
+    """Each seed runs in a worker writing only to its log: the driver names the log when a seed starts and
+    ends, and where results, logs and the report command are at the end (here the worker is /bin/false)."""
+    import benchmarks.efficacy.run as run
+
+    monkeypatch.setattr(run, "build_eval_set", lambda args: None)
+    monkeypatch.setattr(run.sys, "executable", "/bin/false")
+    code = run.main(["--quick", "--work-dir", str(tmp_path)])
+    out = capsys.readouterr().out
+    assert code == 1
+    assert f"seed 0: started; progress in {tmp_path / 'seed0.log'}" in out
+    assert "seed 0: exit 1 after" in out and f"(log {tmp_path / 'seed0.log'})" in out
+    assert f"failed: [0]; results and logs in {tmp_path}" in out
+    assert f"python benchmarks/efficacy/report.py --work-dir {tmp_path}" in out

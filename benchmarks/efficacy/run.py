@@ -394,7 +394,9 @@ def main(argv: list[str] | None = None) -> int:
     while pending or running:
         while pending and len(running) < args.jobs:
             seed = pending.pop(0)
-            log = open(args.work_dir / f"seed{seed}.log", "w")  # noqa: SIM115 (closed with the worker)
+            log_path = args.work_dir / f"seed{seed}.log"
+            log = open(log_path, "w")  # noqa: SIM115 (closed with the worker)
+            print(f"seed {seed}: started; progress in {log_path} (tail -f it)", flush=True)
             env = {**os.environ, "PRISM_EFFICACY_SEED": str(seed), "OMP_NUM_THREADS": "1"}
             running.append((seed, subprocess.Popen([sys.executable, __file__, *(argv or sys.argv[1:])],
                                                    stdout=log, stderr=subprocess.STDOUT, env=env)))
@@ -402,10 +404,12 @@ def main(argv: list[str] | None = None) -> int:
         for seed, proc in list(running):
             if proc.poll() is not None:
                 running.remove((seed, proc))
-                print(f"seed {seed}: exit {proc.returncode} after {time.perf_counter() - start:.0f} s", flush=True)
+                print(f"seed {seed}: exit {proc.returncode} after {time.perf_counter() - start:.0f} s "
+                      f"(log {args.work_dir / f'seed{seed}.log'})", flush=True)
                 if proc.returncode:
                     failed.append(seed)
-    print(f"all seeds done in {time.perf_counter() - start:.0f} s; failed: {failed or 'none'}")
+    print(f"all seeds done in {time.perf_counter() - start:.0f} s; failed: {failed or 'none'}; results and logs "
+          f"in {args.work_dir}; tables and plots: python benchmarks/efficacy/report.py --work-dir {args.work_dir}")
     return 1 if failed else 0
 
 
