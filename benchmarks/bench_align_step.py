@@ -239,7 +239,8 @@ def summarise(records: list[dict], logs: list[dict], warmup: int, extra: dict) -
 # --------------------------------------------------------------------------- worker: ours (prism_align)
 
 
-def run_ours(work: Path, modality: str, tokens: int, policy: Path, disc: Path, steps: int) -> tuple[list, list, dict]:
+def run_ours(work: Path, modality: str, tokens: int, policy: Path, disc: Path, steps: int,
+             keys: dict | None = None) -> tuple[list, list, dict]:
     from llamafactory.train.tuner import run_exp
 
     from prism_plugin.discriminator.scorer import DiscriminatorScorer
@@ -266,8 +267,11 @@ def run_ours(work: Path, modality: str, tokens: int, policy: Path, disc: Path, s
         "output_dir": str(out), "logging_steps": 1, "save_strategy": "no", "plot_loss": False,
         "overwrite_output_dir": True, "report_to": "none", "per_device_train_batch_size": PROMPTS_PER_STEP,
         "gradient_accumulation_steps": 1, "learning_rate": POLICY_LR, "lr_scheduler_type": "constant",
-        "max_steps": steps, "bf16": False, "seed": SEED, "dataloader_num_workers": 0,
+        "max_steps": steps, "bf16": False, "seed": SEED, "dataloader_num_workers": 0, **(keys or {}),
     }
+    if keys:
+        out = out.with_name(out.name + "_variant")
+        config["output_dir"] = str(out)
     run_exp(config, callbacks=[make_step_callback(timer, records, logs)])
     for r in records:
         if "phases" in r:
@@ -291,8 +295,7 @@ def run_trl(work: Path, modality: str, tokens: int, policy: Path, steps: int) ->
     from PIL import Image
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-    from prism_plugin.data.prompts import SYSTEM_PROMPT
-    from prism_plugin.layout import layout_parts
+    from prism_plugin.layout import SYSTEM_PROMPT, layout_parts
     from tests.peers import fix_trl_import_flags
 
     fix_trl_import_flags()
@@ -385,8 +388,9 @@ def worker(args: argparse.Namespace) -> None:
     work = Path(args.work_dir)
     policy, disc = Path(args.policy), Path(args.disc)
     total = args.warmup + args.steps
-    if args.worker == "ours":
-        records, logs, extra = run_ours(work, args.modality, args.new_tokens, policy, disc, total)
+    if args.worker in ("ours", "variant"):
+        keys = dict(args.variant) if args.worker == "variant" else None
+        records, logs, extra = run_ours(work, args.modality, args.new_tokens, policy, disc, total, keys)
     else:
         records, logs, extra = run_trl(work, args.modality, args.new_tokens, policy, total)
     result = summarise(records, logs, args.warmup, extra)
@@ -400,7 +404,8 @@ def worker(args: argparse.Namespace) -> None:
 def run_config(args, side: str, modality: str, tokens: int, paths: dict) -> dict:
     cmd = [sys.executable, __file__, "--worker", side, "--modality", modality, "--new-tokens", str(tokens),
            "--work-dir", str(args.work_dir), "--policy", str(paths["policy"]), "--disc", str(paths["disc"]),
-           "--steps", str(args.steps), "--warmup", str(args.warmup), "--threads", str(args.threads)]
+           "--steps", str(args.steps), "--warmup", str(args.warmup), "--threads", str(args.threads),
+           *[f"--variant={key}={json.dumps(value)}" for key, value in args.variant]]
     start = time.perf_counter()
     proc = subprocess.run(cmd, env=bench_env(args.threads), capture_output=True, text=True, cwd=args.work_dir)
     lines = [line for line in proc.stdout.splitlines() if line.startswith(RESULT_TAG)]
@@ -448,6 +453,37 @@ def print_table(results: dict, args: argparse.Namespace) -> None:
                 r = results[(side, modality, tokens)]
                 cells = [f"{r['phases'][p]:.3f}" if p in r["phases"] else "-" for p in PHASES]
                 print(f"| {modality} | {tokens} | {side} | " + " | ".join(cells) + f" | {r['median_s']:.3f} |")
+    if args.variant:
+        print_variant_table(results, args)
+
+
+def print_variant_table(results: dict, args: argparse.Namespace) -> None:
+    """Ours with its defaults against ours with the ``--variant`` keys, same run: the discriminator's update
+    (scoring forward + backward/step) and the whole step, medians."""
+    keys = ", ".join(f"{key}: {json.dumps(value)}" for key, value in args.variant)
+    print()
+    print(f"Variant ({keys}) against the defaults, median s/step:")
+    print()
+    print("| policy | new tok | default disc (score + update) | variant disc (score + update) | default/variant "
+          "| default step | variant step | default/variant |")
+    print("|---|---|---|---|---|---|---|---|")
+    for modality in args.modalities:
+        for tokens in args.tokens:
+            ours, var = results[("ours", modality, tokens)], results[("variant", modality, tokens)]
+            d = ours["phases"]["scoring"] + ours["phases"]["disc_update"]
+            v = var["phases"]["scoring"] + var["phases"]["disc_update"]
+            print(f"| {modality} | {tokens} | {d:.3f} | {v:.3f} | {d / v:.2f}x | {ours['median_s']:.3f} | "
+                  f"{var['median_s']:.3f} | {ours['median_s'] / var['median_s']:.2f}x |")
+
+
+def _key_value(text: str) -> tuple[str, object]:
+    """``KEY=VALUE`` → (key, value parsed as YAML: numbers, booleans, lists, strings)."""
+    import yaml
+
+    key, sep, value = text.partition("=")
+    if not sep or not key.startswith("prism_"):
+        raise argparse.ArgumentTypeError(f"expected prism_KEY=VALUE, got {text!r}")
+    return key, yaml.safe_load(value)
 
 
 def main() -> None:
@@ -464,8 +500,11 @@ def main() -> None:
     parser.add_argument("--random-policy", action="store_true",
                         help="skip SFT: random-weight policies (rollouts are layout-invalid, no disc update)")
     parser.add_argument("--json", default=None, help="also write all results to this JSON file")
+    parser.add_argument("--variant", action="append", default=[], type=_key_value, metavar="KEY=VALUE",
+                        help="also run ours with this prism_* key changed (repeatable; VALUE in JSON/YAML style), "
+                             "e.g. prism_score_reg_rows=valid: a table of the defaults against it")
     # internal: one measured configuration per subprocess
-    parser.add_argument("--worker", choices=["trl", "ours"], help=argparse.SUPPRESS)
+    parser.add_argument("--worker", choices=["trl", "ours", "variant"], help=argparse.SUPPRESS)
     parser.add_argument("--modality", help=argparse.SUPPRESS)
     parser.add_argument("--new-tokens", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--policy", help=argparse.SUPPRESS)
@@ -492,7 +531,7 @@ def main() -> None:
     results = {}
     for modality in args.modalities:
         for tokens in args.tokens:
-            for side in ("trl", "ours"):
+            for side in ("trl", "ours", *(["variant"] if args.variant else [])):
                 results[(side, modality, tokens)] = run_config(args, side, modality, tokens, paths[modality])
     import platform
 

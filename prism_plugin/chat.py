@@ -12,9 +12,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from prism_plugin.data.prompts import SYSTEM_PROMPT
-from prism_plugin.data.records import DatasetRowError
-from prism_plugin.layout import IMAGE_MARKER
+from prism_plugin.errors import DatasetRowError
+from prism_plugin.layout import IMAGE_MARKER, SYSTEM_PROMPT
 
 ImageLike = Any  # a path, encoded bytes, or a PIL image
 

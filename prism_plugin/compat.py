@@ -19,8 +19,10 @@ TOKEN_TYPES_KWARG = "mm_token_type_ids"
 
 
 def rope_index_takes_token_types(model: Any) -> bool:
-    """Whether ``model`` (a Qwen3-VL model or one that wraps it) expects ``mm_token_type_ids`` next to the
-    input ids, in ``get_rope_index`` and so in ``forward`` / ``generate`` (transformers 5.x)."""
+    """Whether ``model`` (a Qwen3-VL model, or a PEFT model that wraps one) expects ``mm_token_type_ids`` next
+    to the input ids, in ``get_rope_index`` and so in ``forward`` / ``generate`` (transformers 5.x)."""
+    if hasattr(model, "get_base_model"):  # a PEFT model: ask the model it wraps
+        model = model.get_base_model()
     get_rope_index = getattr(model, "get_rope_index", None)
     if get_rope_index is None:
         inner = getattr(model, "model", None)

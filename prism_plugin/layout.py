@@ -4,7 +4,8 @@ A response is ``<caption>…</caption> <think>…</think> <answer>…</answer>``
 outside the tags (Wang et al. 2026, §3). The *caption* (perception) segment is
 ``<caption>…</caption>``, tags included; the *reasoning* segment is the rest of the response
 (``<think>…</think>`` and ``<answer>…</answer>``). This module is the one home of the tags and of
-splitting and joining segments as text; token-level segmentation lives in :mod:`prism_plugin.format`.
+splitting and joining segments as text, and of the system prompt that asks for the layout; token-level
+segmentation lives in :mod:`prism_plugin.format`.
 """
 
 from __future__ import annotations
@@ -116,3 +117,11 @@ def render_response(caption: str, reasoning: str, answer: str) -> str:
         f"{ANSWER_OPEN} {answer.strip()} {ANSWER_CLOSE}"
     )
 
+
+# The PRISM system prompt: it asks for the caption / think / answer layout.
+SYSTEM_PROMPT = (
+    "You are a helpful assistant that looks carefully at images. "
+    f"First describe the image inside {CAPTION_OPEN} {CAPTION_CLOSE} as short bullet points, "
+    f"then reason step by step inside {THINK_OPEN} {THINK_CLOSE}, "
+    f"and finally give only the final answer inside {ANSWER_OPEN} {ANSWER_CLOSE}."
+)

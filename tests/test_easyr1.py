@@ -27,10 +27,10 @@ import pytest
 import torch
 
 import yaml
-from prism_plugin.data.prompts import SYSTEM_PROMPT
 from prism_plugin.data.records import DatasetRowError
 from prism_plugin.easyr1 import hook, launcher, loss_plugin, paths
 from prism_plugin.easyr1.convert import to_easyr1
+from prism_plugin.layout import SYSTEM_PROMPT
 from prism_plugin.losses import get_policy_loss
 from prism_plugin.rewards import compute_score
 from tests.easyr1_support import (

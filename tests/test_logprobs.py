@@ -14,7 +14,7 @@ from prism_plugin.compat import TOKEN_TYPES_KWARG, rope_index_takes_token_types,
 from prism_plugin.logprobs import completion_log_probs
 from prism_plugin.policy import load_policy
 
-pytestmark = pytest.mark.transformers4
+pytestmark = pytest.mark.llamafactory  # the policy loss of prism_align, which runs in LLaMA-Factory's transformers 5
 
 
 def _inputs(tiny_dir: Path, vision: bool, rows: int = 3, completion: int = 24):

@@ -28,12 +28,11 @@ from prism_plugin.cli import main
 from prism_plugin.data.dataset_info import sharegpt_entry
 from prism_plugin.data.images import data_url
 from prism_plugin.data.openai_client import backoff_seconds, retry_after_seconds
-from prism_plugin.data.prompts import SYSTEM_PROMPT
 from prism_plugin.data.records import load_align, load_prompts
 from prism_plugin.data.teach import request_messages, teach
 from prism_plugin.data.teach_journal import Journal
 from prism_plugin.data.teach_outputs import verdict
-from prism_plugin.layout import IMAGE_MARKER, Segments
+from prism_plugin.layout import IMAGE_MARKER, SYSTEM_PROMPT, Segments
 from tests.lf_runs import CLI as LF_CLI
 from tests.lf_runs import llamafactory_train
 from tests.testing_utils import REPO, lf_config

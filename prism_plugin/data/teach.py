@@ -33,11 +33,11 @@ from typing import Any
 from prism_plugin.chat import user_content
 from prism_plugin.data.images import data_url
 from prism_plugin.data.openai_client import ChatClient, Completion, RequestFailed
-from prism_plugin.data.prompts import SYSTEM_PROMPT
 from prism_plugin.data.records import DatasetRowError, PromptRecord, load_prompts
 from prism_plugin.data.teach_journal import Journal, Key
 from prism_plugin.data.teach_outputs import verdict, write_outputs
 from prism_plugin.errors import UserError
+from prism_plugin.layout import SYSTEM_PROMPT
 
 JOURNAL_FILE = "responses.jsonl"
 FATAL_STATUSES = {401: "the key was refused", 403: "access is forbidden",

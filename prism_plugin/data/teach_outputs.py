@@ -33,9 +33,8 @@ from typing import Any
 
 from prism_plugin.data.dataset_info import file_entry, sharegpt_entry
 from prism_plugin.data.images import image_paths
-from prism_plugin.data.prompts import SYSTEM_PROMPT
 from prism_plugin.data.records import DatasetRowError, PromptRecord, RowReader, prompt_parser
-from prism_plugin.layout import Segments
+from prism_plugin.layout import SYSTEM_PROMPT, Segments
 
 SFT_FILE, ALIGN_FILE, REPORT_FILE, DATASET_INFO_FILE = "sft.json", "align.jsonl", "teach_report.json", \
     "dataset_info.json"

@@ -15,11 +15,10 @@ from typing import Any
 import torch
 
 from prism_plugin.chat import ImageLike, chat_prompt_text, load_images
-from prism_plugin.data.prompts import SYSTEM_PROMPT
 from prism_plugin.data.records import DatasetRowError
 from prism_plugin.discriminator.scoring import PromptInputs, SegmentQuery, score
 from prism_plugin.format import split_segments
-from prism_plugin.layout import Segments
+from prism_plugin.layout import SYSTEM_PROMPT, Segments
 from prism_plugin.rollout import end_of_turn_id
 
 

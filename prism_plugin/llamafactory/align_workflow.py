@@ -112,7 +112,7 @@ def run_prism_align(
 
     from prism_plugin.llamafactory.align_data import AlignEncoder, encode_align
     from prism_plugin.llamafactory.align_trainer import DISCRIMINATOR_DIR, PrismAlignTrainer
-    from prism_plugin.llamafactory.workflow import train_and_save
+    from prism_plugin.llamafactory.training import train_and_save
     from prism_plugin.rollout import HFRolloutEngine
 
     logger = logging.get_logger(f"llamafactory.{__name__}")  # under LLaMA-Factory's configured root logger

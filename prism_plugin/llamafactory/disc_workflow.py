@@ -66,7 +66,7 @@ def run_prism_disc(model_args: Any, data_args: Any, training_args: Any, finetuni
                          else model.config.router_aux_loss_coef),
     )
     if training_args.do_train:
-        from prism_plugin.llamafactory.workflow import train_and_save
+        from prism_plugin.llamafactory.training import train_and_save
 
         train_and_save(trainer, training_args, finetuning_args, reports, PLOT_KEYS)
     if training_args.do_eval and evaluation:

@@ -225,7 +225,7 @@ def patch_template(module: ModuleType) -> None:
     which in the PRISM layout belong to the response itself.
     """
     _require(module)
-    from prism_plugin.data.prompts import SYSTEM_PROMPT
+    from prism_plugin.layout import SYSTEM_PROMPT
 
     for name, base_name in PRISM_TEMPLATES.items():
         if name in module.TEMPLATES or base_name not in module.TEMPLATES:

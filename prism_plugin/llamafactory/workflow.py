@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import json
-from pathlib import Path
 from typing import Any
 
 
@@ -37,27 +35,3 @@ def release_process_group() -> None:
 
     if dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()
-
-
-def train_and_save(trainer: Any, training_args: Any, finetuning_args: Any, reports: list, plot_keys: list) -> None:
-    """Train, then save model, metrics, state, the data report and (``plot_loss``) the metric curves."""
-    result = trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
-    trainer.save_model()
-    trainer.log_metrics("train", result.metrics)
-    trainer.save_metrics("train", result.metrics)
-    trainer.save_state()
-    if trainer.is_world_process_zero():
-        write_data_report(training_args.output_dir, reports)
-        logged = {key for entry in trainer.state.log_history for key in entry}
-        if finetuning_args.plot_loss and any(key in logged for key in plot_keys):
-            from llamafactory.extras.ploting import plot_loss
-
-            plot_loss(training_args.output_dir, keys=[key for key in plot_keys if key in logged])
-
-
-def write_data_report(output_dir: str | Path, reports: list) -> None:
-    """``prism_data_report.json``: rows kept and skipped (with reasons) per dataset file."""
-    summary = [
-        {"file": r.path, "kept": len(r.records), "skipped": [str(e) for e in r.skipped]} for r in reports
-    ]
-    (Path(output_dir) / "prism_data_report.json").write_text(json.dumps(summary, indent=1), encoding="utf-8")

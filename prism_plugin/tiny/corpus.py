@@ -9,8 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
-from prism_plugin.data.prompts import SYSTEM_PROMPT
-from prism_plugin.layout import LAYOUT_TAGS, render_response
+from prism_plugin.layout import LAYOUT_TAGS, SYSTEM_PROMPT, render_response
 
 COLORS = ("red", "green", "blue", "yellow")
 SHAPES = ("square", "circle")

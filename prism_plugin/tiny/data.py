@@ -25,8 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from prism_plugin.data.dataset_info import file_entry, sharegpt_entry
-from prism_plugin.data.prompts import SYSTEM_PROMPT
-from prism_plugin.layout import Segments, render_response
+from prism_plugin.layout import SYSTEM_PROMPT, Segments, render_response
 from prism_plugin.tiny.corpus import COLORS
 from prism_plugin.tiny.images import Scene, draw_scene, random_scene, save_png
 
