@@ -21,24 +21,34 @@ def completion_log_probs(
     output_layer: torch.nn.Module,
     input_ids: torch.Tensor,
     attention_mask: torch.Tensor,
+    completion_starts: torch.Tensor,
     completion_len: int,
     temperature: float = 1.0,
     chunk_tokens: int | None = None,
     **model_inputs: Any,
 ) -> torch.Tensor:
-    """``(rows, completion_len)`` log-probabilities of the last ``completion_len`` tokens of ``input_ids``,
-    from logits divided by ``temperature`` (the sampling distribution). ``output_layer`` is the model's
-    (``get_output_embeddings()``); ``chunk_tokens=None`` takes the model's logits in one piece."""
-    targets = input_ids[:, -completion_len:]
-    if chunk_tokens is None:
-        out = model(input_ids=input_ids, attention_mask=attention_mask, logits_to_keep=completion_len + 1,
-                    use_cache=False, **model_inputs)
-        return _token_log_probs(out.logits[:, :-1, :], targets, temperature)
+    """``(rows, completion_len)`` log-probabilities of the ``completion_len`` tokens of each row that start at
+    column ``completion_starts[row]`` (rows right-padded, so prompts of different lengths share one
+    forward), from logits divided by ``temperature`` (the sampling distribution). ``output_layer`` is the
+    model's (``get_output_embeddings()``), applied to the final hidden states ``chunk_tokens`` positions at
+    a time (in one piece when the completion is no longer); ``chunk_tokens=None`` takes the model's own
+    logits instead."""
+    # position p predicts token p + 1: the completion's tokens are predicted from the columns before them
+    columns = completion_starts.to(input_ids.device)[:, None] + torch.arange(completion_len, device=input_ids.device)
+    targets = input_ids.gather(1, columns)
+    if chunk_tokens is None:  # the model's own logits (all positions), whatever its head does
+        first = int(completion_starts.min()) - 1  # the first column any completion is predicted from
+        logits = model(input_ids=input_ids, attention_mask=attention_mask, logits_to_keep=input_ids.shape[1] - first,
+                       use_cache=False, **model_inputs).logits
+        at = (columns - 1 - first)[..., None].expand(-1, -1, logits.shape[-1])
+        return _token_log_probs(logits.gather(1, at), targets, temperature)
     out = model(input_ids=input_ids, attention_mask=attention_mask, logits_to_keep=1, output_hidden_states=True,
                 use_cache=False, **model_inputs)
     final = out.hidden_states[-1]
     _check_final_hidden_states(output_layer, final[:, -1:], out.logits)
-    hidden = final[:, -(completion_len + 1):-1]  # the positions that predict the completion tokens
+    hidden = final.gather(1, (columns - 1)[..., None].expand(-1, -1, final.shape[-1]))
+    if completion_len <= chunk_tokens:
+        return _token_log_probs(output_layer(hidden), targets, temperature)
     pieces = []
     for start in range(0, completion_len, chunk_tokens):
         stop = min(start + chunk_tokens, completion_len)

@@ -262,6 +262,10 @@ def test_rollout_sequences_and_global_batch(
     assert plan.rollout.sequences == sequences
     assert _items(plan)[("policy", "rollout KV cache")] == sequences * 16 * plan.rollout.bytes_per_token
     assert plan.batch.startswith(batch) and "over 2 ranks" in plan.batch
+    settings = base | keys  # the loss's forward: a micro-batch's rollouts, 10 positions (< one chunk) each
+    rows = settings["per_device_train_batch_size"] * (1 if settings.get("prism_groups_across_ranks") else 4)
+    vocab = plan.models[0].config.get_text_config().vocab_size
+    assert _items(plan)[("policy", "loss logits")] == rows * 10 * vocab * 14
 
 
 def test_prism_defaults_come_from_the_arguments_dataclass() -> None:

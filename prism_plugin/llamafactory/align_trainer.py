@@ -45,12 +45,50 @@ logger = logging.get_logger(__name__)
 class RolloutGroup:
     """The rollouts of one prompt, ready for the policy loss."""
 
-    input_ids: torch.Tensor  # (G, P + T)
-    attention_mask: torch.Tensor  # (G, P + T)
+    prompt_ids: torch.Tensor  # (P,)
+    completions: torch.Tensor  # (G, T)
     completion_mask: torch.Tensor  # (G, T): response tokens up to the first end-of-turn
-    mm_inputs: dict[str, torch.Tensor]
+    mm_inputs: dict[str, torch.Tensor]  # the prompt's pixel_values / image_grid_thw, repeated for the G rows
     advantages: torch.Tensor  # (G,)
     old_log_probs: torch.Tensor | None = None  # (G, T), None when the policy takes one step per batch
+
+
+@dataclass
+class PackedRows:
+    """The rows of several groups in one right-padded batch (prompt ⊕ completion, then padding)."""
+
+    input_ids: torch.Tensor  # (N, max P + max T)
+    attention_mask: torch.Tensor
+    completion_starts: torch.Tensor  # (N,) the column of each row's first completion token
+    width: int  # max T
+    model_inputs: dict[str, torch.Tensor]
+
+
+def pack_groups(groups: list[RolloutGroup], pad_id: int, policy: torch.nn.Module) -> PackedRows:
+    """One forward's inputs for ``groups``: each row its prompt then its completion, right-padded to a common
+    width (causal attention leaves every real token as in its own group's forward), with the image inputs
+    concatenated in row order and M-RoPE token types where the policy takes them."""
+    width = max(g.completions.shape[1] for g in groups)
+    length = max(g.prompt_ids.shape[0] for g in groups) + width
+    rows = sum(g.completions.shape[0] for g in groups)
+    device = groups[0].completions.device
+    ids = torch.full((rows, length), pad_id, dtype=torch.long, device=device)
+    attention = torch.zeros_like(ids)
+    starts = torch.zeros(rows, dtype=torch.long, device=device)
+    row = 0
+    for g in groups:
+        size, prompt, t = g.completions.shape[0], g.prompt_ids.shape[0], g.completions.shape[1]
+        ids[row:row + size, :prompt] = g.prompt_ids
+        ids[row:row + size, prompt:prompt + t] = g.completions
+        attention[row:row + size, :prompt] = 1
+        attention[row:row + size, prompt:prompt + t] = g.completion_mask
+        starts[row:row + size] = prompt
+        row += size
+    mm = {key: torch.cat([g.mm_inputs[key] for g in groups if key in g.mm_inputs])
+          for key in ("pixel_values", "image_grid_thw") if any(key in g.mm_inputs for g in groups)}
+    if "pixel_values" in mm and rope_index_takes_token_types(policy):  # M-RoPE over prompt and completion
+        mm[TOKEN_TYPES_KWARG] = token_types(ids, policy.config).long()
+    return PackedRows(ids, attention, starts, width, mm)
 
 
 class PolicyMicroBatch(list):
@@ -216,21 +254,16 @@ class PrismAlignTrainer(MetricsLogMixin, Trainer):
             rows = batch.rollouts.rows_of(k)
             mask = batch.rollouts.mask[rows]
             width = max(int(mask.sum(-1).max()), 1)  # drop columns past every rollout's end
-            completions, mask = batch.rollouts.completions[rows, :width].to(device), mask[:, :width].to(device)
-            ids = torch.tensor(prompt.policy.input_ids, device=device).expand(len(rows), -1)
             mm = {key: value.repeat(len(rows), *([1] * (value.dim() - 1))).to(device)
                   for key, value in prompt.policy.mm_inputs.items()}
-            full = torch.cat([ids, completions], dim=1)
-            policy = self.accelerator.unwrap_model(self.model)
-            if "pixel_values" in mm and rope_index_takes_token_types(policy):  # M-RoPE over prompt and completion
-                mm[TOKEN_TYPES_KWARG] = token_types(full, policy.config).long()
-            group = RolloutGroup(full,
-                                 torch.cat([torch.ones_like(ids), mask], dim=1), mask, mm,
-                                 advantages[rows].to(device) if trains else torch.zeros(len(rows), device=device))
-            if self.prism.prism_policy_epochs > 1 and trains:
-                with torch.no_grad():
-                    group.old_log_probs = self._log_probs(self.model, group)
-            micro.append(group)
+            completions = batch.rollouts.completions[rows, :width].to(device)
+            micro.append(RolloutGroup(
+                torch.tensor(prompt.policy.input_ids, device=device), completions, mask[:, :width].to(device), mm,
+                advantages[rows].to(device) if trains else torch.zeros(len(rows), device=device)))
+        if self.prism.prism_policy_epochs > 1 and trains:
+            with torch.no_grad():
+                for group, old in zip(micro, self._log_probs(self.model, micro), strict=True):
+                    group.old_log_probs = old
         return micro
 
     def _count(self, group: RolloutGroup) -> float:
@@ -252,13 +285,18 @@ class PrismAlignTrainer(MetricsLogMixin, Trainer):
 
     # ------------------------------------------------------------------ policy loss
 
-    def _log_probs(self, model: torch.nn.Module, group: RolloutGroup) -> torch.Tensor:
-        """Per-token log-probabilities (G, T) of the completions under ``model`` (sampling temperature applied),
-        the output layer applied ``prism_logprob_chunk_size`` positions at a time."""
-        head = self.accelerator.unwrap_model(model).get_output_embeddings()
-        return completion_log_probs(model, head, group.input_ids, group.attention_mask,
-                                    group.completion_mask.shape[1], self.prism.prism_temperature,
-                                    self.prism.prism_logprob_chunk_size, **group.mm_inputs)
+    def _log_probs(self, model: torch.nn.Module, groups: list[RolloutGroup]) -> list[torch.Tensor]:
+        """Per-token log-probabilities (G, T) of each group's completions under ``model`` (sampling temperature
+        applied), from one forward over the groups' rows; the output layer runs ``prism_logprob_chunk_size``
+        positions at a time."""
+        policy = self.accelerator.unwrap_model(model)
+        packed = pack_groups(groups, self.engine.pad_id, policy)
+        log_probs = completion_log_probs(model, policy.get_output_embeddings(), packed.input_ids,
+                                         packed.attention_mask, packed.completion_starts, packed.width,
+                                         self.prism.prism_temperature, self.prism.prism_logprob_chunk_size,
+                                         **packed.model_inputs)
+        sizes = [g.completions.shape[0] for g in groups]
+        return [part[:, : g.completions.shape[1]] for part, g in zip(log_probs.split(sizes), groups, strict=True)]
 
     def compute_loss(self, model, inputs: PolicyMicroBatch, return_outputs=False, num_items_in_batch=None):
         """Σ over the micro-batch's groups of (the registered loss's mean × its count), × the window's scale:
@@ -266,8 +304,7 @@ class PrismAlignTrainer(MetricsLogMixin, Trainer):
         loss = torch.zeros((), device=self.accelerator.device)
         metrics: dict[str, float] = {}
         local = sum(self._count(g) for g in inputs)
-        for group in inputs:
-            log_probs = self._log_probs(model, group)
+        for group, log_probs in zip(inputs, self._log_probs(model, list(inputs)), strict=True):
             old = group.old_log_probs if group.old_log_probs is not None else log_probs.detach()
             group_loss, group_metrics = self.policy_loss_fn(log_probs, old, group.advantages, group.completion_mask,
                                                             **self.loss_options)

@@ -138,10 +138,10 @@ def _rollout_shape(s: RunSettings, policy: Census, prompt_tokens: int) -> Rollou
 
 
 def _policy_loss_rows(s: RunSettings) -> int:
-    """Rollouts in one policy-loss forward: a prompt's G on this rank, or — spread over the ranks — as many
-    of them as the rank holds."""
-    g = s.prism["prism_num_generations"]
-    return min(g, s.per_device_batch) if s.prism["prism_groups_across_ranks"] else g
+    """Rollouts in one policy-loss forward: a micro-batch's, i.e. per_device_train_batch_size prompts × G, or
+    per_device_train_batch_size rollouts when a prompt's G are spread over the ranks."""
+    per_device = s.per_device_batch
+    return per_device if s.prism["prism_groups_across_ranks"] else per_device * s.prism["prism_num_generations"]
 
 
 def _batch_line(s: RunSettings) -> str:

@@ -209,7 +209,7 @@ LOGIT_BYTES_PER_ELEMENT = 14  # the head's bf16/fp16 logits (2), their fp32 copy
 
 
 def policy_loss_logits(policy: Census, s: RunSettings, rows: int) -> Item:
-    """The policy loss's logits at their peak: ``rows`` rollouts (one prompt's on this rank) ×
+    """The policy loss's logits at their peak: ``rows`` rollouts (one micro-batch's) ×
     ``prism_logprob_chunk_size`` positions (all ``prism_max_new_tokens`` when unset) × vocab ×
     :data:`LOGIT_BYTES_PER_ELEMENT` (the output layer's logits and the fp32 temporaries of the log-softmax)."""
     new = int(s.prism["prism_max_new_tokens"])
