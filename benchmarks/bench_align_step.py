@@ -255,7 +255,7 @@ def run_ours(work: Path, modality: str, tokens: int, policy: Path, disc: Path, s
     timer.wrap(DiscriminatorScorer, "update", "disc_update")
     timer.wrap(align_trainer, "step_metrics", "step_metrics")
     records, logs = [], []
-    out = work / "runs" / f"ours_{modality}_{tokens}"
+    out = work / "runs" / f"ours_{modality}_{tokens}{'_variant' if keys else ''}"
     config = {
         "model_name_or_path": str(policy), "stage": "prism_align", "do_train": True, "finetuning_type": "full",
         "prism_discriminator": str(disc), "prism_segments": ["caption", "reasoning"],
@@ -269,9 +269,6 @@ def run_ours(work: Path, modality: str, tokens: int, policy: Path, disc: Path, s
         "gradient_accumulation_steps": 1, "learning_rate": POLICY_LR, "lr_scheduler_type": "constant",
         "max_steps": steps, "bf16": False, "seed": SEED, "dataloader_num_workers": 0, **(keys or {}),
     }
-    if keys:
-        out = out.with_name(out.name + "_variant")
-        config["output_dir"] = str(out)
     run_exp(config, callbacks=[make_step_callback(timer, records, logs)])
     for r in records:
         if "phases" in r:

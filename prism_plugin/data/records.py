@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from prism_plugin.errors import DatasetFileError, DatasetRowError, UserError  # noqa: F401 (re-exported)
+from prism_plugin.errors import DatasetFileError, DatasetRowError
 from prism_plugin.layout import IMAGE_MARKER, Segments, is_caption_segment, is_reasoning_segment
 
 ImageRef = str | bytes

@@ -169,9 +169,7 @@ class PrismAlignTrainer(MetricsLogMixin, Trainer):
             unique = list({id(p): p for p in prompts}.values())
             rollouts = self.engine.generate([p.policy for p in prompts], 1, self.sampling)
             rollouts.prompt_index = torch.tensor([unique.index(p) for p in prompts], dtype=torch.long)
-            split = split_segments(rollouts.completions, self.policy_tokenizer, rollouts.mask,
-                                   eos_token_ids=self.engine.eot_id)
-            return RolloutBatch(unique, rollouts, split), True, {}
+            return self._split(unique, rollouts), True, {}
         batch = self._rollouts(prompts)
         if not self.prism.prism_dynamic_sampling:
             return batch, True, {}
@@ -191,6 +189,10 @@ class PrismAlignTrainer(MetricsLogMixin, Trainer):
 
     def _rollouts(self, prompts: list[AlignPrompt]) -> RolloutBatch:
         rollouts = self.engine.generate([p.policy for p in prompts], self.prism.prism_num_generations, self.sampling)
+        return self._split(prompts, rollouts)
+
+    def _split(self, prompts: list[AlignPrompt], rollouts: Rollouts) -> RolloutBatch:
+        """``rollouts`` of ``prompts`` with their caption / reasoning split, found on the policy's own ids."""
         split = split_segments(rollouts.completions, self.policy_tokenizer, rollouts.mask,
                                eos_token_ids=self.engine.eot_id)
         return RolloutBatch(prompts, rollouts, split)
@@ -209,10 +211,7 @@ class PrismAlignTrainer(MetricsLogMixin, Trainer):
                 sequences.append(batch.rollouts.completions[row, : int(batch.rollouts.lengths[row])].tolist())
                 rows.append(len(prompts))
             prompts.append(batch.prompts[k])
-        rollouts = Rollouts.from_sequences(sequences, rows, self.engine.eot_id, self.engine.pad_id)
-        split = split_segments(rollouts.completions, self.policy_tokenizer, rollouts.mask,
-                               eos_token_ids=self.engine.eot_id)
-        return RolloutBatch(prompts, rollouts, split)
+        return self._split(prompts, Rollouts.from_sequences(sequences, rows, self.engine.eot_id, self.engine.pad_id))
 
     # ------------------------------------------------------------------ step helpers
 

@@ -126,20 +126,19 @@ def _sharding(s: RunSettings) -> str:
 
 
 def _rollout_shape(s: RunSettings, policy: Census, prompt_tokens: int) -> RolloutShape:
-    """Sequences per generate call per rank: per_device × G, or per_device when a prompt's G rollouts are
-    spread over the ranks (``prism_groups_across_ranks``); capped by ``prism_rollout_chunk_size``."""
-    p = s.prism
-    uncapped = s.per_device_batch * (1 if p["prism_groups_across_ranks"] else p["prism_num_generations"])
-    chunk = p["prism_rollout_chunk_size"]
+    """Sequences per generate call per rank: a micro-batch's rollouts, capped by ``prism_rollout_chunk_size``."""
+    uncapped = _micro_batch_rollouts(s)
+    chunk = s.prism["prism_rollout_chunk_size"]
     sequences = min(uncapped, chunk) if chunk else uncapped
     dtype = rules.rollout_dtype(policy, s)
-    return RolloutShape(sequences, uncapped, prompt_tokens + p["prism_max_new_tokens"], prompt_tokens,
+    return RolloutShape(sequences, uncapped, prompt_tokens + s.prism["prism_max_new_tokens"], prompt_tokens,
                         rules.kv_bytes_per_token(policy, dtype))
 
 
-def _policy_loss_rows(s: RunSettings) -> int:
-    """Rollouts in one policy-loss forward: a micro-batch's, i.e. per_device_train_batch_size prompts × G, or
-    per_device_train_batch_size rollouts when a prompt's G are spread over the ranks."""
+def _micro_batch_rollouts(s: RunSettings) -> int:
+    """Rollouts of one micro-batch on one rank (what a generate call and the policy-loss forward hold):
+    per_device_train_batch_size prompts × G, or per_device_train_batch_size rollouts when a prompt's G are
+    spread over the ranks."""
     per_device = s.per_device_batch
     return per_device if s.prism["prism_groups_across_ranks"] else per_device * s.prism["prism_num_generations"]
 
@@ -217,7 +216,7 @@ def build_plan(
             raise PlanError(f"--discriminator-config: prism_reward is {s.prism['prism_reward']!r}, no discriminator")
         rollout = _rollout_shape(s, policy, prompt_tokens)
         items.append(rules.rollout_kv(policy, s, rollout.sequences, rollout.tokens))
-        items.append(rules.policy_loss_logits(policy, s, _policy_loss_rows(s)))
+        items.append(rules.policy_loss_logits(policy, s, _micro_batch_rollouts(s)))
         new = s.prism["prism_max_new_tokens"]
         cutoff = s.raw.get("cutoff_len")
         if isinstance(cutoff, int) and prompt_tokens + new > cutoff:
