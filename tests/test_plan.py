@@ -426,3 +426,15 @@ def test_bad_inputs_name_the_key(tiny_dir: Path, tmp_path: Path) -> None:
         build_plan(config, 1, 80)
     with pytest.raises(PlanError, match="--policy-config: /no/such/dir not found"):
         build_plan(tmp_path / "b.yaml", 1, 80, policy_config="/no/such/dir")
+
+
+@pytest.mark.parametrize(("key", "value", "message"), [
+    ("prism_logprob_chunk_size", -3, "prism_logprob_chunk_size: expected a positive integer, got -3"),
+    ("prism_score_reg_rows", "valdi", r"prism_score_reg_rows must be one of \('all', 'valid'\); got 'valdi'"),
+])
+def test_prism_values_are_checked_as_the_training_run_checks_them(key, value, message, tiny_dir: Path,
+                                                                  tmp_path: Path) -> None:
+    config = _write_yaml(tmp_path / "a.yaml", model_name_or_path=str(tiny_dir / "qwen3_vl_policy"), stage="sft",
+                         **{key: value})
+    with pytest.raises(PlanError, match=message):
+        build_plan(config, 1, 80)

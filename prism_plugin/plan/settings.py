@@ -17,8 +17,6 @@ from typing import Any
 import torch
 
 PLANNED_STAGES = ("prism_align", "prism_disc", "sft")
-# Keys PrismArguments may not have yet, with the behaviour they default to.
-NEW_PRISM_KEYS = {"prism_groups_across_ranks": False, "prism_rollout_chunk_size": None}
 HALF_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
 
@@ -27,7 +25,7 @@ class PlanError(ValueError):
 
 
 def prism_defaults() -> dict[str, Any]:
-    """Default of every ``prism_*`` key: PrismArguments' dataclass fields, plus :data:`NEW_PRISM_KEYS`.
+    """Default of every ``prism_*`` key: PrismArguments' dataclass fields.
 
     The one place the planner reads PrismArguments, so a restructured arguments module changes one function.
     """
@@ -39,8 +37,6 @@ def prism_defaults() -> dict[str, Any]:
             defaults[f.name] = f.default
         elif f.default_factory is not dataclasses.MISSING:
             defaults[f.name] = f.default_factory()
-    for name, value in NEW_PRISM_KEYS.items():
-        defaults.setdefault(name, value)
     return defaults
 
 
@@ -101,6 +97,17 @@ def resolve_path(value: str, key: str) -> Path:
     if not isinstance(value, str) or not value:
         raise PlanError(f"{key}: expected a path, got {value!r}")
     return Path(value).expanduser().resolve() if Path(value).is_absolute() else (Path.cwd() / value).resolve()
+
+
+def check_prism_keys(prism: dict[str, Any]) -> None:
+    """The training run's own checks of the ``prism_*`` values (the argument dataclasses), as a plan error."""
+    from prism_plugin.errors import ConfigError
+    from prism_plugin.llamafactory.arguments import PrismArguments
+
+    try:
+        PrismArguments(**prism)
+    except ConfigError as err:
+        raise PlanError(str(err)) from None
 
 
 def _flag(value: Any, key: str) -> bool:
@@ -199,12 +206,13 @@ def read_settings(config_path: str | Path, world: int) -> RunSettings:
     if unknown:
         raise PlanError(f"{', '.join(unknown)}: unknown prism_* key(s)")
     prism.update({k: v for k, v in raw.items() if k.startswith("prism_")})
-    chunk = prism["prism_rollout_chunk_size"]
-    if chunk is not None:
-        _positive_int(chunk, "prism_rollout_chunk_size")
+    for key in ("prism_rollout_chunk_size", "prism_logprob_chunk_size"):  # the keys the plan computes with
+        if prism[key] is not None:
+            _positive_int(prism[key], key)
     _positive_int(prism["prism_num_generations"], "prism_num_generations")
     _positive_int(prism["prism_max_new_tokens"], "prism_max_new_tokens")
     _flag(prism["prism_groups_across_ranks"], "prism_groups_across_ranks")
+    check_prism_keys(prism)
     return RunSettings(
         config_path=path.resolve(),
         raw=raw,
