@@ -11,15 +11,17 @@ fp32, sampling at temperature 1 (no top-k / top-p), one optimiser step per batch
   same path as ``llamafactory-cli train``): rollout, segment split, discriminator scores,
   group advantages, one discriminator update, one policy update per step.
 
-Each (side, modality, new-token budget) runs in its own subprocess, so peak RSS does not mix.
-Step time = interval between consecutive ``on_step_end`` callbacks (data loading, rollout,
-scoring, updates and per-step logging included), median over the steps after the warm-up.
+Each (side, modality, new-token budget) runs in its own subprocess, so peak RSS does not mix,
+``--repeats`` times (default 4), the sides alternating (trl, ours, ours, trl, ...) so that a drift in
+the machine's speed falls on both. Step time = interval between consecutive ``on_step_end``
+callbacks (data loading, rollout, scoring, updates and per-step logging included), median over the
+measured steps (after each run's warm-up) of all runs.
 Breakdown = time inside the trainers' own methods, wrapped here (product code untouched).
 
 By default the policies are first trained with a short stock LLaMA-Factory SFT so rollouts
 are realistic (layout-valid, end-of-turn terminated); ``--random-policy`` skips that.
 
-    python benchmarks/bench_align_step.py [--quick] [--work-dir DIR] [--steps 20] [--warmup 3]
+    python benchmarks/bench_align_step.py [--quick] [--work-dir DIR] [--steps 20] [--warmup 3] [--repeats 4]
         [--tokens 64 256] [--modalities text vl] [--threads 2] [--random-policy]
 """
 
@@ -224,16 +226,36 @@ def make_step_callback(timer: PhaseTimer, records: list[dict], logs: list[dict])
     return StepClock()
 
 
+def _phase_medians(step_phases: list[dict[str, float]]) -> dict[str, float]:
+    names = {k for p in step_phases for k in p}
+    return {name: statistics.median(p.get(name, 0.0) for p in step_phases) for name in names}
+
+
 def summarise(records: list[dict], logs: list[dict], warmup: int, extra: dict) -> dict:
     steps = [r for r in records if "step_s" in r][warmup:]
     times = [r["step_s"] for r in steps]
-    phases: dict[str, float] = {}
-    for name in {k for r in steps for k in r["phases"]}:
-        phases[name] = statistics.median(r["phases"].get(name, 0.0) for r in steps)
+    step_phases = [r["phases"] for r in steps]
     begin = next((r["rss_at_train_begin_kib"] for r in records if "rss_at_train_begin_kib" in r), 0)
     return {"median_s": statistics.median(times), "min_s": min(times), "max_s": max(times), "times": times,
-            "phases": phases, "peak_rss_mib": _status_kib("VmHWM") / 1024, "rss_train_begin_mib": begin / 1024,
+            "phases": _phase_medians(step_phases), "step_phases": step_phases,
+            "peak_rss_mib": _status_kib("VmHWM") / 1024, "rss_train_begin_mib": begin / 1024,
             "logs": logs[warmup:], **extra}
+
+
+def pool_repeats(runs: list[dict], warmup: int) -> dict:
+    """One result from several runs of the same configuration: the measured steps of all runs pooled (medians
+    over all of them), the largest peak memory; per-step series keep the first run's warm-up entries only, so
+    slicing them at ``warmup`` gives every run's measured steps."""
+    times = [t for r in runs for t in r["times"]]
+    step_phases = [p for r in runs for p in r["step_phases"]]
+    pooled = dict(runs[0])
+    pooled.update(median_s=statistics.median(times), min_s=min(times), max_s=max(times), times=times,
+                  step_phases=step_phases, phases=_phase_medians(step_phases), repeats=len(runs),
+                  peak_rss_mib=max(r["peak_rss_mib"] for r in runs), logs=[e for r in runs for e in r["logs"]])
+    for key in ("valid_ratio", "completion_length", "disc_skipped"):
+        if key in runs[0]:
+            pooled[key] = runs[0][key] + [v for r in runs[1:] for v in r[key][warmup:]]
+    return pooled
 
 
 # --------------------------------------------------------------------------- worker: ours (prism_align)
@@ -485,11 +507,16 @@ def _key_value(text: str) -> tuple[str, object]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="smoke run: 64 tokens only, 1 warm-up + 2 steps")
+    parser.add_argument("--quick", action="store_true",
+                        help="smoke run: 64 tokens only, one run per side, 1 warm-up + 2 steps")
     parser.add_argument("--work-dir", default=None, help="tiny models, SFT policies, runs (reused if present); "
                         "default: a fresh temporary directory")
     parser.add_argument("--steps", type=int, default=20, help="measured steps per configuration")
     parser.add_argument("--warmup", type=int, default=3, help="warm-up steps (not measured)")
+    parser.add_argument("--repeats", type=int, default=4,
+                        help="runs per side and configuration, in alternating order (trl, ours, ours, trl, ...); "
+                             "medians over the measured steps of all runs (one run's speed drifts with the machine's "
+                             "load, by up to half on a shared 2-core machine)")
     parser.add_argument("--tokens", type=int, nargs="+", default=[64, 256], help="max new tokens per rollout")
     parser.add_argument("--modalities", nargs="+", choices=["text", "vl"], default=["text", "vl"])
     parser.add_argument("--threads", type=int, default=2, help="torch / OpenMP threads of every measured process")
@@ -511,7 +538,9 @@ def main() -> None:
         worker(args)
         return
     if args.quick:
-        args.tokens, args.steps, args.warmup = [64], 2, 1
+        args.tokens, args.steps, args.warmup, args.repeats = [64], 2, 1, 1
+    if args.repeats < 1:
+        parser.error(f"--repeats must be at least 1, got {args.repeats}")
 
     import tempfile
 
@@ -526,10 +555,15 @@ def main() -> None:
     load_before = os.getloadavg()[0]
     paths = setup(work, args)
     results = {}
+    sides = ("trl", "ours", *(["variant"] if args.variant else []))
     for modality in args.modalities:
         for tokens in args.tokens:
-            for side in ("trl", "ours", *(["variant"] if args.variant else [])):
-                results[(side, modality, tokens)] = run_config(args, side, modality, tokens, paths[modality])
+            runs: dict[str, list[dict]] = {side: [] for side in sides}
+            for repeat in range(args.repeats):  # alternating order: a drift of the machine's speed hits both sides
+                for side in sides if repeat % 2 == 0 else reversed(sides):
+                    runs[side].append(run_config(args, side, modality, tokens, paths[modality]))
+            for side in sides:
+                results[(side, modality, tokens)] = pool_repeats(runs[side], args.warmup)
     import platform
 
     import torch
@@ -537,7 +571,8 @@ def main() -> None:
     print()
     print(f"{date.today()}, {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, torch "
           f"{torch.__version__}, {args.threads} threads, OMP_WAIT_POLICY=PASSIVE, fp32, {PROMPTS_PER_STEP} prompts x "
-          f"{GENERATIONS} generations, median of {args.steps} steps after {args.warmup} warm-up, "
+          f"{GENERATIONS} generations, median of {args.repeats} x {args.steps} steps (each run after "
+          f"{args.warmup} warm-up), "
           f"policy: {'random' if args.random_policy else f'SFT {args.sft_steps} steps'}; "
           f"total {time.perf_counter() - start:.0f} s; 1-min load average {load_before:.1f} at start, "
           f"{os.getloadavg()[0]:.1f} at end (> {os.cpu_count()}: other processes shared the CPUs)")
