@@ -413,7 +413,13 @@ def test_interrupt_journals_the_answers_under_way(teacher: str, tiny_dir: Path, 
         args = [sys.executable, "-m", "prism_plugin.cli", *teach_args(
             data, out, proxy.base, "--samples-per-prompt", "2", "--concurrency", "2", "--image-dir",
             str(tiny_dir / "data"))]
-        proc = subprocess.Popen(args, env=_cli_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        # A run started in the background (`cmd &`) ignores SIGINT, and children inherit an ignored signal: the
+        # CLI starts with Python's own Ctrl-C handler here whichever way the test run itself was started.
+        previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+        try:
+            proc = subprocess.Popen(args, env=_cli_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        finally:
+            signal.signal(signal.SIGINT, previous)
         journal = out / "responses.jsonl"
         deadline = time.monotonic() + 120
         while not (journal.is_file() and journal.read_bytes().count(b"\n") >= 2 and proxy.active):
