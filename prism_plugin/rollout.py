@@ -126,7 +126,7 @@ class RolloutEngine(Protocol):
         """``num_samples`` completions of every prompt."""
 
 
-def _repeat_rows(mm_inputs: dict[str, torch.Tensor], times: int) -> dict[str, torch.Tensor]:
+def repeat_rows(mm_inputs: dict[str, torch.Tensor], times: int) -> dict[str, torch.Tensor]:
     """One prompt's multimodal tensors repeated for ``times`` rows (Qwen-VL pixel rows are flattened
     patches, so whole tensors repeat)."""
     return {key: value.repeat(times, *([1] * (value.dim() - 1))) for key, value in mm_inputs.items()}

@@ -493,6 +493,10 @@ def test_dynamic_sampling_drops_groups_without_signal_and_refills(tiny_dir, tmp_
     assert batch.prompts[0] is prompts["varies A"] and batch.prompts[1] in (prompts["varies A"], prompts["varies B"])
     rewards = batch.rewards["overall"].view(2, 2)
     assert all(row.max() > row.min() for row in rewards)  # every kept group carries a signal
+    from prism_plugin.scorers import RolloutBatch
+
+    fresh = RolloutBatch(batch.prompts, batch.rollouts, batch.split)  # the carried-over rewards are the batch's own
+    assert all(torch.equal(batch.rewards[key], fresh.rewards[key]) for key in ("overall", "accuracy"))
     assert batch.rollouts.completions.shape[0] == 4 and batch.split.valid.all()
 
     none, _ = text_trainer(tiny_dir, tmp_path, {k: answers[k] for k in ("all right", "all wrong")},

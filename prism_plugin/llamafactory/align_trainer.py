@@ -34,7 +34,7 @@ from prism_plugin.losses import (
     policy_loss_defaults,
 )
 from prism_plugin.portable import make_portable
-from prism_plugin.rollout import RolloutEngine, Rollouts, Sampling
+from prism_plugin.rollout import RolloutEngine, Rollouts, Sampling, repeat_rows
 from prism_plugin.scorers import AlignPrompt, RolloutBatch, Scorer, Scores
 
 DISCRIMINATOR_DIR = "discriminator"
@@ -204,14 +204,21 @@ class PrismAlignTrainer(MetricsLogMixin, Trainer):
         return [(batch, k) for k in range(len(batch.prompts)) if bool(keep[batch.rollouts.rows_of(k)].all())]
 
     def _merge(self, groups: list[tuple[RolloutBatch, int]]) -> RolloutBatch:
-        """One batch of the given prompt groups of several batches (re-split: cheap, and exactly the same)."""
-        sequences, rows, prompts = [], [], []
+        """One batch of the given prompt groups of several batches (re-split: cheap, and exactly the same); the
+        verifiable rewards ``_varying`` computed for those rows carry over instead of being computed again."""
+        sequences, rows, prompts, source_rows = [], [], [], []
         for batch, k in groups:
-            for row in batch.rollouts.rows_of(k).tolist():
+            source_rows.append(batch.rollouts.rows_of(k))
+            for row in source_rows[-1].tolist():
                 sequences.append(batch.rollouts.completions[row, : int(batch.rollouts.lengths[row])].tolist())
                 rows.append(len(prompts))
             prompts.append(batch.prompts[k])
-        return self._split(prompts, Rollouts.from_sequences(sequences, rows, self.engine.eot_id, self.engine.pad_id))
+        merged = self._split(prompts, Rollouts.from_sequences(sequences, rows, self.engine.eot_id, self.engine.pad_id))
+        if all(batch.rewards is not None for batch, _ in groups):
+            merged.rewards = {key: torch.cat([batch.rewards[key][at] for (batch, _), at in zip(groups, source_rows,
+                                                                                              strict=True)])
+                              for key in ("overall", "accuracy")}
+        return merged
 
     # ------------------------------------------------------------------ step helpers
 
@@ -253,8 +260,7 @@ class PrismAlignTrainer(MetricsLogMixin, Trainer):
             rows = batch.rollouts.rows_of(k)
             mask = batch.rollouts.mask[rows]
             width = max(int(mask.sum(-1).max()), 1)  # drop columns past every rollout's end
-            mm = {key: value.repeat(len(rows), *([1] * (value.dim() - 1))).to(device)
-                  for key, value in prompt.policy.mm_inputs.items()}
+            mm = {key: value.to(device) for key, value in repeat_rows(prompt.policy.mm_inputs, len(rows)).items()}
             completions = batch.rollouts.completions[rows, :width].to(device)
             micro.append(RolloutGroup(
                 torch.tensor(prompt.policy.input_ids, device=device), completions, mask[:, :width].to(device), mm,
