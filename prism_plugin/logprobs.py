@@ -48,7 +48,7 @@ def completion_log_probs(
     _check_final_hidden_states(output_layer, final[:, -1:], out.logits)
     hidden = final.gather(1, (columns - 1)[..., None].expand(-1, -1, final.shape[-1]))
     if completion_len <= chunk_tokens:
-        return _token_log_probs(output_layer(hidden), targets, temperature)
+        return _chunk_log_probs(hidden, targets, output_layer, temperature)
     pieces = []
     for start in range(0, completion_len, chunk_tokens):
         stop = min(start + chunk_tokens, completion_len)
