@@ -24,6 +24,7 @@ that covers each completion up to and including its first end-of-turn token.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -31,6 +32,7 @@ from typing import Any, Protocol
 import torch
 
 from prism_plugin.compat import TOKEN_TYPES_KWARG, rope_index_takes_token_types, token_types
+from prism_plugin.rng import SamplingStream
 
 END_OF_TURN = "<|im_end|>"
 # Sampled by a policy, these break the image-feature bookkeeping of Qwen-VL models.
@@ -114,10 +116,14 @@ class Rollouts:
 
 class RolloutEngine(Protocol):
     """Samples completions for rendered prompts; see the module docstring for writing one. ``eot_id`` is
-    the end-of-turn token that ends a completion, ``pad_id`` the id right-padding uses."""
+    the end-of-turn token that ends a completion, ``pad_id`` the id right-padding uses; ``rng`` the stream
+    random sampling draws from (None: torch's global generators), set by the trainer to this rank's
+    :class:`~prism_plugin.rng.SamplingStream` so that ranks sample apart and a resumed run samples as the
+    uninterrupted one would."""
 
     eot_id: int
     pad_id: int
+    rng: SamplingStream | None
 
     def load_policy(self, policy: torch.nn.Module) -> None:
         """Make ``policy`` (the current weights) the one to sample from."""
@@ -149,6 +155,7 @@ class HFRolloutEngine:
         self.suppress_ids = vision_suppress_ids(tokenizer)
         self.chunk_size = chunk_size
         self.policy: torch.nn.Module | None = None
+        self.rng: SamplingStream | None = None
 
     def load_policy(self, policy: torch.nn.Module) -> None:
         self.policy = policy
@@ -161,10 +168,12 @@ class HFRolloutEngine:
         step = self.chunk_size or max(len(rows), 1)
         was_training = self.policy.training
         self.policy.eval()
+        stream = self.rng.active(next(self.policy.parameters()).device) if self.rng else contextlib.nullcontext()
         try:
             sequences = []
-            for start in range(0, len(rows), step):
-                sequences += self._generate_rows([prompts[k] for k in rows[start : start + step]], sampling)
+            with stream:
+                for start in range(0, len(rows), step):
+                    sequences += self._generate_rows([prompts[k] for k in rows[start : start + step]], sampling)
         finally:
             self.policy.train(was_training)
         return Rollouts.from_sequences(sequences, rows, self.eot_id, self.pad_id)

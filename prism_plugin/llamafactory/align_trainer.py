@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import os
 import random
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import Any
 
 import torch
@@ -23,7 +23,10 @@ from transformers.utils import logging
 from prism_plugin.advantage import segment_advantage
 from prism_plugin.compat import TOKEN_TYPES_KWARG, rope_index_takes_token_types, token_types
 from prism_plugin.discriminator.updater import all_ranks_sum
+from prism_plugin.faults import kill_point
 from prism_plugin.format import split_segments
+from prism_plugin.llamafactory.arguments import DriftMonitorArguments, PrismDataArguments
+from prism_plugin.llamafactory.checkpoints import AtomicCheckpointMixin
 from prism_plugin.llamafactory.metrics import MetricsLogMixin
 from prism_plugin.logprobs import completion_log_probs
 from prism_plugin.losses import (
@@ -34,10 +37,12 @@ from prism_plugin.losses import (
     policy_loss_defaults,
 )
 from prism_plugin.portable import make_portable
+from prism_plugin.rng import SamplingStream
 from prism_plugin.rollout import RolloutEngine, Rollouts, Sampling, repeat_rows
 from prism_plugin.scorers import AlignPrompt, RolloutBatch, Scorer, Scores
 
 DISCRIMINATOR_DIR = "discriminator"
+RESUME_STATE_FILE = "prism_align_state_{rank}.pt"  # one per rank, in every checkpoint
 logger = logging.get_logger(__name__)
 
 
@@ -101,7 +106,7 @@ class PolicyMicroBatch(list):
     last: bool = False
 
 
-class PrismAlignTrainer(MetricsLogMixin, Trainer):
+class PrismAlignTrainer(AtomicCheckpointMixin, MetricsLogMixin, Trainer):
     """Policy trainer of the alignment stage; see the module docstring."""
 
     def __init__(self, *args: Any, prism_args: Any, scorer: Scorer, engine: RolloutEngine, **kwargs: Any) -> None:
@@ -122,6 +127,9 @@ class PrismAlignTrainer(MetricsLogMixin, Trainer):
         self._window: list[PolicyMicroBatch] | None = None
         self._drop_window = False
         self._prompt_stream = PromptStream(self.train_dataset, seed=self.args.seed + self.args.process_index)
+        self.engine.rng = SamplingStream(self.args.seed, self.args.process_index)
+        self._resume_checkpoint: str | None = None
+        self._rng_restored = False
         self._init_metrics()
 
     # ------------------------------------------------------------------ one optimiser step
@@ -130,6 +138,8 @@ class PrismAlignTrainer(MetricsLogMixin, Trainer):
         """The window's micro-batches of prompts become rollout groups, fresh every ``prism_policy_epochs``
         steps (reused, with their old log-probs, in between), normalised over the window and the ranks."""
         batches, _ = super().get_batch_samples(epoch_iterator, num_batches, device)
+        if self._resume_checkpoint and not self._rng_restored:  # before this step draws anything, as uninterrupted
+            self._load_rng_state(self._resume_checkpoint)
         fresh = self._window is None or self.state.global_step % self.prism.prism_policy_epochs == 0
         if fresh and batches:
             self._window = self._normalise([self.rollout_step(items) for items in batches])
@@ -158,6 +168,57 @@ class PrismAlignTrainer(MetricsLogMixin, Trainer):
             return super()._get_train_sampler(train_dataset)
         dataset = train_dataset if train_dataset is not None else self.train_dataset
         return GroupRepeatSampler(len(dataset), self.prism.prism_num_generations, self.args.seed)
+
+    # ------------------------------------------------------------------ resume
+
+    def train(self, resume_from_checkpoint: Any = None, *args: Any, **kwargs: Any) -> Any:
+        """The Trainer's ``train``; a resumed run first restores what :meth:`save_resume_state` saved."""
+        if isinstance(resume_from_checkpoint, str | os.PathLike):
+            self._resume_checkpoint = str(resume_from_checkpoint)
+            self.load_resume_state(self._resume_checkpoint)
+        return super().train(resume_from_checkpoint, *args, **kwargs)
+
+    def _load_rng_state(self, checkpoint: str | None) -> None:
+        """Once per resume. The Trainer restores the global generators only after it has fetched the first
+        resumed step's batches — after this trainer's rollouts ran — so :meth:`get_batch_samples` does it
+        first, and the Trainer's later call is a no-op."""
+        if self._rng_restored:
+            return
+        super()._load_rng_state(checkpoint)
+        self._rng_restored = True
+
+    def save_resume_state(self, directory: str) -> None:
+        """This rank's part of what decides the next steps: its sampling stream, the DAPO refill stream, the
+        rollout window reused across ``prism_policy_epochs`` (with its old log-probs), the metrics not yet
+        logged, the skip counters; and the settings that must not change on resume."""
+        state = {"world_size": self.args.world_size, "settings": resume_settings(self.prism, self.args),
+                 "sampling": self.engine.rng.state_dict() if self.engine.rng else None,
+                 "prompt_stream": self._prompt_stream.state_dict(),
+                 "window": [window_state(micro) for micro in self._window] if self._window is not None else None,
+                 "metrics": {mode: dict(values) for mode, values in self._metrics.items()},
+                 "nonfinite_skips": dict(self.nonfinite_skips)}
+        torch.save(state, os.path.join(directory, RESUME_STATE_FILE.format(rank=self.args.process_index)))
+
+    def load_resume_state(self, checkpoint: str) -> None:
+        """Restore :meth:`save_resume_state`'s file of this rank; a ConfigError when the run's world size or
+        step-deciding settings differ from the checkpoint's. A checkpoint without one (an older version's)
+        resumes as before, with a warning that the resumed run is not the same run."""
+        path = os.path.join(checkpoint, RESUME_STATE_FILE.format(rank=self.args.process_index))
+        if not os.path.isfile(path):
+            logger.warning(f"prism_align: {checkpoint} holds no {os.path.basename(path)} (an older version saved "
+                           "it): the resumed run samples anew and may differ from an uninterrupted one")
+            return
+        state = torch.load(path, map_location="cpu", weights_only=False)
+        check_resume_settings(checkpoint, state, resume_settings(self.prism, self.args), self.args.world_size)
+        if state["sampling"] is not None and self.engine.rng is not None:
+            self.engine.rng.load_state_dict(state["sampling"])
+        self._prompt_stream.load_state_dict(state["prompt_stream"])
+        device = self.accelerator.device
+        self._window = ([micro_from_state(micro, device) for micro in state["window"]]
+                        if state["window"] is not None else None)
+        for mode, values in state["metrics"].items():
+            self._metrics[mode].update({key: list(v) for key, v in values.items()})
+        self.nonfinite_skips.update(state["nonfinite_skips"])
 
     def sample(self, prompts: list[AlignPrompt]) -> tuple[RolloutBatch, bool, dict[str, float]]:
         """Rollouts of ``prompts``, split into segments; with ``prism_dynamic_sampling`` (DAPO), prompt groups
@@ -354,6 +415,7 @@ class PrismAlignTrainer(MetricsLogMixin, Trainer):
         super().save_model(output_dir, _internal_call)
         self.scorer.save(os.path.join(output_dir or self.args.output_dir, DISCRIMINATOR_DIR),
                          main=self.is_world_process_zero())
+        kill_point("save:discriminator", self.state.global_step)
         if self.is_world_process_zero():
             make_portable(output_dir or self.args.output_dir)
 
@@ -362,14 +424,17 @@ class PrismAlignTrainer(MetricsLogMixin, Trainer):
 
 
 class GroupRepeatSampler(torch.utils.data.Sampler):
-    """Every prompt ``repeats`` times in a row, prompts in a seeded random order that changes each epoch."""
+    """Every prompt ``repeats`` times in a row, prompts in a seeded random order that changes each epoch
+    (the Trainer sets the epoch, also when a resumed run starts in a later one)."""
 
     def __init__(self, size: int, repeats: int, seed: int) -> None:
         self.size, self.repeats, self.seed, self.epoch = size, repeats, seed, 0
 
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
     def __iter__(self) -> Any:
         order = torch.randperm(self.size, generator=torch.Generator().manual_seed(self.seed + self.epoch)).tolist()
-        self.epoch += 1
         return iter([index for index in order for _ in range(self.repeats)])
 
     def __len__(self) -> int:
@@ -393,6 +458,69 @@ class PromptStream:
                 self.rng.shuffle(self.order)
             out.append(self.prompts[self.order.pop()])
         return out
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"rng": self.rng.getstate(), "order": list(self.order)}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.rng.setstate(state["rng"])
+        self.order = list(state["order"])
+
+
+# A resumed run shares every ``prism_*`` setting with its checkpoint (they decide what the next step samples
+# and trains on), except these: data checks, the drift monitor, and where the starting discriminator lay
+# (a resumed run takes the checkpoint's).
+RESUME_FREE_KEYS = frozenset({f.name for group in (PrismDataArguments, DriftMonitorArguments) for f in fields(group)}
+                             | {"prism_discriminator"})
+
+
+def resume_settings(prism_args: Any, training_args: Any) -> dict[str, Any]:
+    """The step-deciding settings of a run: its ``prism_*`` keys (less :data:`RESUME_FREE_KEYS`) and batch."""
+    settings = {key: value for key, value in vars(prism_args).items()
+                if key.startswith("prism_") and key not in RESUME_FREE_KEYS}
+    for key in ("per_device_train_batch_size", "gradient_accumulation_steps", "seed"):
+        settings[key] = getattr(training_args, key)
+    return {key: value if isinstance(value, str | int | float | bool | type(None)) else repr(value)
+            for key, value in sorted(settings.items())}
+
+
+def check_resume_settings(checkpoint: str, state: dict[str, Any], settings: dict[str, Any], world_size: int) -> None:
+    """A ConfigError naming what differs between a checkpoint's run and the resuming one."""
+    from prism_plugin.errors import ConfigError
+
+    changes = [f"{key}: {state['settings'].get(key)!r} -> {value!r}" for key, value in settings.items()
+               if state["settings"].get(key) != value]
+    if state["world_size"] != world_size:
+        changes.insert(0, f"ranks: {state['world_size']} -> {world_size}")
+    if changes:
+        raise ConfigError(
+            f"cannot resume {checkpoint} exactly: {'; '.join(changes)}. Resume with the checkpoint's settings, or "
+            f"start a new run from its weights (model_name_or_path: {checkpoint}, prism_discriminator: "
+            f"{os.path.join(checkpoint, DISCRIMINATOR_DIR)})")
+
+
+def window_state(micro: PolicyMicroBatch) -> dict[str, Any]:
+    """A micro-batch of the rollout window as CPU tensors and flags (for a checkpoint)."""
+    def cpu(value: Any) -> Any:
+        if isinstance(value, dict):
+            return {key: item.cpu() for key, item in value.items()}
+        return value.cpu() if isinstance(value, torch.Tensor) else value
+
+    groups = [{f.name: cpu(getattr(group, f.name)) for f in fields(RolloutGroup)} for group in micro]
+    return {"groups": groups, "trains": micro.trains, "scale": micro.scale, "last": micro.last}
+
+
+def micro_from_state(state: dict[str, Any], device: Any) -> PolicyMicroBatch:
+    """The micro-batch :func:`window_state` saved, on ``device``."""
+    def moved(value: Any) -> Any:
+        if isinstance(value, dict):
+            return {key: item.to(device) for key, item in value.items()}
+        return value.to(device) if isinstance(value, torch.Tensor) else value
+
+    micro = PolicyMicroBatch(RolloutGroup(**{key: moved(value) for key, value in group.items()})
+                             for group in state["groups"])
+    micro.trains, micro.scale, micro.last = state["trains"], state["scale"], state["last"]
+    return micro
 
 
 def policy_loss_options(prism_args: Any) -> dict[str, Any]:

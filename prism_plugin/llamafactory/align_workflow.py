@@ -19,18 +19,6 @@ PLOT_KEYS = ["loss", "valid_ratio", "reward", "disc/loss", "disc/accuracy", "cap
              "reasoning/score_gap", "response/score_gap", "response_length"]
 
 
-def resume_dir(training_args: Any) -> str | None:
-    """The checkpoint directory ``resume_from_checkpoint`` points at (``true``: the last one in output_dir)."""
-    resume = training_args.resume_from_checkpoint
-    if not resume:
-        return None
-    if str(resume).lower() == "true":
-        from transformers.trainer_utils import get_last_checkpoint
-
-        return get_last_checkpoint(training_args.output_dir)
-    return str(resume)
-
-
 def compute_dtype(training_args: Any) -> Any:
     """The dtype a bf16 / fp16 run computes in (None: float32); the discriminator's forwards autocast to it."""
     import torch
@@ -123,7 +111,7 @@ def run_prism_align(
     tokenizer_module = load_tokenizer(model_args)
     tokenizer, processor = tokenizer_module["tokenizer"], tokenizer_module["processor"]
     template = get_template_and_fix_tokenizer(tokenizer, data_args)
-    checkpoint = resume_dir(training_args)
+    checkpoint = training_args.resume_from_checkpoint  # a complete checkpoint folder (workflow.resolve_resume)
     scorer = build_scorer(args, tokenizer, data_args.cutoff_len, training_args.device, checkpoint, logger,
                           compute_dtype(training_args), training_args)
     encoder = AlignEncoder(template, tokenizer, processor, scorer, data_args.cutoff_len, args.prism_max_new_tokens)

@@ -2,21 +2,26 @@
 
 Per pair and segment: ``−log σ(s_teacher − s_student)``, averaged over the comparisons, plus
 ``router_aux_coef ×`` the router load-balancing loss. Optimiser, scheduler, gradient
-accumulation, DeepSpeed, logging and checkpoints are the Trainer's own.
+accumulation, DeepSpeed and logging are the Trainer's own; checkpoints are the Trainer's, staged and renamed
+into place whole (:mod:`prism_plugin.llamafactory.checkpoints`).
 """
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 import torch
 from transformers import Trainer
 
+from prism_plugin.llamafactory.checkpoints import AtomicCheckpointMixin
 from prism_plugin.llamafactory.metrics import MetricsLogMixin
 from prism_plugin.losses import discriminator_loss
 
+MASTER_WEIGHTS_FILE = "prism_master_weights.pt"
 
-class PrismDiscTrainer(MetricsLogMixin, Trainer):
+
+class PrismDiscTrainer(AtomicCheckpointMixin, MetricsLogMixin, Trainer):
     """Pairwise Bradley–Terry trainer for :class:`PrismDiscriminator` on :class:`PairCollator` batches."""
 
     def __init__(self, *args: Any, segments: list[str], router_aux_coef: float = 0.01, **kwargs: Any) -> None:
@@ -57,6 +62,29 @@ class PrismDiscTrainer(MetricsLogMixin, Trainer):
         output_dir = output_dir or self.args.output_dir
         save_discriminator(self.model, output_dir, self.processing_class, state_dict)
         torch.save(self.args, f"{output_dir}/training_args.bin")
+
+    def save_resume_state(self, directory: str) -> None:
+        """A discriminator saved in a lower precision than it trains in (bf16 weights, float32 master weights)
+        keeps its float32 weights in the checkpoint too, so a resumed run continues from them exactly."""
+        if self.args.should_save and not self.is_deepspeed_enabled and self._keeps_master_weights():
+            state = {key: value.detach().cpu() for key, value in self.model.state_dict().items()}
+            torch.save(state, os.path.join(directory, MASTER_WEIGHTS_FILE))
+
+    def _keeps_master_weights(self) -> bool:
+        dtype = getattr(self.model, "checkpoint_dtype", None)
+        return dtype is not None and dtype != next(self.model.parameters()).dtype
+
+    def _load_from_checkpoint(self, resume_from_checkpoint: str, model: Any = None) -> None:
+        """The checkpoint's weights through the discriminator's own loader (its saved expert layout is not the
+        in-memory one, so the Trainer's plain ``load_state_dict`` cannot read it), then its master weights."""
+        from prism_plugin.discriminator.loading import load_discriminator
+
+        path = os.path.join(resume_from_checkpoint, MASTER_WEIGHTS_FILE)
+        if os.path.isfile(path):
+            state = torch.load(path, map_location="cpu", weights_only=True)
+        else:
+            state = load_discriminator(resume_from_checkpoint, dtype=next(self.model.parameters()).dtype).state_dict()
+        (model or self.model).load_state_dict(state)
 
     def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):
         inputs = self._prepare_inputs(inputs)

@@ -15,7 +15,7 @@ SUPPORTED_LLAMAFACTORY = ("0.9.5",)
 PRISM_STAGES = ("prism_disc", "prism_align")
 
 PATCHED_SYMBOLS = {
-    "llamafactory.hparams.parser": ("_TRAIN_ARGS", "_INFER_ARGS", "_EVAL_ARGS"),
+    "llamafactory.hparams.parser": ("_TRAIN_ARGS", "_INFER_ARGS", "_EVAL_ARGS", "get_last_checkpoint"),
     "llamafactory.train.tuner": ("_training_function", "read_args", "export_model"),
     "llamafactory.data.template": ("TEMPLATES", "register_template"),
     "transformers.models.auto.modeling_auto": ("AutoModel",),
@@ -82,13 +82,29 @@ def make_finetuning_arguments(base: type) -> type:
 
 
 def patch_parser(module: ModuleType) -> None:
-    """Swap FinetuningArguments in the parser's argument lists for the PRISM-aware subclass."""
+    """Swap FinetuningArguments in the parser's argument lists for the PRISM-aware subclass, and make its
+    choice of the checkpoint to resume from skip checkpoints a kill left incomplete (every stage)."""
     _require(module)
     for attr in ("_TRAIN_ARGS", "_INFER_ARGS", "_EVAL_ARGS"):
         arg_list = getattr(module, attr)
         for i, cls in enumerate(arg_list):
             if cls.__name__ == "FinetuningArguments":
                 arg_list[i] = make_finetuning_arguments(cls)
+    if getattr(module.get_last_checkpoint, "__prism_original__", None) is None:
+        module.get_last_checkpoint = _last_complete_checkpoint(module.get_last_checkpoint)
+
+
+def _last_complete_checkpoint(original: Any) -> Any:
+    def get_last_checkpoint(folder: str) -> str | None:
+        """The last complete checkpoint of ``folder`` (:mod:`prism_plugin.llamafactory.checkpoints`)."""
+        from llamafactory.extras import logging
+
+        from prism_plugin.llamafactory.checkpoints import last_complete_checkpoint
+
+        return last_complete_checkpoint(folder, logging.get_logger("llamafactory.hparams.parser").warning_rank0)
+
+    get_last_checkpoint.__prism_original__ = original  # type: ignore[attr-defined]
+    return get_last_checkpoint
 
 
 # --------------------------------------------------------------------------- training entry

@@ -4,13 +4,27 @@ data and plot the curves (shared by ``prism_disc`` and ``prism_align``)."""
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 from typing import Any
 
 
 def train_and_save(trainer: Any, training_args: Any, finetuning_args: Any, reports: list, plot_keys: list) -> None:
-    """Train, then save model, metrics, state, the data report and (``plot_loss``) the metric curves."""
+    """Train, then save model, metrics, state, the data report and (``plot_loss``) the metric curves, and last
+    the completion marker. A run stopped by SIGTERM saves a checkpoint and exits non-zero instead
+    (:mod:`prism_plugin.llamafactory.preemption`)."""
+    from prism_plugin.llamafactory.checkpoints import mark_output_complete
+    from prism_plugin.llamafactory.preemption import PREEMPTED_EXIT_CODE, PreemptionCallback, preempted_message
+
+    preemption = PreemptionCallback()
+    trainer.add_callback(preemption)
+    preemption.install()
     result = trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
+    if preemption.stopped_at is not None:
+        if trainer.is_world_process_zero():
+            message = preempted_message(finetuning_args.stage, training_args.output_dir, preemption.stopped_at)
+            sys.stderr.write(f"prism-plugin: {message}\n")
+        raise SystemExit(PREEMPTED_EXIT_CODE)
     trainer.save_model()
     trainer.log_metrics("train", result.metrics)
     trainer.save_metrics("train", result.metrics)
@@ -22,6 +36,9 @@ def train_and_save(trainer: Any, training_args: Any, finetuning_args: Any, repor
             from llamafactory.extras.ploting import plot_loss
 
             plot_loss(training_args.output_dir, keys=[key for key in plot_keys if key in logged])
+    trainer.accelerator.wait_for_everyone()
+    if trainer.is_world_process_zero():
+        mark_output_complete(training_args.output_dir, trainer.state.global_step)
 
 
 def write_data_report(output_dir: str | Path, reports: list) -> None:

@@ -7,10 +7,14 @@ from typing import Any
 
 def run_prism_stage(config: dict[str, Any]) -> None:
     """Run ``stage: prism_disc`` or ``stage: prism_align`` the way LLaMA-Factory runs its own stages."""
+    from llamafactory.extras import logging
     from llamafactory.hparams import get_train_args
     from llamafactory.train.callbacks import LogCallback, ReporterCallback
 
+    from prism_plugin.llamafactory.checkpoints import resolve_resume
+
     model_args, data_args, training_args, finetuning_args, generating_args = get_train_args(config.get("args"))
+    resolve_resume(training_args, logging.get_logger(__name__).warning_rank0)
     callbacks = list(config.get("callbacks") or [])
     callbacks.append(LogCallback())
     callbacks.append(ReporterCallback(model_args, data_args, finetuning_args, generating_args))

@@ -1,0 +1,50 @@
+"""Preemption: on SIGTERM (what Slurm and Kubernetes send before a kill) the PRISM stages finish the step
+under way, save a checkpoint, and exit non-zero with one line that says where the run resumes.
+
+The signal may reach the ranks at different moments, so after each optimiser step they agree (a sum over
+the ranks of "signalled") and all stop after the same step. Under torchrun, torchrun forwards the signal to
+its workers and kills them ``TORCH_ELASTIC_SHUTDOWN_TIMEOUT`` seconds later (30 by default): set it above one
+step plus one save.
+"""
+
+from __future__ import annotations
+
+import signal
+import threading
+from typing import Any
+
+from transformers import TrainerCallback
+
+PREEMPTED_EXIT_CODE = 143  # 128 + SIGTERM, what a process killed by the signal reports
+
+
+class PreemptionCallback(TrainerCallback):
+    """Turns a SIGTERM into "save after this step, then stop" on every rank (see the module docstring)."""
+
+    def __init__(self) -> None:
+        self.signalled = False
+        self.stopped_at: int | None = None  # the global step the run stopped after, once it has
+
+    def install(self) -> None:
+        """Catch SIGTERM in this process (only the main thread may; elsewhere the default stays)."""
+        if threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGTERM, self._on_signal)
+
+    def _on_signal(self, signum: int, frame: Any) -> None:
+        self.signalled = True
+
+    def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> Any:
+        from prism_plugin.discriminator.updater import all_ranks_sum
+
+        (signalled,) = all_ranks_sum([float(self.signalled)], args.device)
+        if signalled:
+            control.should_save = True
+            control.should_training_stop = True
+            self.stopped_at = state.global_step
+        return control
+
+
+def preempted_message(stage: str, output_dir: str, step: int) -> str:
+    """The one line a preempted run ends with."""
+    return (f"{stage}: stopped by SIGTERM after step {step}; checkpoint {output_dir}/checkpoint-{step} is saved. "
+            f"Run the same command again (overwrite_output_dir: false) to resume from it")
