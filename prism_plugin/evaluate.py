@@ -338,8 +338,8 @@ def evaluate(
         policy_config(model)
 
     loaded = load_prompts(data, teacher="optional", require_ground_truth=True, skip_invalid=skip_invalid,
-                          media_dir=media_dir)
-    records = loaded.records[:limit]
+                          media_dir=media_dir, limit=limit)
+    records = loaded.records
     sampling = Sampling(max_new_tokens, temperature=temperature)
     out_dir.mkdir(parents=True, exist_ok=True)
     summary: dict[str, Any] = {

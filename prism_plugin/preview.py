@@ -111,7 +111,7 @@ def preview_alignment_step(
     from prism_plugin.rewards import compute_score
 
     torch.manual_seed(seed)
-    records = load_align(align_file).records[:num_prompts]
+    records = load_align(align_file, limit=num_prompts).records
     disc = load_discriminator(discriminator_dir).eval()
     weights = dict(weights or {s: 1.0 / len(disc.config.segments) for s in disc.config.segments})
     policy, processor, vision = load_policy(policy_dir)
