@@ -13,7 +13,8 @@ class UserError(Exception):
 
 
 class ConfigError(UserError, ValueError):
-    """A configuration key with a value we cannot use (raised while the arguments are parsed)."""
+    """A configuration key or command-line option with a value we cannot use (raised while the arguments are
+    parsed, or before a command reads any model or data)."""
 
 
 class DatasetRowError(ValueError):
@@ -32,6 +33,13 @@ class DatasetRowError(ValueError):
     def at(self, path: str | Path | None, row: int | None) -> DatasetRowError:
         """The same error, located at ``path``, ``row``."""
         return DatasetRowError(path, row, self.field, self.message, self.reason)
+
+
+def check_at_least_one(*options: tuple[str, int | None]) -> None:
+    """A :class:`ConfigError` for the first ``(option, value)`` whose value is below 1 (None: not given)."""
+    for option, value in options:
+        if value is not None and value < 1:
+            raise ConfigError(f"{option} must be at least 1; got {value}")
 
 
 @contextmanager
