@@ -1,5 +1,6 @@
 """Dataset rows are validated where they enter: file, row and field in every error; nothing dropped silently."""
 
+import importlib
 import json
 
 import pytest
@@ -219,3 +220,38 @@ def test_a_limit_stops_reading_once_enough_rows_are_kept(media):
     report = load_align(path, skip_invalid=True, limit=2)
     assert [r.row for r in report.records] == [2, 3] and [e.row for e in report.skipped] == [1]
     assert report.records[0].path == str(path)
+
+
+READERS = ["to-easyr1", "make-pairs", "teach", "align-preview", "evaluate", "drift monitor", "warm-up pairs"]
+
+
+@pytest.mark.parametrize("reader", READERS)
+def test_every_reader_stops_at_load_on_an_image_that_does_not_decode(reader, media, tiny_dir, tmp_path):
+    """Each reader goes through the one row parser, so the same bad image is the same one line, raised before any
+    model loads or request is sent (the policy and discriminator named here do not exist)."""
+    truncated_png(media / "cut.png")
+    if reader == "warm-up pairs":
+        path = write_jsonl(media / "pairs.jsonl", [pair(), pair(image="cut.png")])
+        field = "image[0]"
+    else:
+        path = write_jsonl(media / "align.jsonl", [align_row(), align_row(images=["cut.png"])])
+        field = "images[0]"
+    nowhere = str(tmp_path / "nowhere")
+    calls = {  # reader: (module, function, arguments)
+        "to-easyr1": ("prism_plugin.easyr1.convert", "to_easyr1", (path, tmp_path / "out.parquet")),
+        "make-pairs": ("prism_plugin.data.make_pairs", "make_pairs", (nowhere, path, tmp_path / "pairs.jsonl")),
+        "teach": ("prism_plugin.data.teach", "teach", (path, tmp_path / "teach"),
+                  {"api_base": "http://127.0.0.1:9/v1", "model": "m", "progress": False}),
+        "align-preview": ("prism_plugin.preview", "preview_alignment_step", (nowhere, nowhere, path)),
+        "evaluate": ("prism_plugin.evaluate", "evaluate", ([tiny_dir / "qwen3_policy"], path, tmp_path / "eval"),
+                     {"progress": False}),
+        "drift monitor": ("prism_plugin.llamafactory.drift", "make_drift_monitor",
+                          ({"prism_drift_monitor": nowhere, "prism_drift_data": str(path)},)),
+        "warm-up pairs": ("prism_plugin.data.records", "load_pairs", (path,)),
+    }
+    module, function, args, *kwargs = calls[reader]
+    read = getattr(importlib.import_module(module), function)
+    with pytest.raises(DatasetRowError) as info:
+        read(*args, **(kwargs[0] if kwargs else {}))
+    assert str(info.value) == f"{path}, row 2, field '{field}': image {media / 'cut.png'} does not decode: " \
+                              "image file is truncated"
