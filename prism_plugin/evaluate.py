@@ -37,7 +37,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from prism_plugin.errors import UserError
+from prism_plugin.errors import UserError, check_at_least_one
 from prism_plugin.layout import CAPTION_CLOSE, CAPTION_OPEN, Segments, caption_match
 
 SUMMARY_NAME = "summary.json"
@@ -320,10 +320,8 @@ def evaluate(
 
     if not models:
         raise UserError("give at least one --model")
-    for option, value in (("--num-samples", num_samples), ("--max-new-tokens", max_new_tokens),
-                          ("--batch-size", batch_size), ("--limit", 1 if limit is None else limit)):
-        if value < 1:
-            raise UserError(f"{option} must be at least 1; got {value}")
+    check_at_least_one(("--num-samples", num_samples), ("--max-new-tokens", max_new_tokens),
+                       ("--batch-size", batch_size), ("--limit", limit))
     if temperature < 0:
         raise UserError(f"--temperature must be 0 (greedy) or more; got {temperature}")
     if num_samples > 1 and temperature == 0:
@@ -338,8 +336,8 @@ def evaluate(
         policy_config(model)
 
     loaded = load_prompts(data, teacher="optional", require_ground_truth=True, skip_invalid=skip_invalid,
-                          media_dir=media_dir)
-    records = loaded.records[:limit]
+                          media_dir=media_dir, limit=limit)
+    records = loaded.records
     sampling = Sampling(max_new_tokens, temperature=temperature)
     out_dir.mkdir(parents=True, exist_ok=True)
     summary: dict[str, Any] = {

@@ -15,7 +15,7 @@ from typing import Any
 
 import torch
 
-from prism_plugin.errors import UserError
+from prism_plugin.errors import DatasetRowError, UserError, encoder_rejects
 from prism_plugin.rollout import HFRolloutEngine, PolicyPrompt, RolloutEngine, Rollouts, Sampling
 
 
@@ -113,7 +113,8 @@ def load_policy(policy_dir: str | Path, device: str | None = None) -> tuple[Any,
 
 
 def policy_prompt(processor: Any, vision: bool, prompt: str, images: Sequence[Any] = ()) -> PolicyPrompt:
-    """``prompt`` (``<image>`` markers) rendered with the PRISM system prompt and the policy's chat template."""
+    """``prompt`` (``<image>`` markers) rendered with the PRISM system prompt and the policy's chat template; what
+    the processor refuses is a :class:`DatasetRowError` (see :func:`prism_plugin.errors.encoder_rejects`)."""
     from prism_plugin.chat import chat_prompt_text, load_images
 
     tokenizer = getattr(processor, "tokenizer", processor)
@@ -121,7 +122,8 @@ def policy_prompt(processor: Any, vision: bool, prompt: str, images: Sequence[An
     text = chat_prompt_text(tokenizer, prompt, len(loaded), vision)
     if not loaded:
         return PolicyPrompt(tokenizer(text, add_special_tokens=False)["input_ids"])
-    encoded = processor(text=[text], images=loaded, return_tensors="pt")
+    with encoder_rejects("the policy's processor", None, None, True):
+        encoded = processor(text=[text], images=loaded, return_tensors="pt")
     mm = {k: v for k, v in encoded.items() if k in ("pixel_values", "image_grid_thw")}
     return PolicyPrompt(encoded["input_ids"][0].tolist(), mm, tuple(images))
 
@@ -137,7 +139,12 @@ def sample(
     tokenizer = getattr(processor, "tokenizer", processor)
     engine = engine or HFRolloutEngine(tokenizer)
     engine.load_policy(policy)
-    prompts = [policy_prompt(processor, vision, r.prompt, r.images) for r in records]
+    prompts = []
+    for record in records:
+        try:
+            prompts.append(policy_prompt(processor, vision, record.prompt, record.images))
+        except DatasetRowError as err:
+            raise err.at(getattr(record, "path", None), record.row) from err.__cause__
     rollouts = engine.generate(prompts, num_samples, sampling)
     eot = getattr(engine, "eot_id", None)
     split = split_segments(rollouts.completions, tokenizer, rollouts.mask, eos_token_ids=eot)

@@ -14,6 +14,7 @@ from typing import Any
 
 import torch
 
+from prism_plugin.errors import ConfigError, check_at_least_one
 from prism_plugin.rollout import Sampling
 
 
@@ -110,8 +111,12 @@ def preview_alignment_step(
     from prism_plugin.policy import load_policy
     from prism_plugin.rewards import compute_score
 
+    check_at_least_one(("--num-prompts", num_prompts), ("--max-new-tokens", max_new_tokens))
+    if num_generations < 2:
+        raise ConfigError(f"--num-generations must be at least 2 (advantages compare a prompt's rollouts); got "
+                          f"{num_generations}")
     torch.manual_seed(seed)
-    records = load_align(align_file).records[:num_prompts]
+    records = load_align(align_file, limit=num_prompts).records
     disc = load_discriminator(discriminator_dir).eval()
     weights = dict(weights or {s: 1.0 / len(disc.config.segments) for s in disc.config.segments})
     policy, processor, vision = load_policy(policy_dir)

@@ -72,6 +72,36 @@ def test_score_cli_reports_bad_rows(cli_disc: Path, tiny_dir: Path, tmp_path: Pa
     assert abs(records[0]["caption"]) <= 10.0
 
 
+def test_score_cli_counts_images_that_do_not_decode_or_that_the_processor_rejects(cli_disc: Path, tiny_dir: Path,
+                                                                                   tmp_path: Path, capsys) -> None:
+    from PIL import Image
+
+    good = json.loads((tiny_dir / "data" / "pairs.jsonl").read_text().splitlines()[0])
+    good["image"] = str(tiny_dir / "data" / good["image"])
+    cut = tmp_path / "cut.png"
+    cut.write_bytes(Path(good["image"]).read_bytes()[:200])
+    strip = tmp_path / "strip.png"
+    Image.new("RGB", (300, 1), (255, 0, 0)).save(strip)
+    latin = json.dumps({**good, "prompt": "<image>Caf\u00e9?"}, ensure_ascii=False).encode("latin-1")
+    data = tmp_path / "rows.jsonl"
+    data.write_bytes(b"\n".join([json.dumps(good).encode(), json.dumps({**good, "image": str(cut)}).encode(),
+                                 json.dumps({**good, "image": str(strip)}).encode(), latin]) + b"\n")
+    out = tmp_path / "scores.jsonl"
+    assert main(["score", "--discriminator", str(cli_disc), "--data", str(data), "--out", str(out),
+                 "--response-field", "student"]) == 0
+    captured = capsys.readouterr()
+    summary = json.loads(captured.out.strip().splitlines()[-1])
+    assert summary["rows"] == 4 and summary["scored"] == 1
+    assert summary["bad_by_reason"] == {"bad_encoding": 1, "bad_image": 1, "rejected": 1}
+    errors = [f"{data}, row 2, field 'image[0]': image {cut} does not decode: image file is truncated",
+              f"{data}, row 3, field 'prompt or images': rejected by the discriminator's processor: absolute aspect "
+              "ratio must be smaller than 200, got 300.0",
+              f"{data}, row 4, field '<line>': not UTF-8 text (byte 0xe9 at column {latin.index(0xE9) + 1}); save the "
+              "file as UTF-8"]
+    assert [line for line in captured.err.splitlines() if line.startswith(str(data))] == errors
+    assert [r.get("error") for r in map(json.loads, out.read_text().splitlines())] == [None, *errors]
+
+
 def test_score_cli_over_long_rows(cli_disc: Path, tiny_dir: Path, tmp_path: Path, capsys) -> None:
     row = json.loads((tiny_dir / "data" / "pairs.jsonl").read_text().splitlines()[0])
     row["image"] = str(tiny_dir / "data" / row["image"])

@@ -459,6 +459,24 @@ def test_cli_to_easyr1(tiny_dir, tmp_path, capsys):
     assert json.loads(captured.out.strip().splitlines()[-1])["images"] is None and not captured.err
 
 
+@pytest.mark.transformers4
+def test_cli_to_easyr1_names_a_line_that_is_not_utf8_or_skips_and_counts_it(tmp_path, capsys):
+    from prism_plugin.cli import main
+
+    src = tmp_path / "text.jsonl"
+    latin = json.dumps({"prompt": "Caf\u00e9: 2 + 3?", "answer": "5"}, ensure_ascii=False).encode("latin-1")
+    src.write_bytes(json.dumps(TEXT_ROWS[0]).encode() + b"\n" + latin + b"\n" + json.dumps(TEXT_ROWS[1]).encode())
+    message = f"{src}, row 2, field '<line>': not UTF-8 text (byte 0xe9 at column 16); save the file as UTF-8"
+    out = tmp_path / "text.parquet"
+    assert main(["data", "to-easyr1", str(src), str(out)]) == 1
+    captured = capsys.readouterr()
+    assert captured.err == f"prism-plugin data to-easyr1: error: {message}\n" and not out.exists()
+    assert main(["data", "to-easyr1", str(src), str(out), "--skip-invalid"]) == 0
+    captured = capsys.readouterr()
+    assert f"2 rows kept, 1 skipped\n  {message}" in captured.out
+    assert json.loads(captured.out.strip().splitlines()[-1])["skipped"] == 1 and pq.read_table(out).num_rows == 2
+
+
 # --------------------------------------------------------------------------- with EasyR1 (EASYR1_SRC)
 
 

@@ -317,3 +317,33 @@ def test_path_and_model_mistakes_are_one_line(tiny_dir, tiny_discriminator_dir, 
         assert code == 1 and out == "", (extra, out, err)
         assert err.count("\n") == 1 and err.startswith("prism-plugin evaluate: error: ") and message in err, err
     assert not (tmp_path / "out").exists()
+
+
+def test_an_image_that_does_not_decode_is_one_line_or_skipped_and_counted(tiny_dir, held_out, tmp_path, capsys):
+    """Through the installed ``prism-plugin`` command: a truncated PNG stops ``evaluate`` before any policy loads,
+    naming file, row and field; with ``--skip-invalid`` the row is left out, listed and counted in summary.json."""
+    import shutil
+    import subprocess
+    import sys
+
+    rows = read_jsonl(held_out)[:3]
+    shutil.copytree(held_out.parent / "images", tmp_path / "images")
+    image = tmp_path / rows[1]["images"][0]
+    image.write_bytes(image.read_bytes()[:200])
+    data = tmp_path / "eval.jsonl"
+    data.write_text("".join(json.dumps(row) + "\n" for row in rows), encoding="utf-8")
+    argv = ["evaluate", "--model", str(tiny_dir / "qwen3_vl_policy"), "--data", str(data), "--out",
+            str(tmp_path / "out"), "--max-new-tokens", "4"]
+    cli = str(Path(sys.executable).with_name("prism-plugin"))
+    proc = subprocess.run([cli, *argv], capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "PYTHONPATH": str(REPO)})
+    message = f"{data}, row 2, field 'images[0]': image {image} does not decode: image file is truncated"
+    assert proc.returncode == 1 and proc.stdout == "", proc.stderr[-2000:]
+    assert proc.stderr == f"prism-plugin evaluate: error: {message}\n"
+    assert not (tmp_path / "out").exists()
+
+    code, out, err = run_cli([*argv, "--skip-invalid"], capsys)
+    assert code == 0 and message in err
+    summary = json.loads((tmp_path / "out" / "summary.json").read_text(encoding="utf-8"))
+    assert (summary["rows"], summary["rows_skipped"], summary["skipped"]) == (2, 1, [message])
+    assert [line["row"] for line in read_jsonl(tmp_path / "out" / "qwen3_vl_policy.jsonl")] == [1, 3]

@@ -132,6 +132,28 @@ def test_bad_rows_stop_the_run_or_are_skipped_and_counted(tmp_path, tiny_dir, en
     assert "over cutoff_len 1024" in str(reports[0].skipped[1])
 
 
+def test_a_row_the_discriminator_processor_rejects_is_a_bad_row(tmp_path, tiny_dir, encoder):
+    """An image that decodes but that the Qwen-VL processor refuses (aspect ratio over 200) is caught where the
+    pair is encoded: file, row and field, or skipped and counted."""
+    from PIL import Image
+
+    from prism_plugin.llamafactory.pairs import encode_pairs
+
+    rows = [json.loads(line) for line in (tiny_dir / "data" / "pairs.jsonl").read_text().splitlines()[:3]]
+    Image.new("RGB", (300, 1), (255, 0, 0)).save(tmp_path / "strip.png")
+    rows[1]["image"] = str(tmp_path / "strip.png")
+    path = tmp_path / "pairs.jsonl"
+    path.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    media = str(tiny_dir / "data")
+    with pytest.raises(DatasetRowError) as info:
+        encode_pairs([path], encoder, skip_invalid=False, media_dir=media)
+    assert str(info.value) == (f"{path}, row 2, field 'prompt or images': rejected by the discriminator's processor: "
+                               "absolute aspect ratio must be smaller than 200, got 300.0")
+    features, reports = encode_pairs([path], encoder, skip_invalid=True, media_dir=media)
+    assert [f.row for f in features] == [1, 3]
+    assert [(e.row, e.reason) for e in reports[0].skipped] == [(2, "rejected")]
+
+
 def test_prism_disc_refuses_a_plain_language_model(tmp_path, tiny_dir):
     out = llamafactory_train(warmup_config(tmp_path, tiny_dir, tiny_dir / "qwen3_vl_dense"), tmp_path)
     assert out.returncode != 0

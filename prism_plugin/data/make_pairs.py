@@ -32,6 +32,7 @@ import torch
 
 from prism_plugin.data.images import image_paths
 from prism_plugin.data.records import DatasetRowError, RowReader, load_align, parse_pair
+from prism_plugin.errors import ConfigError, check_at_least_one
 from prism_plugin.layout import Segments
 from prism_plugin.rollout import Sampling
 
@@ -124,8 +125,10 @@ def make_pairs(
 
     from prism_plugin.policy import load_policy, sample
 
-    if num_samples < 1 or batch_size < 1 or max_new_tokens < 1:
-        raise ValueError("num_samples, batch_size and max_new_tokens must be at least 1")
+    check_at_least_one(("--num-samples", num_samples), ("--batch-size", batch_size),
+                       ("--max-new-tokens", max_new_tokens))
+    if temperature < 0:
+        raise ConfigError(f"--temperature must be 0 (greedy) or more; got {temperature}")
     loaded = load_align(prompts_file, skip_invalid=skip_invalid, media_dir=media_dir)
     records = loaded.records
     out_file = Path(out_file)

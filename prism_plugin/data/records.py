@@ -8,7 +8,8 @@ Every command and stage that reads rows (``prism_disc``, ``prism_align``, ``alig
   authors' parquet) whose last user message is the prompt (string content, or OpenAI-style items);
 - ``images`` (or ``image``): one item or a list; each a path, ``{"path": …}``, ``{"bytes": …}`` (as
   Hugging Face ``datasets`` and verl write image columns) or raw bytes. Relative paths resolve against
-  the data file's folder (or an explicit media dir) and are returned absolute; bytes stay bytes;
+  the data file's folder (or an explicit media dir) and are returned absolute; bytes stay bytes; every
+  image must decode (checked once per distinct image: :mod:`prism_plugin.data.image_check`);
 - ground truth: ``ground_truth``, ``answer`` or ``reward_model.ground_truth``;
 - teacher segments ``teacher_caption`` + ``teacher_cot``; warm-up students ``student_caption`` +
   ``student_cot`` (or whole ``*_response`` texts); other columns (``data_source``, ``extra_info`` …)
@@ -21,12 +22,14 @@ reported in :class:`LoadReport`. Nothing is dropped or cut silently.
 
 from __future__ import annotations
 
+import codecs
 import json
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from prism_plugin.data.image_check import decode_problem
 from prism_plugin.errors import DatasetFileError, DatasetRowError
 from prism_plugin.layout import IMAGE_MARKER, Segments, is_caption_segment, is_reasoning_segment
 
@@ -44,6 +47,7 @@ class PromptRecord:
     ground_truth: str | None
     teacher: Segments | None
     row: int
+    path: str | None = None  # the file the row came from (None for rows made in memory)
 
 
 @dataclass(frozen=True)
@@ -82,16 +86,23 @@ class LoadReport:
 def read_rows(path: str | Path) -> Iterator[tuple[int, Any]]:
     """Yield (1-based row, row) from a .jsonl, .json (a list) or .parquet file.
 
-    A JSONL line that is not JSON comes as a :class:`DatasetRowError` in place of the row, so
-    the caller decides whether it stops the run or is skipped and counted.
+    A JSONL line that is not UTF-8 text or not JSON comes as a :class:`DatasetRowError` in place of the row,
+    so the caller decides whether it stops the run or is skipped and counted. A .json or .parquet file that
+    cannot be read as a whole is a :class:`DatasetFileError` naming where it breaks (for JSON, the line).
+    A UTF-8 byte-order mark at the start is allowed.
     """
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"dataset file not found: {path}")
     suffix = path.suffix.lower()
     if suffix == ".jsonl":
-        with path.open(encoding="utf-8") as handle:
-            for line_no, line in enumerate(handle, start=1):
+        with path.open("rb") as handle:
+            for line_no, raw in enumerate(handle, start=1):
+                try:
+                    line = (raw.removeprefix(codecs.BOM_UTF8) if line_no == 1 else raw).decode("utf-8")
+                except UnicodeDecodeError as exc:
+                    yield line_no, DatasetRowError(path, line_no, "<line>", _not_utf8(raw, exc), "bad_encoding")
+                    continue
                 if not line.strip():
                     continue
                 try:
@@ -99,16 +110,41 @@ def read_rows(path: str | Path) -> Iterator[tuple[int, Any]]:
                 except json.JSONDecodeError as exc:
                     yield line_no, DatasetRowError(path, line_no, "<line>", f"not valid JSON ({exc.msg})", "bad_json")
     elif suffix == ".json":
-        data = json.loads(path.read_text(encoding="utf-8"))
-        if not isinstance(data, list):
-            raise DatasetRowError(path, 1, "<file>", "a .json dataset must hold a list of rows")
-        yield from enumerate(data, start=1)
+        yield from enumerate(_read_json_list(path), start=1)
     elif suffix == ".parquet":
+        import pyarrow as pa
         import pyarrow.parquet as pq
 
-        yield from enumerate(pq.read_table(path).to_pylist(), start=1)
+        try:
+            table = pq.read_table(path)
+        except (pa.ArrowException, OSError) as exc:
+            raise DatasetFileError(f"{path}: not a readable parquet file ({exc})") from None
+        yield from enumerate(table.to_pylist(), start=1)
     else:
         raise DatasetFileError(f"{path}: unsupported dataset format {suffix!r}; use .jsonl, .json or .parquet")
+
+
+def _not_utf8(data: bytes, exc: UnicodeDecodeError) -> str:
+    """Where ``data`` stops being UTF-8, as words: the byte, and the column of the line it is on."""
+    column = exc.start - (data.rfind(b"\n", 0, exc.start) + 1) + 1
+    return f"not UTF-8 text (byte 0x{data[exc.start]:02x} at column {column}); save the file as UTF-8"
+
+
+def _read_json_list(path: Path) -> list:
+    """A .json data set: a list of rows in UTF-8 text; anything else is a :class:`DatasetFileError` naming the line."""
+    data = path.read_bytes().removeprefix(codecs.BOM_UTF8)
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = data.count(b"\n", 0, exc.start) + 1
+        raise DatasetFileError(f"{path}, line {line}: {_not_utf8(data, exc)}") from None
+    try:
+        rows = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise DatasetFileError(f"{path}, line {exc.lineno}: not valid JSON ({exc.msg}, column {exc.colno})") from None
+    if not isinstance(rows, list):
+        raise DatasetRowError(path, 1, "<file>", "a .json dataset must hold a list of rows")
+    return rows
 
 
 # --------------------------------------------------------------------------- field checks
@@ -170,19 +206,26 @@ class RowReader:
         return ()
 
     def _image(self, where: str, item: Any) -> ImageRef:
+        """One image item as an :data:`ImageRef`; it must exist and decode (:mod:`prism_plugin.data.image_check`)."""
         if isinstance(item, dict):
             data, item = item.get("bytes"), item.get("path")
             if isinstance(data, (bytes, bytearray)) and data:
-                return bytes(data)
+                item = data
         if isinstance(item, (bytes, bytearray)) and item:
-            return bytes(item)
-        if not isinstance(item, str) or not item:
+            image: ImageRef = bytes(item)
+            name = f"({len(image)} bytes)"
+        elif isinstance(item, str) and item:
+            path = Path(item).expanduser()
+            resolved = path if path.is_absolute() else self.media_dir / path
+            if not resolved.is_file():
+                raise self.error(where, f"image file not found: {resolved}", "missing_image")
+            image = name = str(resolved.resolve())
+        else:
             raise self.error(where, "must be an image path, {'path': …} or {'bytes': …}")
-        path = Path(item).expanduser()
-        resolved = path if path.is_absolute() else self.media_dir / path
-        if not resolved.is_file():
-            raise self.error(where, f"image file not found: {resolved}", "missing_image")
-        return str(resolved.resolve())
+        problem = decode_problem(image)
+        if problem is not None:
+            raise self.error(where, f"image {name} {problem}", "bad_image")
+        return image
 
     def prompt(self, images: tuple[ImageRef, ...]) -> str:
         """``prompt`` / ``question`` with one ``<image>`` marker per image (added in front when it has none)."""
@@ -265,7 +308,7 @@ def prompt_parser(teacher: TeacherRule = "required", require_ground_truth: bool 
         has_teacher = "teacher_caption" in row.row or "teacher_cot" in row.row
         segments = row.segments("teacher") if teacher == "required" or (teacher == "optional" and has_teacher) else None
         return PromptRecord(prompt=prompt, images=images, ground_truth=row.ground_truth(require_ground_truth),
-                            teacher=segments, row=row.row_no)
+                            teacher=segments, row=row.row_no, path=None if row.path is None else str(row.path))
 
     return parse
 
@@ -277,11 +320,12 @@ parse_align = prompt_parser("required")
 
 
 def load_rows(path: str | Path, parse: Callable[[RowReader], Any], skip_invalid: bool,
-              media_dir: str | Path | None) -> LoadReport:
+              media_dir: str | Path | None, limit: int | None = None) -> LoadReport:
     """Read ``path`` and ``parse`` each :class:`RowReader`; bad rows raise or, opted in, are skipped and counted.
 
-    Relative image paths resolve against ``media_dir`` (default: the file's own folder). A file
-    with no usable row is an error.
+    Relative image paths resolve against ``media_dir`` (default: the file's own folder). ``limit``: stop once
+    that many rows are kept (a reader that uses only the first rows neither checks nor decodes the rest). A
+    file with no usable row is an error.
     """
     path = Path(path)
     media = Path(media_dir) if media_dir is not None else path.parent
@@ -295,6 +339,8 @@ def load_rows(path: str | Path, parse: Callable[[RowReader], Any], skip_invalid:
             if not skip_invalid:
                 raise
             report.skipped.append(err)
+        if limit is not None and len(report.records) >= limit:
+            break
     if not report.records:
         skipped = f" ({len(report.skipped)} skipped; the first: {report.skipped[0]})" if report.skipped else ""
         raise DatasetFileError(f"{path}: no usable rows{skipped}")
@@ -308,15 +354,17 @@ def load_pairs(path: str | Path, *, skip_invalid: bool = False, media_dir: str |
 
 
 def load_prompts(path: str | Path, *, teacher: TeacherRule = "required", require_ground_truth: bool = False,
-                 skip_invalid: bool = False, media_dir: str | Path | None = None) -> LoadReport:
+                 skip_invalid: bool = False, media_dir: str | Path | None = None,
+                 limit: int | None = None) -> LoadReport:
     """Prompt rows (:class:`PromptRecord`): alignment (teacher required), evaluation (optional) or RLVR
-    (ignored) rows; see :func:`prompt_parser`."""
-    return load_rows(path, prompt_parser(teacher, require_ground_truth), skip_invalid, media_dir)
+    (ignored) rows; see :func:`prompt_parser`. ``limit``: the first that many usable rows only."""
+    return load_rows(path, prompt_parser(teacher, require_ground_truth), skip_invalid, media_dir, limit)
 
 
-def load_align(path: str | Path, *, skip_invalid: bool = False, media_dir: str | Path | None = None) -> LoadReport:
+def load_align(path: str | Path, *, skip_invalid: bool = False, media_dir: str | Path | None = None,
+               limit: int | None = None) -> LoadReport:
     """Alignment prompts: prompt, images, ``teacher_caption``, ``teacher_cot``, optional ground truth."""
-    return load_prompts(path, teacher="required", skip_invalid=skip_invalid, media_dir=media_dir)
+    return load_prompts(path, teacher="required", skip_invalid=skip_invalid, media_dir=media_dir, limit=limit)
 
 
 def load_and_encode(files: list[Path], load: Callable[..., LoadReport], encode: Callable[[Any, str], Any],

@@ -11,7 +11,7 @@ from typing import Any
 
 from prism_plugin.data.records import DatasetRowError, RowReader, read_rows
 from prism_plugin.discriminator.texts import PreparedText, TextScorer
-from prism_plugin.errors import UserError, did_you_mean
+from prism_plugin.errors import UserError, check_at_least_one, did_you_mean
 
 
 def run_upcycle(args: Any) -> int:
@@ -78,6 +78,7 @@ def _run_score(args: Any) -> int:
 
     from prism_plugin.discriminator.loading import load_discriminator
 
+    check_at_least_one(("--batch-size", args.batch_size), ("--max-length", args.max_length))
     model = load_discriminator(args.discriminator, dtype=torch.float32).eval()
     scorer = TextScorer(model)
     if args.max_length:

@@ -72,7 +72,10 @@ class DiscriminatorScorer:
 
     def prepare(self, record: PromptRecord, source: str) -> DiscriminatorInputs:
         """The rendered prompt and the teacher's segment ids; rows too long for ``cutoff_len`` are errors."""
-        prompt = self.text.render_prompt(record.prompt, list(record.images) or None)
+        try:
+            prompt = self.text.render_prompt(record.prompt, list(record.images) or None)
+        except DatasetRowError as err:
+            raise err.at(source, record.row) from err.__cause__
         try:
             teacher = self.text.segment_ids(record.teacher, self.segments)
         except ValueError as exc:

@@ -17,6 +17,7 @@ import torch
 from prism_plugin.chat import ImageLike, chat_prompt_text, load_images
 from prism_plugin.data.records import DatasetRowError
 from prism_plugin.discriminator.scoring import PromptInputs, SegmentQuery, score
+from prism_plugin.errors import encoder_rejects
 from prism_plugin.format import split_segments
 from prism_plugin.layout import SYSTEM_PROMPT, Segments
 from prism_plugin.rollout import end_of_turn_id
@@ -58,13 +59,15 @@ class TextScorer:
     def render_prompt(self, prompt: str, images: ImageLike | Sequence[ImageLike] | None = None) -> PromptInputs:
         """Token ids (+ image tensors) of the chat-rendered prompt, generation prompt included.
 
-        A text-only discriminator ignores images (the "text-only discriminator" ablation).
+        A text-only discriminator ignores images (the "text-only discriminator" ablation). A prompt or image the
+        processor refuses is a :class:`DatasetRowError` with no location (the caller adds it).
         """
         loaded = load_images(images) if self.vision else []
         text = chat_prompt_text(self.tokenizer, prompt, len(loaded), self.vision, self.system_prompt)
         if not loaded:
             return PromptInputs(self.tokenizer(text, add_special_tokens=False)["input_ids"])
-        enc = self.processor(text=[text], images=loaded, return_tensors="pt")
+        with encoder_rejects("the discriminator's processor", None, None, True):
+            enc = self.processor(text=[text], images=loaded, return_tensors="pt")
         return PromptInputs(enc["input_ids"][0], enc["pixel_values"], enc["image_grid_thw"])
 
     def tokenize_response(self, response: str) -> list[int]:

@@ -25,6 +25,7 @@ from prism_plugin.discriminator.config import (
     default_shared_experts,
 )
 from prism_plugin.discriminator.experts import FUSED_GATE_UP, expert_tensors
+from prism_plugin.errors import ConfigError
 from prism_plugin.portable import make_portable
 
 # Tokenizer / processor files copied next to the weights (whatever of these the dense dir has).
@@ -153,6 +154,40 @@ def copy_processor_files(src: str | Path, dst: str | Path) -> list[str]:
     return copied
 
 
+def check_upcycle_settings(num_experts: int, top_k: int, noise_std: float, router_std: float, expert_mode: str,
+                           num_shared_experts: int, segments: list[str]) -> None:
+    """A :class:`ConfigError` naming the ``prism-plugin upcycle`` option of a value out of range, before any model
+    is read (each would otherwise stop the run later with a traceback, or be silently ignored)."""
+    if num_experts < 0:
+        raise ConfigError(f"--num-experts must be >= 0 (0 keeps the dense backbone); got {num_experts}")
+    if noise_std < 0 or router_std < 0:
+        raise ConfigError(f"--noise-std and --router-std must be >= 0; got {noise_std} and {router_std}")
+    if expert_mode not in ("shared", "dedicated"):
+        raise ConfigError(f"--expert-mode must be 'shared' or 'dedicated'; got {expert_mode!r}")
+    if num_experts == 0:
+        if expert_mode != "shared":
+            raise ConfigError("a dense (--num-experts 0) discriminator supports --expert-mode shared only")
+        return
+    if not 1 <= top_k <= num_experts:
+        raise ConfigError(f"--top-k must be in 1..{num_experts} (each token is routed to top-k of the --num-experts "
+                          f"{num_experts} experts); got {top_k}")
+    if expert_mode == "shared":
+        if num_shared_experts:
+            raise ConfigError(f"--num-shared-experts {num_shared_experts} applies to --expert-mode dedicated only")
+        return
+    if num_experts < len(segments):
+        raise ConfigError(f"--expert-mode dedicated gives each of the {len(segments)} segments its own experts: "
+                          f"--num-experts must be >= {len(segments)}; got {num_experts}")
+    per = (num_experts - num_shared_experts) // len(segments)
+    if num_shared_experts < 0 or per < 1:
+        raise ConfigError(f"--num-shared-experts must be in 0..{num_experts - len(segments)}: --num-experts "
+                          f"{num_experts} leave at least one own expert to each of the {len(segments)} segments; "
+                          f"got {num_shared_experts}")
+    if per + num_shared_experts < top_k:
+        raise ConfigError(f"--top-k {top_k} is more than the {per + num_shared_experts} experts a segment may use "
+                          f"(its own {per} + {num_shared_experts} shared)")
+
+
 def upcycle(
     dense_path: str | Path,
     out_dir: str | Path,
@@ -178,14 +213,13 @@ def upcycle(
 
     dense_path, out_dir = Path(dense_path), Path(out_dir)
     segments = list(segments or ["caption", "reasoning"])
+    check_upcycle_settings(num_experts, top_k, noise_std, router_std, expert_mode, num_shared_experts, segments)
     dense_config, dense = dense_backbone(dense_path)
     dense_state = dense.state_dict()
     if num_experts > 0:
         backbone_config = moe_backbone_config(dense_config, num_experts, top_k, router_aux_loss_coef)
     else:
         backbone_config = dense_config
-        if expert_mode != "shared":
-            raise ValueError("a dense (num_experts=0) discriminator supports expert_mode='shared' only")
     groups = shared = None
     if expert_mode == "dedicated":
         groups = default_expert_groups(segments, num_experts, num_shared_experts)

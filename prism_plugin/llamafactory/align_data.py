@@ -14,6 +14,7 @@ from typing import Any
 import torch
 
 from prism_plugin.data.records import DatasetRowError, LoadReport, PromptRecord, load_and_encode, load_prompts
+from prism_plugin.errors import encoder_rejects
 from prism_plugin.rollout import PolicyPrompt
 from prism_plugin.scorers import AlignPrompt, Scorer
 
@@ -41,7 +42,10 @@ class AlignEncoder:
         return PolicyPrompt(list(prompt_ids), mm_inputs, tuple(images))
 
     def encode(self, record: PromptRecord, path: str) -> AlignPrompt:
-        prompt = self.policy_prompt(record)
+        """The row as model inputs; a row the template's plugin or the scorer cannot encode, or too long a
+        prompt, is a :class:`DatasetRowError` at ``path`` and the record's row."""
+        with encoder_rejects("LLaMA-Factory's multimodal plugin", path, record.row, bool(record.images)):
+            prompt = self.policy_prompt(record)
         if len(prompt.input_ids) + self.max_new_tokens > self.cutoff_len:
             raise DatasetRowError(
                 path, record.row, "prompt",

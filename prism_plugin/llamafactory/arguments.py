@@ -126,7 +126,9 @@ class AlignArguments:
         metadata={"help": "What scores rollouts: discriminator (PRISM), verifiable (the rule-based answer reward on "
                           "the whole response: GRPO/RLVR) or FILE.py:FUNCTION (per-segment scores)."},
     )
-    prism_num_generations: int = field(default=16, metadata={"help": "Rollouts per prompt (G)."})
+    prism_num_generations: int = field(
+        default=16, metadata={"help": "Rollouts per prompt (G), at least 2: advantages compare a prompt's rollouts."}
+    )
     prism_max_new_tokens: int = field(default=6144, metadata={"help": "Rollout length limit (tokens)."})
     prism_temperature: float = field(
         default=1.0, metadata={"help": "Sampling temperature (also applied to the log-probs; the drift monitor's too)."}
@@ -192,7 +194,11 @@ class AlignArguments:
             raise ConfigError(f"prism_overlong_buffer must be in [0, prism_max_new_tokens]; got "
                               f"{self.prism_overlong_buffer}")
         _at_least_one(self, "prism_max_sampling_rounds", "prism_rollout_chunk_size")
-        _at_least_one(self, "prism_num_generations", "prism_max_new_tokens")
+        _at_least_one(self, "prism_max_new_tokens")
+        if self.prism_num_generations < 2:
+            raise ConfigError(f"prism_num_generations must be >= 2; got {self.prism_num_generations}: advantages are "
+                              "normalised within each prompt's group of rollouts, so a group of one has advantage 0 "
+                              "and the policy learns nothing")
         if self.prism_temperature <= 0:
             raise ConfigError(f"prism_temperature must be > 0; got {self.prism_temperature}")
         if not 0.0 <= self.prism_min_disc_accuracy <= 1.0:

@@ -76,10 +76,11 @@ def make_drift_monitor(args: dict[str, Any] | list[str] | tuple[str, ...]) -> Dr
     from prism_plugin.data.records import load_align
 
     prism, stock = parse_drift_args(args)  # PrismArguments validates the keys (counts >= 1, data given)
-    report = load_align(prism.prism_drift_data, skip_invalid=prism.prism_skip_invalid_rows, media_dir=stock.media_dir)
+    report = load_align(prism.prism_drift_data, skip_invalid=prism.prism_skip_invalid_rows, media_dir=stock.media_dir,
+                        limit=prism.prism_drift_num_prompts)
     return DriftMonitorCallback(
         prism.prism_drift_monitor,
-        report.records[: prism.prism_drift_num_prompts],
+        report.records,
         every=prism.prism_drift_every,
         num_generations=prism.prism_drift_num_generations,
         max_new_tokens=prism.prism_drift_max_new_tokens,

@@ -60,7 +60,10 @@ class PairEncoder:
 
         if not record.segmented and any(s != "response" for s in self.segments):
             raise fail("teacher_response", "whole-response pairs only train prism_segments: [response]", "bad_field")
-        prompt = self.scorer.render_prompt(record.prompt, list(record.images) or None)
+        try:
+            prompt = self.scorer.render_prompt(record.prompt, list(record.images) or None)
+        except DatasetRowError as err:
+            raise err.at(path, record.row) from err.__cause__
         sides = {}
         for side, response in (("teacher", record.teacher), ("student", record.student)):
             try:

@@ -24,6 +24,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from prism_plugin.errors import check_at_least_one
+
 MODEL_DIRS = {
     # name: (architecture, offset of the weight seed: policies 2*seed, dense models 2*seed + 1)
     "qwen3_vl_policy": ("qwen3_vl", 0),
@@ -64,8 +66,7 @@ def make_tiny(out_dir: str | Path, seed: int = 0, num_examples: int = DEFAULT_NU
     from prism_plugin.tiny.processor import build_processor
     from prism_plugin.tiny.tokenizer import build_tokenizer, save_tokenizer, special_token_ids
 
-    if num_examples < 1:
-        raise ValueError("num_examples must be >= 1")
+    check_at_least_one(("--num-examples", num_examples))
     out = Path(out_dir).resolve()
     out.mkdir(parents=True, exist_ok=True)
     for sub in ("tokenizer", "data", *MODEL_DIRS):
