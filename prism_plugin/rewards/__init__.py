@@ -4,6 +4,7 @@ Public API:
 
 - :func:`compute_score` — the reward of one response: format gate (0), empty or
   >= 1024-char answer (0.2), else 0.8·accuracy + 0.2, plus optional DAPO overlong shaping.
+  :data:`REWARD_VERSION` changes whenever a verdict does.
 - :func:`answers_match` — does a predicted answer match a gold answer? Extracts the final
   answer first (the ``\\boxed{…}`` answers decide, :mod:`.extract`), then tries the registered
   matchers in order (exact, multi_part, coordinates, multiple_choice, numbers, units, text,
@@ -64,11 +65,12 @@ from .matchers import (
     unregister_matcher,
 )
 from .parts import answer_parts, split_parts
-from .score import compute_score, extract_answer, format_ok, overlong_penalty_value
+from .score import REWARD_VERSION, compute_score, extract_answer, format_ok, overlong_penalty_value
 
 __all__ = [
     "MAX_ANSWER_CHARS",
     "REGISTRY",
+    "REWARD_VERSION",
     "answer_parts",
     "answers_match",
     "compute_score",
