@@ -9,7 +9,8 @@ explanation before the box ("We get $x=3$, so the count is $\\boxed{2}$.") does 
 - against a gold of several parts, all boxes together are one multi-part answer.
 
 A box without a left-hand side adopts the label written just before it
-(``a = \\boxed{2}`` -> ``a = 2``), so labelled parts keep their labels.
+(``a = \\boxed{2}`` -> ``a = 2``), so labelled parts keep their labels. A gold that holds
+boxes (a worked solution) is read as the answer in all its boxes (:func:`gold_answer`).
 """
 
 from __future__ import annotations
@@ -44,18 +45,14 @@ def _boxes(text: str) -> list[tuple[int, int, str]]:
         pos = close + 1
 
 
-def final_answer(pred: str, gold_parts: int) -> str:
-    """The answer ``pred`` gives (see the module docstring); ``gold_parts`` is the gold's part count."""
-    if "\\boxed" not in pred and "\\fbox" not in pred:
-        return pred
-    boxes = _boxes(pred)
-    if not boxes:
-        return pred
+def _boxed_items(text: str) -> tuple[list[str], list[str]]:
+    """(contents, gaps): each outermost box's content, labelled when a label stands just before it,
+    and the text before each box (less that label)."""
     items: list[str] = []
     gaps: list[str] = []
     previous_end = 0
-    for start, end, content in boxes:
-        gap = pred[previous_end:start]
+    for start, end, content in _boxes(text):
+        gap = text[previous_end:start]
         label = _LABEL_BEFORE_RE.search(gap) if "=" in gap and "=" not in content else None
         if label is not None:
             content = f"{label.group(1)} = {content}"
@@ -63,6 +60,16 @@ def final_answer(pred: str, gold_parts: int) -> str:
         items.append(content)
         gaps.append(gap)
         previous_end = end
+    return items, gaps
+
+
+def final_answer(pred: str, gold_parts: int) -> str:
+    """The answer ``pred`` gives (see the module docstring); ``gold_parts`` is the gold's part count."""
+    if "\\boxed" not in pred and "\\fbox" not in pred:
+        return pred
+    items, gaps = _boxed_items(pred)
+    if not items:
+        return pred
     if len(items) == 1:
         return items[0]
     if gold_parts > 1:
@@ -72,3 +79,11 @@ def final_answer(pred: str, gold_parts: int) -> str:
     if all(_LIST_GAP_RE.fullmatch(gap) for gap in gaps[1:]):
         return ", ".join(items)  # a list of candidates: no single-part gold matches it
     return items[-1]
+
+
+def gold_answer(gold: str) -> str:
+    """A gold holding boxes (a worked solution) is the answer in its boxes, all boxes together."""
+    if "\\boxed" not in gold and "\\fbox" not in gold:
+        return gold
+    items, _ = _boxed_items(gold)
+    return ", ".join(items) if items else gold

@@ -24,7 +24,7 @@ from contextvars import ContextVar
 from dataclasses import dataclass, field
 from functools import lru_cache
 
-from .extract import final_answer
+from .extract import final_answer, gold_answer
 from .normalize import canonical, clean_latex, normalize_text
 from .numbers import (
     convert_to_base,
@@ -109,10 +109,12 @@ def _match(pred: str, gold: str) -> bool:
     pred_c, gold_c = canonical(pred), canonical(gold)
     if not pred_c or not gold_c:
         return False
+    if "\\boxed" in gold_c or "\\fbox" in gold_c:
+        gold_c = canonical(gold_answer(gold_c))
     if "\\boxed" in pred_c or "\\fbox" in pred_c:
         pred_c = canonical(final_answer(pred_c, len(answer_parts(gold_c).parts)))
-        if not pred_c:
-            return False
+    if not pred_c or not gold_c:
+        return False
     pred_c = decimal_comma_reading(pred_c, gold_c)
     for entry in _ORDERED:
         decision = entry.fn(pred_c, gold_c)

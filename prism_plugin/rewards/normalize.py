@@ -27,6 +27,7 @@ _SPACING_RE = re.compile(r"\\[,;:! ]|\\q?quad|~")
 _FRAC_SHORT_RE = re.compile(r"\\frac\s*(\d)\s*(\d)")
 _FRAC_HALF_SHORT_RE = re.compile(r"\\frac\s*\{([^{}]*)\}\s*(\d)")
 _SQRT_SHORT_RE = re.compile(r"\\sqrt\s*(\d)")
+_NEG_SPACE_THOUSANDS_RE = re.compile(r"(?<=\d)(?:,|\{,\})\\!\s*(?=\d{3}(?!\d))")
 _DEGREE_RE = re.compile(r"\^\s*\{?\s*\\circ\s*\}?")
 
 
@@ -106,8 +107,12 @@ def strip_delimiters(text: str) -> str:
 
 @lru_cache(maxsize=65536)
 def canonical(text: str) -> str:
-    """Unicode clean-up, outer math delimiters and ``\\boxed{}`` removed, whitespace trimmed."""
-    return strip_delimiters(unicode_clean(text).strip())
+    """Unicode clean-up, outer math delimiters and ``\\boxed{}`` removed, whitespace trimmed; a LaTeX
+    thousands separator written with a negative space (``11,\\! 111``) becomes a plain one (``11,111``)."""
+    text = unicode_clean(text).strip()
+    if "\\!" in text:
+        text = _NEG_SPACE_THOUSANDS_RE.sub(",", text)
+    return strip_delimiters(text)
 
 
 def split_assignment(text: str) -> tuple[str, str] | None:
