@@ -349,3 +349,4 @@ def test_math_verify_absent_is_skipped(monkeypatch: pytest.MonkeyPatch) -> None:
     assert answers_match("x+1", "1+x") is False  # nothing else can prove it
     assert answers_match("x+1", "x+1") is True
     assert answers_match("\\frac{1}{2}", "0.5") is True
+    assert answers_match("\\{1,2\\}", "\\{2,1\\}") is True  # sets are a rule of their own
