@@ -12,8 +12,9 @@ _LAYOUT_TAGS = ("<caption>", "</caption>", "<think>", "</think>", "<answer>", "<
 
 # The version of what :func:`compute_score` credits, raised whenever a verdict changes, so accuracies
 # measured under different versions are not compared as if equal (``prism-plugin evaluate`` records it).
-# 1: the first rule set. 2: the final answer is extracted first (the boxes decide); bare lists are sets,
-# labelled parts match by label; a decimal comma is read against a non-integer decimal gold.
+# 1: the first rule set. 2: the final answer is extracted first (the boxes decide, in the prediction and
+# in a worked-solution gold); bare lists are sets, labelled parts match by label; a decimal comma is read
+# against a non-integer decimal gold.
 REWARD_VERSION = 2
 
 
