@@ -169,7 +169,7 @@ def main() -> None:
         sample_idx = sorted(rng.sample(range(len(mix)), min(args.baseline_sample, len(mix))))
         sample = [mix[i] for i in sample_idx]
         matchers_mod._MV_CACHE.clear()
-        for fn in (matchers_mod.parse_option, matchers_mod.extract_letter, matchers_mod.split_parts):
+        for fn in (matchers_mod.parse_option, matchers_mod.extract_letter, matchers_mod.answer_parts):
             fn.cache_clear()
         s_elapsed, s_worst, s_ours = run_ours(sample)
         b_elapsed, b_worst, base = run_baseline(sample)

@@ -16,7 +16,9 @@ the verifiable reward of the RLVR stage (:func:`prism_plugin.rewards.compute_sco
   (:func:`caption_exact_match`) and ``caption_token_f1`` (:func:`caption_token_f1`), means over those
   rows' samples. Only a layout-valid sample has a caption segment; any other sample scores 0 on both.
 
-Accuracy and reward are ``compute_score`` of the decoded text (no overlong shaping), as RLVR rewards it.
+Accuracy and reward are ``compute_score`` of the decoded text (no overlong shaping), as RLVR rewards it;
+``summary.json`` records the reward's ``reward_version`` (:data:`prism_plugin.rewards.REWARD_VERSION`):
+accuracies measured under different versions are not comparable.
 ``<name>.jsonl`` holds one line per (row, sample): ``row`` (the data file's 1-based row), ``sample``,
 ``response``, ``ground_truth``, ``valid_layout``, ``truncated``, ``accuracy``, ``reward``,
 ``response_tokens`` and, where the row has a teacher caption, the two caption scores.
@@ -316,6 +318,7 @@ def evaluate(
     """
     from prism_plugin.data.records import load_prompts
     from prism_plugin.policy import policy_config, policy_device
+    from prism_plugin.rewards import REWARD_VERSION
     from prism_plugin.rollout import Sampling
 
     if not models:
@@ -345,7 +348,7 @@ def evaluate(
         "skipped": [str(err) for err in loaded.skipped],
         "rows_with_images": sum(1 for r in records if r.images),
         "num_samples": num_samples, "temperature": temperature, "max_new_tokens": max_new_tokens,
-        "batch_size": batch_size, "seed": seed, "models": {},
+        "batch_size": batch_size, "seed": seed, "reward_version": REWARD_VERSION, "models": {},
     }
     for model, name in zip(models, names, strict=True):
         out_file = out_dir / f"{name}.jsonl"

@@ -234,6 +234,7 @@ def test_sampling_pass_at_k_from_another_working_directory(tiny_sft_run, held_ou
 def test_text_policy_on_text_rows_and_skipped_rows(tiny_dir, held_out, tmp_path):
     """The text policy on text-only RLVR rows (no teacher: no caption metrics); a bad row is skipped, counted."""
     from prism_plugin.evaluate import evaluate
+    from prism_plugin.rewards import REWARD_VERSION
 
     rows = [json.loads(line) for line in held_out.read_text().splitlines()]
     def text_row(row: dict) -> dict:  # the caption's counts spelled out in the prompt, no image
@@ -248,6 +249,8 @@ def test_text_policy_on_text_rows_and_skipped_rows(tiny_dir, held_out, tmp_path)
                       progress=False)
     summary = result.summary
     assert (summary["rows"], summary["rows_skipped"], summary["rows_with_images"]) == (3, 1, 0)
+    assert summary["reward_version"] == REWARD_VERSION == 2
+    assert json.loads((tmp_path / "out" / "summary.json").read_text())["reward_version"] == REWARD_VERSION
     assert "row 2, field 'ground_truth'" in summary["skipped"][0] and "row 2" in result.details()
     metrics = summary["models"]["qwen3_policy"]
     assert metrics["vision"] is False and "caption_exact_match" not in metrics

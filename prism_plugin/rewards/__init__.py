@@ -4,7 +4,9 @@ Public API:
 
 - :func:`compute_score` — the reward of one response: format gate (0), empty or
   >= 1024-char answer (0.2), else 0.8·accuracy + 0.2, plus optional DAPO overlong shaping.
-- :func:`answers_match` — does a predicted answer match a gold answer? Tries the registered
+  :data:`REWARD_VERSION` changes whenever a verdict does.
+- :func:`answers_match` — does a predicted answer match a gold answer? Extracts the final
+  answer first (the ``\\boxed{…}`` answers decide, :mod:`.extract`), then tries the registered
   matchers in order (exact, multi_part, coordinates, multiple_choice, numbers, units, text,
   math_verify); the first that decides wins. Extend with :func:`register_matcher`.
 
@@ -22,18 +24,33 @@ Decisions on cases the reference leaves open (each has tests in tests/data/answe
   ambiguous, cal/kcal are not converted to joules. Short aliases read as in science: "m"
   metre, "t" tonne, "in" inch, "A" ampere, "K" kelvin. Only counting words and classifiers
   (个, 人, 分, apples, times, people …) are decoration, always dropped ("10个" == "10人").
-- "1,000" is one thousand (digit + comma + 3 digits); "1, 000" and "1,00" are two parts.
-  Parts match in order ("2, 3" != "3, 2"); a multi-part prediction never matches a
-  single-part gold ("5, which is prime" != "5"); a coordinate gold needs a "(x, y)" pair.
+- A prediction holding ``\\boxed{…}`` is judged by its boxes: the last box against a
+  single-part gold ("We get $x=3$, so the count is $\\boxed{2}$." == "2"), all boxes as one
+  multi-part answer against a multi-part gold ("\\boxed{a=2} \\quad\\text{and}\\quad \\boxed{b=7}"
+  == "a = 2, b = 7"). Boxes joined only by separators ("\\boxed{3} or \\boxed{5}") are a list
+  of candidates, which no single-part gold matches.
+- A bare list — parts joined by commas, semicolons, "or"/"and", ``\\quad``, ``\\text{and}``,
+  several boxes, or wrapped in ``\\{…\\}`` — is a set of answers: order-free, duplicates
+  ignored, every element matched ("3, 2" == "2, 3", "\\{-1, 2, -3\\}" == "-3;-1;2",
+  "5, 2" == "2 \\text{ or } 5"). A tuple in parentheses stays ordered ("(2, 1)" != "(1, 2)"),
+  and a set of tuples is a set of ordered tuples ("(2, 1), (1, 2)" == "(1,2),(2,1)").
+  Numbered items ("(1) 5 (2) 7") match in order. Labelled parts match by label
+  ("b=7, a=2" == "a = 2, b = 7"); unlabelled parts against a labelled gold are read in the
+  gold's order. One "a \\pm b" is the set {a + b, a - b}. A list never matches a single-part
+  gold ("2, 3, 5" != "5", "5, which is prime" != "5"); a coordinate gold needs a "(x, y)" pair.
+- "1,000" is one thousand (digit + comma + 3 digits); "1, 000" is two parts. A decimal comma
+  is read only in a prediction that is one number "digits,digits" whose part after the comma
+  is not 3 digits long, against a gold that is a single non-integer decimal ("3,75" ==
+  "3.75"); "1,00" against the gold "1" stays two parts.
 - Multiple choice: a bare number matches a gold "(B) 3.5" through the option text; a
   prediction that names a letter is judged by the letter only. "not B but C", "A or C",
   "(A) (C)" are ambiguous -> no match, whatever the gold ("answer is C" is explicit and
   the last such phrase wins; "option B is wrong" is not a commitment). A lone lowercase
   letter ("b", "e") is not an option.
 - "2\\frac{1}{2}" is the mixed number 2.5; zero only matches exactly zero.
-- math_verify runs in a killable worker process with a hard 2 s limit; a time-out is a
-  non-match. Without math_verify installed the matcher is skipped; prose (no digit,
-  operator or backslash) is never sent to it.
+- math_verify runs in a killable worker process with a hard 2 s limit, shared by all the
+  parts of one comparison; a time-out is a non-match. Without math_verify installed the
+  matcher is skipped; prose (no digit, operator or backslash) is never sent to it.
 """
 
 from .matchers import (
@@ -45,14 +62,16 @@ from .matchers import (
     parse_option,
     register_matcher,
     set_math_verify_timeout,
-    split_parts,
     unregister_matcher,
 )
-from .score import compute_score, extract_answer, format_ok, overlong_penalty_value
+from .parts import answer_parts, split_parts
+from .score import REWARD_VERSION, compute_score, extract_answer, format_ok, overlong_penalty_value
 
 __all__ = [
     "MAX_ANSWER_CHARS",
     "REGISTRY",
+    "REWARD_VERSION",
+    "answer_parts",
     "answers_match",
     "compute_score",
     "extract_answer",

@@ -1,6 +1,7 @@
 """Answer matchers: a registry of small functions tried in order by :func:`answers_match`.
 
-A matcher takes ``(pred, gold)`` (both already :func:`~.normalize.canonical`) and returns
+A matcher takes ``(pred, gold)`` (both already :func:`~.normalize.canonical`, the prediction
+reduced to its final answer by :func:`~.extract.final_answer`) and returns
 True or False when it can decide, or None to pass to the next one. Adding a matcher is
 adding a decorated function::
 
@@ -16,19 +17,29 @@ from __future__ import annotations
 import importlib.util
 import logging
 import re
+import time
 from collections import OrderedDict
 from collections.abc import Callable
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from functools import lru_cache
 
-from .normalize import canonical, clean_latex, normalize_text, unicode_clean
-from .numbers import convert_to_base, numbers_equal, parse_number, parse_quantity, quantities_equal
+from .extract import final_answer, gold_answer
+from .normalize import canonical, clean_latex, normalize_text
+from .numbers import (
+    convert_to_base,
+    decimal_comma_reading,
+    numbers_equal,
+    parse_number,
+    parse_quantity,
+    quantities_equal,
+)
+from .parts import answer_parts, parts_agree
 from .timeout import TimeoutWorker
 
 Matcher = Callable[[str, str], "bool | None"]
 
 MAX_ANSWER_CHARS = 1024
-MAX_PARTS = 32
 COORD_TOL = 1e-6
 MATH_VERIFY_TIMEOUT_S = 2.0
 
@@ -44,6 +55,8 @@ class MatcherEntry:
 
 REGISTRY: dict[str, MatcherEntry] = {}
 _ORDERED: list[MatcherEntry] = []
+# monotonic time by which the comparison in progress must be decided (math_verify's share)
+_DEADLINE: ContextVar[float | None] = ContextVar("answers_match_deadline", default=None)
 
 
 def register_matcher(name: str, order: float) -> Callable[[Matcher], Matcher]:
@@ -73,18 +86,36 @@ def matcher_names() -> list[str]:
 
 
 def answers_match(pred: str, gold: str) -> bool:
-    """True iff the predicted answer matches the gold answer (see the module docstring)."""
+    """True iff the predicted answer matches the gold answer (see the package docstring).
+
+    The final answer is extracted first (:func:`~.extract.final_answer`: the boxes decide), then
+    the matchers are tried. All math_verify calls of one comparison, its parts included, share
+    one time limit (:func:`set_math_verify_timeout`, 2 s by default).
+    """
     if not isinstance(pred, str) or not isinstance(gold, str):
         return False
     if len(pred) >= MAX_ANSWER_CHARS:
         return False
-    return _match(pred, gold)
+    if _DEADLINE.get() is not None:  # a part of an answer already being compared
+        return _match(pred, gold)
+    token = _DEADLINE.set(time.monotonic() + MATH_VERIFY_TIMEOUT_S)
+    try:
+        return _match(pred, gold)
+    finally:
+        _DEADLINE.reset(token)
 
 
 def _match(pred: str, gold: str) -> bool:
     pred_c, gold_c = canonical(pred), canonical(gold)
     if not pred_c or not gold_c:
         return False
+    if "\\boxed" in gold_c or "\\fbox" in gold_c:
+        gold_c = canonical(gold_answer(gold_c))
+    if "\\boxed" in pred_c or "\\fbox" in pred_c:
+        pred_c = canonical(final_answer(pred_c, len(answer_parts(gold_c).parts)))
+    if not pred_c or not gold_c:
+        return False
+    pred_c = decimal_comma_reading(pred_c, gold_c)
     for entry in _ORDERED:
         decision = entry.fn(pred_c, gold_c)
         if decision is not None:
@@ -103,88 +134,19 @@ def match_exact(pred: str, gold: str) -> bool | None:
 
 # --------------------------------------------------------------------------- multi-part
 
-_NUMBERED_RE = re.compile(r"(?:^|(?<=\s))(?:\((\d{1,2})\)|(\d{1,2})[.)](?=\s))\s*")
-_OPEN, _CLOSE = "([{", ")]}"
-
-
-def _split_numbered(text: str) -> list[str] | None:
-    """``(1) a (2) b`` or ``1. a 2. b`` -> [a, b] when the items are numbered 1, 2, … from the start."""
-    markers = [m for m in _NUMBERED_RE.finditer(text)]
-    if len(markers) < 2 or markers[0].start() != 0:
-        return None
-    chosen: list[re.Match[str]] = []
-    for m in markers:
-        number = int(m.group(1) or m.group(2))
-        if number == len(chosen) + 1:
-            chosen.append(m)
-    if len(chosen) < 2:
-        return None
-    bounds = [m.start() for m in chosen[1:]] + [len(text)]
-    parts = [text[m.end() : end].strip().rstrip(";,、").strip() for m, end in zip(chosen, bounds, strict=True)]
-    return parts
-
-
-def _split_top_level(text: str, separators: str) -> list[str]:
-    """Split at separators outside brackets, braces and parentheses.
-
-    A comma between a digit and exactly three digits is a thousands separator, and a
-    LaTeX ``\\,`` is a thin space; neither splits.
-    """
-    parts: list[str] = []
-    depth = 0
-    start = 0
-    n = len(text)
-    for i, ch in enumerate(text):
-        if ch in _OPEN:
-            depth += 1
-        elif ch in _CLOSE:
-            depth = max(0, depth - 1)
-        elif depth == 0 and ch in separators:
-            if ch == ",":
-                if i > 0 and text[i - 1] == "\\":
-                    continue
-                if (
-                    i > 0
-                    and text[i - 1].isdigit()
-                    and text[i + 1 : i + 4].isdigit()
-                    and len(text[i + 1 : i + 4]) == 3
-                    and (i + 4 >= n or not text[i + 4].isdigit())
-                ):
-                    continue
-            parts.append(text[start:i])
-            start = i + 1
-    parts.append(text[start:])
-    return [p.strip() for p in parts]
-
-
-@lru_cache(maxsize=65536)
-def split_parts(text: str) -> tuple[str, ...]:
-    """Parts of a multi-part answer: numbered items, else ';' / '；', else top-level ',' / '、'."""
-    text = unicode_clean(text)
-    numbered = _split_numbered(text)
-    if numbered is not None:
-        return tuple(numbered)
-    for separators in (";", ",、"):
-        if any(sep in text for sep in separators):
-            parts = _split_top_level(text, separators)
-            if len(parts) > 1:
-                return tuple(parts)
-    return (text,)
-
 
 @register_matcher("multi_part", order=10)
 def match_multi_part(pred: str, gold: str) -> bool | None:
-    """A multi-part gold needs as many parts in the prediction, matched one-to-one in order;
-    a multi-part prediction never matches a single-part gold."""
+    """A multi-part gold is compared part by part (:func:`~.parts.parts_agree`: bare lists as sets,
+    numbered items in order, labelled parts by label); a multi-part prediction never matches a
+    single-part gold. Final when either side has several parts."""
     if parse_option(gold) is not None:
         return None
-    gold_parts = split_parts(gold)
-    pred_parts = split_parts(pred)
-    if len(gold_parts) < 2:
-        return False if len(pred_parts) > 1 else None
-    if len(pred_parts) != len(gold_parts) or len(gold_parts) > MAX_PARTS:
-        return False
-    return all(p and g and answers_match(p, g) for p, g in zip(pred_parts, gold_parts, strict=True))
+    gold_parts = answer_parts(gold)
+    pred_parts = answer_parts(pred)
+    if len(gold_parts.parts) < 2:
+        return False if len(pred_parts.parts) > 1 else None
+    return parts_agree(pred_parts, gold_parts, answers_match)
 
 
 # --------------------------------------------------------------------------- coordinates
@@ -401,7 +363,11 @@ def match_math_verify(pred: str, gold: str) -> bool | None:
     if cached is not None:
         _MV_CACHE.move_to_end(key)
         return cached
-    result = math_verify_worker().call(math_verify_pair, (pred, gold), timeout=MATH_VERIFY_TIMEOUT_S)
+    deadline = _DEADLINE.get()
+    budget = MATH_VERIFY_TIMEOUT_S if deadline is None else min(MATH_VERIFY_TIMEOUT_S, deadline - time.monotonic())
+    if budget <= 0:  # the comparison's time is spent: reject, as on a time-out
+        return False
+    result = math_verify_worker().call(math_verify_pair, (pred, gold), timeout=budget)
     if result is None:  # time-out, error or no worker: reject, but do not remember it
         return False
     result = bool(result)

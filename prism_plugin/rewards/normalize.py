@@ -27,6 +27,7 @@ _SPACING_RE = re.compile(r"\\[,;:! ]|\\q?quad|~")
 _FRAC_SHORT_RE = re.compile(r"\\frac\s*(\d)\s*(\d)")
 _FRAC_HALF_SHORT_RE = re.compile(r"\\frac\s*\{([^{}]*)\}\s*(\d)")
 _SQRT_SHORT_RE = re.compile(r"\\sqrt\s*(\d)")
+_NEG_SPACE_THOUSANDS_RE = re.compile(r"(?<=\d)(?:,|\{,\})\\!\s*(?=\d{3}(?!\d))")
 _DEGREE_RE = re.compile(r"\^\s*\{?\s*\\circ\s*\}?")
 
 
@@ -87,7 +88,10 @@ def strip_delimiters(text: str) -> str:
         text = text.strip()
         for left, right in _MATH_DELIMS:
             if len(text) >= len(left) + len(right) and text.startswith(left) and text.endswith(right):
-                text = text[len(left) : len(text) - len(right)]
+                inner = text[len(left) : len(text) - len(right)]
+                if left[0] == "$" and "$" in inner.replace("\\$", ""):  # "$x=2$ or $x=5$": two spans
+                    continue
+                text = inner
                 changed = True
                 break
         for box in ("\\boxed", "\\fbox"):
@@ -103,21 +107,34 @@ def strip_delimiters(text: str) -> str:
 
 @lru_cache(maxsize=65536)
 def canonical(text: str) -> str:
-    """Unicode clean-up, outer math delimiters and ``\\boxed{}`` removed, whitespace trimmed."""
-    return strip_delimiters(unicode_clean(text).strip())
+    """Unicode clean-up, outer math delimiters and ``\\boxed{}`` removed, whitespace trimmed; a LaTeX
+    thousands separator written with a negative space (``11,\\! 111``) becomes a plain one (``11,111``)."""
+    text = unicode_clean(text).strip()
+    if "\\!" in text:
+        text = _NEG_SPACE_THOUSANDS_RE.sub(",", text)
+    return strip_delimiters(text)
+
+
+def split_assignment(text: str) -> tuple[str, str] | None:
+    """``x = 3`` -> (``x``, ``3``) for a simple left-hand side (a variable of up to three letters
+    or a command such as ``\\alpha``, optionally subscripted; one '=' only), else None. The
+    label is returned without spaces or braces (``a_{3}`` -> ``a_3``)."""
+    if "=" not in text:
+        return None
+    m = _ASSIGNMENT_RE.match(text)
+    if m is None:
+        return None
+    rest = text[m.end() :]
+    if any(op in rest for op in ("=", "<", ">", "\\le", "\\ge", "\\ne")):
+        return None
+    label = text[: m.end()].rstrip().removesuffix("=")
+    return "".join(ch for ch in label if ch not in " {}"), rest
 
 
 def strip_assignment(text: str) -> str:
-    """Drop a simple left-hand side: ``x = 3`` -> ``3`` (one variable, one '=' only)."""
-    if "=" not in text:
-        return text
-    m = _ASSIGNMENT_RE.match(text)
-    if m is None:
-        return text
-    rest = text[m.end() :]
-    if any(op in rest for op in ("=", "<", ">", "\\le", "\\ge", "\\ne")):
-        return text
-    return rest
+    """Drop a simple left-hand side: ``x = 3`` -> ``3`` (see :func:`split_assignment`)."""
+    split = split_assignment(text)
+    return text if split is None else split[1]
 
 
 @lru_cache(maxsize=65536)

@@ -32,6 +32,8 @@ _CURRENCY_PREFIX_UNITS = {"usd": "$", "¥": "元", "rmb": "元", "€": "€", "
 # clean_latex drops every '$' (math delimiters), so a dollar sign is looked for before it
 _DOLLAR_RE = re.compile(r"(?:^|=)\s*[+-]?\s*\\?\$\s*[+-]?[\d.]|[\d.]\s*\\?\$$")
 _MIXED_RE = re.compile(r"^([+-]?)(\d+)\s*\\frac\{(\d+)\}\{(\d+)\}$")
+_DECIMAL_COMMA_RE = re.compile(r"^([+-]?\d+),(\d+)$")
+_DECIMAL_GOLD_RE = re.compile(r"^[+-]?\d*\.\d+$")
 _TOKEN_RE = re.compile(r"\s*(\d+\.?\d*(?:[eE][+-]?\d+)?|\.\d+|sqrt|pi|\*\*|[-+*/()])")
 
 
@@ -95,6 +97,22 @@ def parse_quantity(text: str) -> Quantity | None:
     if value is None:
         return None
     return Quantity(value, unit, percent)
+
+
+def decimal_comma_reading(pred: str, gold: str) -> str:
+    """``pred`` with a decimal comma read as a point, where that is the only sensible reading.
+
+    Only a prediction that is one number ``digits,digits`` whose part after the comma is not
+    three digits long ("3,75"; "1,000" is one thousand), against a gold that is a single
+    decimal with a non-integer value ("3.75"): ``"3,75"`` -> ``"3.75"``. Anything else is
+    returned unchanged ("1,00" against the gold "1" stays the two parts 1 and 00).
+    """
+    if "," not in pred or "." not in gold:
+        return pred
+    m = _DECIMAL_COMMA_RE.match(pred)
+    if m is None or len(m.group(2)) == 3 or _DECIMAL_GOLD_RE.match(gold) is None or float(gold).is_integer():
+        return pred
+    return f"{m.group(1)}.{m.group(2)}"
 
 
 def parse_number(s: str) -> float | None:

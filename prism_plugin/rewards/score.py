@@ -10,6 +10,13 @@ from .matchers import MAX_ANSWER_CHARS, answers_match
 
 _LAYOUT_TAGS = ("<caption>", "</caption>", "<think>", "</think>", "<answer>", "</answer>")
 
+# The version of what :func:`compute_score` credits, raised whenever a verdict changes, so accuracies
+# measured under different versions are not compared as if equal (``prism-plugin evaluate`` records it).
+# 1: the first rule set. 2: the final answer is extracted first (the boxes decide, in the prediction and
+# in a worked-solution gold); bare lists are sets, labelled parts match by label; a decimal comma is read
+# against a non-integer decimal gold.
+REWARD_VERSION = 2
+
 
 def format_ok(response: str) -> bool:
     """The PRISM layout check of every stage (``prism_plugin.layout``), so RLVR and alignment agree."""
