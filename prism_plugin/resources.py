@@ -20,14 +20,6 @@ def shipped_root() -> Path:
     return packaged if (packaged / "yaml").is_dir() else PACKAGE_DIR.parent
 
 
-def shipped_path(relative: str) -> Path:
-    """An absolute path to a shipped file, e.g. ``yaml/rlvr_grpo.yaml``."""
-    path = shipped_root() / relative
-    if not path.exists():
-        raise FileNotFoundError(f"prism-plugin file {relative!r} is missing from this install: {path}")
-    return path
-
-
 def init_folder(target: str | Path, force: bool = False) -> list[str]:
     """Copy ``yaml/`` and ``examples/`` into ``target`` (created), so the configs' relative paths and the
     tiny pipeline run from there (``cd target && bash examples/tiny_pipeline.sh``); returns what was

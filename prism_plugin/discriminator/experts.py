@@ -49,34 +49,13 @@ def expert_tensors(prefix: str, gate_up: torch.Tensor, down: torch.Tensor,
     )
 
 
-def _is_canonical(gate_up: tuple[int, ...], down: tuple[int, ...], hidden: int, inter: int, prefix: str) -> bool:
+def is_canonical(gate_up: tuple[int, ...], down: tuple[int, ...], hidden: int, inter: int, prefix: str) -> bool:
     """Whether one block's fused shapes (without E) are canonical (True) or hub (False); an error otherwise."""
     canonical = gate_up == (2 * inter, hidden) and down == (hidden, inter)
     hub = gate_up == (hidden, 2 * inter) and down == (inter, hidden)
     if canonical == hub:
         raise ValueError(f"{prefix}: fused expert shapes {gate_up}, {down} match no layout of H={hidden}, I={inter}")
     return canonical
-
-
-def read_experts(state: dict[str, torch.Tensor], prefix: str, hidden: int, inter: int) -> tuple[torch.Tensor,
-                                                                                                  torch.Tensor]:
-    """Canonical ``gate_up`` (E, 2I, H) and ``down`` (E, H, I) of the experts of the MoE block ``prefix`` in
-    ``state`` (a state dict or a loaded checkpoint), whatever layout it holds them in."""
-    fused = state.get(f"{prefix}.{FUSED_GATE_UP}")
-    if fused is None:
-        num = 0
-        while f"{prefix}.experts.{num}.gate_proj.weight" in state:
-            num += 1
-        if not num:
-            raise KeyError(f"no experts under {prefix}")
-        gate_up = torch.stack([torch.cat([state[f"{prefix}.experts.{e}.gate_proj.weight"],
-                                          state[f"{prefix}.experts.{e}.up_proj.weight"]]) for e in range(num)])
-        down = torch.stack([state[f"{prefix}.experts.{e}.down_proj.weight"] for e in range(num)])
-        return gate_up, down
-    down = state[f"{prefix}.{FUSED_DOWN}"]
-    if _is_canonical(tuple(fused.shape[1:]), tuple(down.shape[1:]), hidden, inter, prefix):
-        return fused, down
-    return fused.transpose(1, 2), down.transpose(1, 2)
 
 
 def write_hub_layout(directory: str | Path, hidden: int, inter: int) -> list[str]:
@@ -103,7 +82,7 @@ def write_hub_layout(directory: str | Path, hidden: int, inter: int) -> list[str
             continue
         prefix = key.removesuffix(f".{FUSED_GATE_UP}")
         down_name, down_shape = shapes[f"{prefix}.{FUSED_DOWN}"]
-        if _is_canonical(shape[1:], down_shape[1:], hidden, inter, prefix):
+        if is_canonical(shape[1:], down_shape[1:], hidden, inter, prefix):
             to_flip.setdefault(name, []).append(key)
             to_flip.setdefault(down_name, []).append(f"{prefix}.{FUSED_DOWN}")
     for name, keys in sorted(to_flip.items()):

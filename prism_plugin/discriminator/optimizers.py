@@ -19,11 +19,9 @@ from typing import Any
 
 import torch
 
+from prism_plugin.distributed import rank, world_size
+
 OPTIMIZER_FILE = "optimizer.pt"
-
-
-def distributed() -> bool:
-    return torch.distributed.is_available() and torch.distributed.is_initialized()
 
 
 class LocalOptimizer:
@@ -81,14 +79,14 @@ class ShardedOptimizer(LocalOptimizer):
                                        weight_decay=weight_decay)
 
     def _reduce(self) -> None:
-        world = torch.distributed.get_world_size()
+        world = world_size()
         for param in self.params:
             torch.distributed.all_reduce(param.grad)
             param.grad /= world
 
     def state_dict(self) -> dict[str, Any]:
         self.optimizer.consolidate_state_dict(to=0)  # a collective: every rank calls it
-        return self.optimizer.state_dict() if torch.distributed.get_rank() == 0 else {}
+        return self.optimizer.state_dict() if rank() == 0 else {}
 
 
 class DeepSpeedOptimizer:

@@ -67,14 +67,6 @@ def find_routers(model: nn.Module) -> list[nn.Module]:
     return routers
 
 
-def router_top_k(model: nn.Module, router: nn.Module) -> int:
-    """How many experts ``router`` (one of :func:`find_routers`'s) picks per token."""
-    if is_topk_router(router):
-        return int(router.top_k)
-    block = next(m for m in model.modules() if _linear_gate(m) is router)
-    return int(block.top_k)
-
-
 def routing_from_logits(logits: torch.Tensor, top_k: int, normalize: bool) -> tuple[torch.Tensor, torch.Tensor]:
     """(top-k weights, top-k expert ids) from router logits, as transformers' top-k routers compute them."""
     probs = F.softmax(logits, dtype=torch.float, dim=-1)

@@ -16,19 +16,11 @@ from typing import Any
 
 import torch
 
-from prism_plugin.discriminator.optimizers import LocalOptimizer, ShardedOptimizer, distributed
+from prism_plugin.discriminator.optimizers import LocalOptimizer, ShardedOptimizer
+from prism_plugin.distributed import all_ranks_sum, is_distributed
 from prism_plugin.losses import discriminator_loss
 
 STATE_FILE = "prism_disc_state.pt"
-
-
-def all_ranks_sum(values: list[float], device: torch.device) -> list[float]:
-    """``values`` summed over every rank (the values themselves in a single process)."""
-    if not distributed():
-        return list(values)
-    tensor = torch.tensor(values, dtype=torch.float64, device=device)
-    torch.distributed.all_reduce(tensor)
-    return tensor.tolist()
 
 
 class DiscriminatorUpdater:
@@ -53,7 +45,7 @@ class DiscriminatorUpdater:
 
             self.optimizer = DeepSpeedOptimizer(model, deepspeed_config, lr, decay)
         else:
-            self.optimizer = (ShardedOptimizer if distributed() else LocalOptimizer)(model, lr, decay)
+            self.optimizer = (ShardedOptimizer if is_distributed() else LocalOptimizer)(model, lr, decay)
         self.batches = 0  # rollout batches seen
         self.nonfinite_skips = 0
 

@@ -22,7 +22,7 @@ from transformers.utils import logging
 
 from prism_plugin.advantage import segment_advantage
 from prism_plugin.compat import TOKEN_TYPES_KWARG, rope_index_takes_token_types, token_types
-from prism_plugin.discriminator.updater import all_ranks_sum
+from prism_plugin.distributed import all_gather, all_ranks_sum, any_rank, is_distributed, rank
 from prism_plugin.faults import kill_point
 from prism_plugin.format import split_segments
 from prism_plugin.llamafactory.arguments import DriftMonitorArguments, PrismDataArguments
@@ -287,26 +287,25 @@ class PrismAlignTrainer(AtomicCheckpointMixin, MetricsLogMixin, Trainer):
         """Group advantages of this rank's rollouts; with ``prism_groups_across_ranks`` a group's scores are
         gathered from every rank first, so the normalisation sees the whole group."""
         options = {"format_penalty": self.prism.prism_format_penalty, "scale": self.prism.prism_scale_advantages}
-        if not self.prism.prism_groups_across_ranks or not torch.distributed.is_initialized():
+        if not self.prism.prism_groups_across_ranks or not is_distributed():
             return segment_advantage({s: scores.rollout[s] for s in self.weights}, self.weights, scores.valid,
                                      batch.group_index, **options)
         keys = [(p.source, p.row) for p in batch.prompts]
         local = ([keys[int(k)] for k in batch.group_index], {s: scores.rollout[s].tolist() for s in self.weights},
                  scores.valid.tolist())
-        gathered: list[Any] = [None] * torch.distributed.get_world_size()
-        torch.distributed.all_gather_object(gathered, local)
+        gathered = all_gather(local)
         group_of: dict[Any, int] = {}
-        groups = [group_of.setdefault(key, len(group_of)) for rank in gathered for key in rank[0]]
+        groups = [group_of.setdefault(key, len(group_of)) for part in gathered for key in part[0]]
         everything = segment_advantage(
-            {s: torch.tensor([v for rank in gathered for v in rank[1][s]]) for s in self.weights}, self.weights,
-            torch.tensor([v for rank in gathered for v in rank[2]]), groups, **options)
-        start = sum(len(rank[0]) for rank in gathered[: torch.distributed.get_rank()])
+            {s: torch.tensor([v for part in gathered for v in part[1][s]]) for s in self.weights}, self.weights,
+            torch.tensor([v for part in gathered for v in part[2]]), groups, **options)
+        start = sum(len(part[0]) for part in gathered[: rank()])
         return everything[start : start + len(local[0])]
 
     def _all_ranks_finite(self, scores: Scores, advantages: torch.Tensor) -> bool:
         """Whether every rank's scores and advantages are finite; a broken scorer must not steer the policy."""
         local_broken = not (scores.finite() and bool(torch.isfinite(advantages).all()))
-        (broken,) = all_ranks_sum([float(local_broken)], self.accelerator.device)
+        broken = any_rank(local_broken, self.accelerator.device)
         if broken:
             self.nonfinite_skips["scores"] += 1
             logger.warning("prism_align: non-finite scores on some rank; this batch trains nothing")
@@ -379,7 +378,7 @@ class PrismAlignTrainer(AtomicCheckpointMixin, MetricsLogMixin, Trainer):
             for key, value in group_metrics.items():
                 metrics[f"policy/{key}"] = metrics.get(f"policy/{key}", 0.0) + value * count / max(local, 1.0)
         loss = loss * inputs.scale
-        (broken,) = all_ranks_sum([float(not torch.isfinite(loss.detach()))], self.accelerator.device)
+        broken = any_rank(not bool(torch.isfinite(loss.detach())), self.accelerator.device)
         if broken:  # every rank: a zero loss through the same forward, and the window's gradients dropped
             self.nonfinite_skips["policy_loss"] += 1
             logger.warning("prism_align: non-finite policy loss on some rank; skipping this update")

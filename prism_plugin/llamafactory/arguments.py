@@ -295,11 +295,6 @@ class PrismArguments(DriftMonitorArguments, PolicyLossArguments, AlignArguments,
         return self.prism_reward == DISCRIMINATOR and self.prism_update_discriminator
 
 
-def prism_keys() -> list[str]:
-    """Every ``prism_*`` key, in table order."""
-    return [f.name for cls in FEATURES for f in dataclasses.fields(cls) if f.name in cls.__annotations__]
-
-
 def _default_text(f: dataclasses.Field) -> str:
     if f.default_factory is not dataclasses.MISSING:  # type: ignore[misc]
         value = f.default_factory()  # type: ignore[misc]

@@ -10,14 +10,10 @@ from collections.abc import Mapping
 
 def gather_metrics(local: Mapping[str, list[float]]) -> dict[str, list[float]]:
     """Every rank's values per key (each rank's own dict in a single process)."""
-    import torch.distributed as dist
+    from prism_plugin.distributed import all_gather
 
-    if not (dist.is_available() and dist.is_initialized()):
-        return {key: list(values) for key, values in local.items()}
-    gathered: list[dict[str, list[float]] | None] = [None] * dist.get_world_size()
-    dist.all_gather_object(gathered, dict(local))
     merged: dict[str, list[float]] = defaultdict(list)
-    for rank_metrics in gathered:
+    for rank_metrics in all_gather({key: list(values) for key, values in local.items()}):
         for key, values in (rank_metrics or {}).items():
             merged[key].extend(values)
     return dict(merged)

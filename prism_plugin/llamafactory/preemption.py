@@ -34,10 +34,9 @@ class PreemptionCallback(TrainerCallback):
         self.signalled = True
 
     def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> Any:
-        from prism_plugin.discriminator.updater import all_ranks_sum
+        from prism_plugin.distributed import any_rank
 
-        (signalled,) = all_ranks_sum([float(self.signalled)], args.device)
-        if signalled:
+        if any_rank(self.signalled, args.device):
             control.should_save = True
             control.should_training_stop = True
             self.stopped_at = state.global_step
