@@ -12,8 +12,11 @@ from collections.abc import Mapping
 
 import torch
 
+FORMAT_PENALTY = 1.5  # λ: the paper's penalty on a rollout outside the layout
 
-def _group_ids(group_index: torch.Tensor | list) -> tuple[torch.Tensor, int]:
+
+def group_ids(group_index: torch.Tensor | list) -> tuple[torch.Tensor, int]:
+    """Dense group ids 0…n−1 (one per sample) for any group labels, and n."""
     index = torch.as_tensor(group_index)
     _, inverse = torch.unique(index, return_inverse=True)
     return inverse, int(inverse.max().item()) + 1 if inverse.numel() else 0
@@ -29,7 +32,7 @@ def group_normalize(
     instead of being blown up to unit variance when a group's scores barely differ.
     """
     values = values.float()
-    groups, num_groups = _group_ids(group_index)
+    groups, num_groups = group_ids(group_index)
     counts = torch.bincount(groups, minlength=num_groups).to(values.dtype)
     sums = torch.zeros(num_groups, dtype=values.dtype).index_add_(0, groups, values)
     means = sums / counts
@@ -48,7 +51,7 @@ def fill_invalid_scores(
     """Replace each invalid rollout's score by (min over its group's valid scores, 0 if none) − 1."""
     scores = scores.float()
     valid = valid.bool()
-    groups, num_groups = _group_ids(group_index)
+    groups, num_groups = group_ids(group_index)
     masked = torch.where(valid, scores, torch.full_like(scores, float("inf")))
     group_min = torch.full((num_groups,), float("inf"), dtype=scores.dtype)
     group_min = group_min.scatter_reduce(0, groups, masked, reduce="amin", include_self=True)
@@ -61,7 +64,7 @@ def segment_advantage(
     weights: Mapping[str, float],
     valid: torch.Tensor,
     group_index: torch.Tensor | list,
-    format_penalty: float = 1.5,
+    format_penalty: float = FORMAT_PENALTY,
     eps: float = 1e-6,
     scale: bool = True,
 ) -> torch.Tensor:
@@ -81,7 +84,7 @@ def segment_advantage(
     if not scores:
         raise ValueError("segment_advantage needs at least one segment")
     valid = torch.as_tensor(valid).bool()
-    groups, _ = _group_ids(group_index)
+    groups, _ = group_ids(group_index)
     advantage = torch.zeros(valid.shape[0], dtype=torch.float32)
     for name, weight in weights.items():
         filled = fill_invalid_scores(scores[name], valid, groups)

@@ -9,6 +9,8 @@ import argparse
 import json
 from collections.abc import Callable, Sequence
 
+from prism_plugin.tiny import DEFAULT_NUM_EXAMPLES
+
 
 def _make_tiny(args: argparse.Namespace) -> int:
     import time
@@ -26,7 +28,8 @@ def _add_make_tiny(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("make-tiny", help="build the tiny offline tokenizer, models and toy dataset")
     p.add_argument("out_dir", help="output directory (created; its known sub-directories are replaced)")
     p.add_argument("--seed", type=int, default=0, help="seed for weights and data (default 0)")
-    p.add_argument("--num-examples", type=int, default=32, help="toy examples to generate (default 32)")
+    p.add_argument("--num-examples", type=int, default=DEFAULT_NUM_EXAMPLES,
+                   help=f"toy examples to generate (default {DEFAULT_NUM_EXAMPLES})")
     p.set_defaults(func=_make_tiny)
 
 

@@ -15,6 +15,8 @@ from typing import Literal
 import torch
 import torch.nn.functional as F
 
+from prism_plugin.advantage import group_ids
+
 AggMode = Literal["token-mean", "seq-mean-token-mean", "seq-mean-token-sum", "seq-mean-token-sum-norm"]
 AGG_MODES: tuple[str, ...] = ("token-mean", "seq-mean-token-mean", "seq-mean-token-sum", "seq-mean-token-sum-norm")
 PolicyLoss = Callable[..., tuple[torch.Tensor, dict[str, float]]]
@@ -325,9 +327,7 @@ def dynamic_sampling_mask(metric: torch.Tensor, group_index: torch.Tensor | list
     under group normalisation and is dropped; a group of one is dropped too.
     """
     metric = torch.as_tensor(metric, dtype=torch.float64)
-    index = torch.as_tensor(group_index)
-    _, groups = torch.unique(index, return_inverse=True)
-    num_groups = int(groups.max().item()) + 1 if groups.numel() else 0
+    groups, num_groups = group_ids(group_index)
     high = torch.full((num_groups,), -math.inf, dtype=metric.dtype).scatter_reduce(0, groups, metric, "amax")
     low = torch.full((num_groups,), math.inf, dtype=metric.dtype).scatter_reduce(0, groups, metric, "amin")
     return ((high - low) > tol)[groups]

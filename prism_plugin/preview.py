@@ -14,6 +14,7 @@ from typing import Any
 
 import torch
 
+from prism_plugin.advantage import FORMAT_PENALTY
 from prism_plugin.errors import ConfigError, check_at_least_one
 from prism_plugin.rollout import Sampling
 
@@ -100,7 +101,7 @@ def preview_alignment_step(
     max_new_tokens: int = 64,
     temperature: float = 1.0,
     weights: Mapping[str, float] | None = None,
-    format_penalty: float = 1.5,
+    format_penalty: float = FORMAT_PENALTY,
     seed: int = 0,
 ) -> dict[str, Any]:
     """Run steps 1-4 of one alignment step on ``num_prompts`` prompts of ``align_file``; no update."""

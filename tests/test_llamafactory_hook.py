@@ -84,7 +84,7 @@ def test_prism_keys_are_parsed_and_validated():
         finetuning_cls(stage="prism_disc", prism_segments=["caption", "reasoning"], prism_segment_weights=[1.0])
     with pytest.raises(ValueError, match="prism_segments must be"):
         finetuning_cls(stage="prism_disc", prism_segments=["perception"], prism_segment_weights=[1.0])
-    with pytest.raises(ValueError, match="must be >= 1: prism_drift_every=0"):
+    with pytest.raises(ValueError, match="prism_drift_every must be at least 1; got 0"):
         finetuning_cls(stage="sft", prism_drift_every=0)
 
 

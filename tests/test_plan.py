@@ -429,7 +429,9 @@ def test_bad_inputs_name_the_key(tiny_dir: Path, tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize(("key", "value", "message"), [
-    ("prism_logprob_chunk_size", -3, "prism_logprob_chunk_size: expected a positive integer, got -3"),
+    ("prism_logprob_chunk_size", -3, "prism_logprob_chunk_size must be at least 1; got -3"),
+    ("prism_num_generations", "four", "prism_num_generations: expected int, got 'four'"),
+    ("prism_groups_across_ranks", 1, "prism_groups_across_ranks: expected bool, got 1"),
     ("prism_score_reg_rows", "valdi", r"prism_score_reg_rows must be one of \('all', 'valid'\); got 'valdi'"),
 ])
 def test_prism_values_are_checked_as_the_training_run_checks_them(key, value, message, tiny_dir: Path,

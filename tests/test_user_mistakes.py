@@ -87,7 +87,7 @@ def test_a_misspelt_key_gets_a_suggestion(tmp_path, tiny_dir):
 @pytest.mark.parametrize("key, value, expected", [
     ("prism_policy_loss", "grpp", "prism_policy_loss 'grpp' is not a registered policy loss (did you mean 'grpo'?)"),
     ("prism_reward", "verifable", "(did you mean 'verifiable'?)"),
-    ("prism_logprob_chunk_size", 0, "these keys must be >= 1: prism_logprob_chunk_size=0"),
+    ("prism_logprob_chunk_size", 0, "prism_logprob_chunk_size must be at least 1; got 0"),
     ("prism_num_generations", 1, "prism_num_generations must be >= 2; got 1: advantages are normalised within each "
                                  "prompt's group of rollouts, so a group of one has advantage 0 and the policy learns "
                                  "nothing"),

@@ -21,7 +21,15 @@ from typing import Any
 
 import torch
 
-from prism_plugin.layout import ANSWER_CLOSE, ANSWER_OPEN, CAPTION_CLOSE, CAPTION_OPEN, THINK_CLOSE, THINK_OPEN
+from prism_plugin.layout import (
+    ANSWER_CLOSE,
+    ANSWER_OPEN,
+    CAPTION_CLOSE,
+    CAPTION_OPEN,
+    SEGMENT_NAMES,
+    THINK_CLOSE,
+    THINK_OPEN,
+)
 
 HEAD_KEY = "v_head.1.weight"
 VALUE_HEAD_FILE = "value_head.pt"
@@ -90,7 +98,7 @@ def load_authors_discriminator(directory: str | Path, dtype: torch.dtype | None 
     finally:
         hf_logging.set_verbosity(verbosity)
     config = PrismDiscriminatorConfig(
-        backbone_config=backbone_config, segments=["caption", "reasoning"], expert_mode="shared",
+        backbone_config=backbone_config, segments=list(SEGMENT_NAMES), expert_mode="shared",
         head_dropout=0.1, router_aux_loss_coef=float(getattr(text, "router_aux_loss_coef", 0.01) or 0.01),
         segment_format="turn", system_prompt=AUTHORS_SYSTEM_PROMPT,
     )

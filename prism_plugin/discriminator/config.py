@@ -9,6 +9,7 @@ from typing import Any, Literal
 from transformers import AutoConfig, PretrainedConfig
 from transformers.models.auto.configuration_auto import CONFIG_MAPPING
 
+from prism_plugin.layout import SEGMENT_NAMES
 from prism_plugin.portable import portable_config, write_portable_config
 
 EXPERT_MODES = ("shared", "dedicated")
@@ -73,7 +74,7 @@ class PrismDiscriminatorConfig(PretrainedConfig):
         super().__init__(**kwargs)
         # Set after the base class: transformers 4.57's __init__ also sets a (generation) ``max_length``.
         self.backbone_config = backbone_config
-        self.segments = list(segments) if segments else ["caption", "reasoning"]
+        self.segments = list(segments) if segments else list(SEGMENT_NAMES)
         self.expert_mode = expert_mode
         self.expert_groups = {k: list(v) for k, v in expert_groups.items()} if expert_groups is not None else None
         self.shared_experts = list(shared_experts or [])

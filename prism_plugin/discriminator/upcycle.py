@@ -26,6 +26,7 @@ from prism_plugin.discriminator.config import (
 )
 from prism_plugin.discriminator.experts import FUSED_GATE_UP, expert_tensors
 from prism_plugin.errors import ConfigError
+from prism_plugin.layout import SEGMENT_NAMES
 from prism_plugin.portable import make_portable
 
 # Tokenizer / processor files copied next to the weights (whatever of these the dense dir has).
@@ -212,7 +213,7 @@ def upcycle(
     from prism_plugin.discriminator.modeling import PrismDiscriminator
 
     dense_path, out_dir = Path(dense_path), Path(out_dir)
-    segments = list(segments or ["caption", "reasoning"])
+    segments = list(segments or SEGMENT_NAMES)
     check_upcycle_settings(num_experts, top_k, noise_std, router_std, expert_mode, num_shared_experts, segments)
     dense_config, dense = dense_backbone(dense_path)
     dense_state = dense.state_dict()

@@ -13,8 +13,9 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
-from prism_plugin.errors import ConfigError, did_you_mean
-from prism_plugin.layout import KNOWN_SEGMENTS
+from prism_plugin.advantage import FORMAT_PENALTY
+from prism_plugin.errors import ConfigError, check_at_least_one, did_you_mean
+from prism_plugin.layout import KNOWN_SEGMENTS, SEGMENT_NAMES
 
 DISCRIMINATOR = "discriminator"
 VERIFIABLE = "verifiable"
@@ -30,9 +31,7 @@ def _chain_post_init(obj: Any, cls: type) -> None:
 
 
 def _at_least_one(obj: Any, *names: str) -> None:
-    bad = {name: getattr(obj, name) for name in names if getattr(obj, name) is not None and getattr(obj, name) < 1}
-    if bad:
-        raise ConfigError(f"these keys must be >= 1: {', '.join(f'{k}={v}' for k, v in bad.items())}")
+    check_at_least_one(*((name, getattr(obj, name)) for name in names))
 
 
 def check_reward_spec(spec: str) -> tuple[str, str] | None:
@@ -61,7 +60,7 @@ class DiscriminatorArguments:
     """The discriminator: what it scores and how it trains (prism_disc and prism_align)."""
 
     prism_segments: list[str] = field(
-        default_factory=lambda: ["caption", "reasoning"],
+        default_factory=lambda: list(SEGMENT_NAMES),
         metadata={"help": "Segments the discriminator scores: caption and reasoning (PRISM) or response (GAD)."},
     )
     prism_router_aux_coef: float | None = field(
@@ -138,7 +137,8 @@ class AlignArguments:
         metadata={"help": "Advantage weight of each segment in prism_segments, in the same order (α_c, α_r)."},
     )
     prism_format_penalty: float = field(
-        default=1.5, metadata={"help": "Advantage penalty λ for a rollout outside the layout (truncated ones too)."}
+        default=FORMAT_PENALTY,
+        metadata={"help": "Advantage penalty λ for a rollout outside the layout (truncated ones too)."}
     )
     prism_scale_advantages: bool = field(
         default=True,

@@ -99,11 +99,35 @@ def resolve_path(value: str, key: str) -> Path:
     return Path(value).expanduser().resolve() if Path(value).is_absolute() else (Path.cwd() / value).resolve()
 
 
+def _kinds(hint: Any) -> tuple[type, ...]:
+    """The Python types a dataclass field's annotation admits (``int | None`` -> int, NoneType)."""
+    import types
+    import typing
+
+    origin = typing.get_origin(hint)
+    if origin in (typing.Union, types.UnionType):
+        return tuple(kind for arg in typing.get_args(hint) for kind in _kinds(arg))
+    if origin is typing.Literal:
+        return tuple({type(value) for value in typing.get_args(hint)})
+    kind = origin or hint
+    return (type(None),) if kind is None else (kind, int) if kind is float else (kind,)
+
+
 def check_prism_keys(prism: dict[str, Any]) -> None:
-    """The training run's own checks of the ``prism_*`` values (the argument dataclasses), as a plan error."""
+    """The training run's own checks of the ``prism_*`` values (the argument dataclasses), as a plan error;
+    first each value's type, which LLaMA-Factory's argument parser enforces and raw YAML does not."""
+    import typing
+
     from prism_plugin.errors import ConfigError
     from prism_plugin.llamafactory.arguments import PrismArguments
 
+    hints = typing.get_type_hints(PrismArguments)
+    for key, value in prism.items():
+        kinds = _kinds(hints[key])
+        if not isinstance(value, kinds) or (isinstance(value, bool) and bool not in kinds):
+            names = " or ".join(dict.fromkeys("null" if kind is type(None) else kind.__name__ for kind in kinds
+                                              if not (kind is int and float in kinds)))
+            raise PlanError(f"{key}: expected {names}, got {value!r}")
     try:
         PrismArguments(**prism)
     except ConfigError as err:
@@ -206,12 +230,6 @@ def read_settings(config_path: str | Path, world: int) -> RunSettings:
     if unknown:
         raise PlanError(f"{', '.join(unknown)}: unknown prism_* key(s)")
     prism.update({k: v for k, v in raw.items() if k.startswith("prism_")})
-    for key in ("prism_rollout_chunk_size", "prism_logprob_chunk_size"):  # the keys the plan computes with
-        if prism[key] is not None:
-            _positive_int(prism[key], key)
-    _positive_int(prism["prism_num_generations"], "prism_num_generations")
-    _positive_int(prism["prism_max_new_tokens"], "prism_max_new_tokens")
-    _flag(prism["prism_groups_across_ranks"], "prism_groups_across_ranks")
     check_prism_keys(prism)
     return RunSettings(
         config_path=path.resolve(),
