@@ -137,10 +137,13 @@ def policy_loss_keywords(core_algos: types.ModuleType) -> tuple[str, ...]:
     return names
 
 
-def skip_without_loss_type(keywords: tuple[str, ...], loss_type: str) -> None:
-    """Skip when this EasyR1 cannot run native ``loss_type`` (v0.3.2 has only its PPO loss)."""
+def xfail_without_loss_type(request: pytest.FixtureRequest, keywords: tuple[str, ...], loss_type: str) -> None:
+    """A strict expected failure where this EasyR1 cannot run native ``loss_type`` (v0.3.2 has only its PPO
+    loss): the comparison still runs, against EasyR1's PPO loss, and must fail — a pass would mean the case no
+    longer tests what it claims."""
     if loss_type != "default" and "loss_type" not in keywords:
-        pytest.skip(f"EasyR1 without loss_type (v0.3.2 or older) has no native {loss_type!r} loss (cf41904 or later)")
+        request.applymarker(pytest.mark.xfail(
+            strict=True, reason=f"EasyR1 without loss_type (v0.3.2 or older) has no native {loss_type!r} loss"))
 
 
 # --------------------------------------------------------------------------- isolation

@@ -3,10 +3,10 @@
 Always run (no EasyR1 needed): the reward file loaded by path as EasyR1 loads it, the loss plugins
 called with EasyR1's keyword sets, the presets against EasyR1's key list (tests/data), the
 launcher's rewriting, the converter. With ``EASYR1_SRC`` (skipped otherwise; b44b311 or v0.3.2, whose
-missing ``loss_type`` skips the native gspo cases): EasyR1's own reward manager, loss parity with its
-``core_algos``, its dataset on converted text-only rows, its config loader (needs omegaconf 2.3), the
-setup hook on a fresh ``core_algos``; with ``ray`` importable too, the patch inside a real Ray worker.
-Every test must leave the process as it found it (:func:`tests.easyr1_support.no_global_changes`).
+missing ``loss_type`` makes the native gspo cases strict expected failures): EasyR1's own reward manager,
+loss parity with its ``core_algos``, its dataset on converted text-only rows, its config loader (needs
+omegaconf 2.3), the setup hook on a fresh ``core_algos``; with ``ray`` importable too, the patch inside a
+real Ray worker. Every test must leave the process as it found it (:func:`tests.easyr1_support.no_global_changes`).
 """
 
 from __future__ import annotations
@@ -46,7 +46,7 @@ from tests.easyr1_support import (
     load_easyr1,
     no_global_changes,
     policy_loss_keywords,
-    skip_without_loss_type,
+    xfail_without_loss_type,
 )
 
 DATA = Path(__file__).resolve().parent / "data"
@@ -567,9 +567,9 @@ def test_text_only_rows_through_easyr1_dataset(easyr1, tokenizer, tmp_path):
 
 @pytest.mark.parametrize("seed", [0, 1, 2])
 @pytest.mark.parametrize("name", list(SETTINGS))
-def test_loss_parity_with_easyr1(fresh_core_algos, name, seed):
+def test_loss_parity_with_easyr1(fresh_core_algos, name, seed, request):
     keywords = policy_loss_keywords(fresh_core_algos)
-    skip_without_loss_type(keywords, SETTINGS[name][0][0])
+    xfail_without_loss_type(request, keywords, SETTINGS[name][0][0])
     native_kwargs = easyr1_kwargs(name, seed, keyset=keywords)
     plugin_kwargs = {**native_kwargs, "log_probs": native_kwargs["log_probs"].detach().clone().requires_grad_(True)}
     native_loss, native_metrics = fresh_core_algos.compute_policy_loss(**native_kwargs)

@@ -1,0 +1,33 @@
+#!/usr/bin/env bash
+# The whole test suite on a fresh machine: README command (b), and what CI runs (.ci/run).
+#   1. transformers 5.6 with LLaMA-Factory and DeepSpeed (.venv): the default suite;
+#   2. transformers 4.57, EasyR1's line, without LLaMA-Factory (.venv457): the tests marked transformers4,
+#      where a skipped test fails;
+#   3. with EASYR1_PEERS set to a folder of EasyR1 source archives (easyr1-*.tar.gz, each unpacking to EasyR1/):
+#      the contract tests against EasyR1's real code (EASYR1_SRC), once per archive, in .venv457 with what those
+#      tests import of EasyR1's requirements; a skip fails here too. Without it they are skipped, as for users.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export HF_HUB_OFFLINE=1
+
+python3 -m venv .venv && .venv/bin/pip install -q -e ".[llamafactory,deepspeed,dev]"
+python3 -m venv .venv457 && .venv457/bin/pip install -q -e ".[dev,easyr1]" "transformers==4.57.*"
+.venv/bin/python -m pytest
+.venv457/bin/python -m pytest -m "transformers4 and not llamafactory" --no-skips
+
+if [ -n "${EASYR1_PEERS:-}" ]; then
+    # EasyR1's own requirements that its reward manager, dataset and Ray workers import on CPU
+    .venv457/bin/pip install -q ray qwen-vl-utils "datasets<4.1" "huggingface-hub<1.0"
+    archives=("$EASYR1_PEERS"/easyr1-*.tar.gz)
+    [ -f "${archives[0]}" ] || { echo "EASYR1_PEERS=$EASYR1_PEERS holds no easyr1-*.tar.gz" >&2; exit 1; }
+    unpacked=$(mktemp -d)
+    trap 'rm -rf "$unpacked"' EXIT
+    for archive in "${archives[@]}"; do
+        name=$(basename "$archive" .tar.gz)
+        mkdir "$unpacked/$name" && tar -xzf "$archive" -C "$unpacked/$name"
+        echo "== EasyR1 contract tests against $name"
+        # the trl parity cases need LLaMA-Factory's trl and run in step 1
+        EASYR1_SRC="$unpacked/$name/EasyR1" .venv457/bin/python -m pytest tests/test_easyr1.py \
+            tests/test_peer_parity.py -k "not matches_trl" --no-skips -p no:cacheprovider
+    done
+fi
