@@ -230,3 +230,25 @@ def test_top_k_and_the_sampler_log_probs(engine, policy_dir, prompts):
         tokens = rollouts.completions[row, :length]
         expected = hf_log_probs(model, prompt.input_ids, tokens.tolist(), 0.8)[torch.arange(length), tokens]
         assert torch.allclose(rollouts.log_probs[row, :length], expected, atol=TIE)
+
+
+def test_evaluate_with_the_vllm_engine_answers_as_the_hf_engine(policy_dir, tmp_path):
+    """``prism-plugin evaluate --engine vllm`` (its own engine, in its own process: one vLLM per process) writes
+    the same greedy responses as ``--engine hf``."""
+    import json
+    import subprocess
+    import sys
+
+    data = tmp_path / "rows.jsonl"
+    data.write_text("".join(json.dumps({"prompt": text, "answer": "5"}) + "\n" for text in PROMPTS))
+    responses = {}
+    for engine in ("hf", "vllm"):
+        out = tmp_path / engine
+        run = subprocess.run([sys.executable, "-m", "prism_plugin.cli", "evaluate", "--model", str(policy_dir),
+                              "--data", str(data), "--out", str(out), "--name", "tiny", "--max-new-tokens", "8",
+                              "--device", "cpu", "--engine", engine],
+                             capture_output=True, text=True, env={**os.environ, "VLLM_CPU_KVCACHE_SPACE": "1"},
+                             timeout=600)
+        assert run.returncode == 0, run.stderr[-3000:]
+        responses[engine] = [json.loads(line)["response"] for line in (out / "tiny.jsonl").read_text().splitlines()]
+    assert responses["vllm"] == responses["hf"] and len(responses["hf"]) == len(PROMPTS)
