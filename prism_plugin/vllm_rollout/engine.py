@@ -166,12 +166,11 @@ def build_llm(settings: VLLMSettings, sleep_mode: bool) -> Any:
     """The in-process ``vllm.LLM`` of one rank (external launcher, tensor parallel 1)."""
     from vllm import LLM
 
-    for key, value in launcher_environment().items():
-        os.environ.setdefault(key, value)
+    launcher = launcher_environment()
     kwargs: dict[str, Any] = {
         "model": settings.model, "tokenizer": settings.tokenizer or settings.model, "dtype": settings.dtype,
         "gpu_memory_utilization": settings.gpu_memory_utilization, "enforce_eager": settings.enforce_eager,
-        "seed": settings.seed + int(os.environ["RANK"]), "tensor_parallel_size": 1,
+        "seed": settings.seed + int(launcher["RANK"]), "tensor_parallel_size": 1,
         "distributed_executor_backend": "external_launcher", "enable_sleep_mode": sleep_mode,
         "enable_prefix_caching": True, "max_model_len": settings.max_model_len,
     }
@@ -180,7 +179,18 @@ def build_llm(settings: VLLMSettings, sleep_mode: bool) -> Any:
     if settings.mm_processor_kwargs:
         kwargs.update(mm_processor_kwargs=dict(settings.mm_processor_kwargs), mm_processor_cache_gb=0)
     kwargs.update(settings.extra)
-    return LLM(**kwargs)
+    # The launcher reads these while the engine starts; they are put back after, so that a child process does
+    # not inherit a MASTER_PORT this process holds.
+    saved = {key: os.environ.get(key) for key in launcher}
+    os.environ.update(launcher)
+    try:
+        return LLM(**kwargs)
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
 
 
 def _load_bucket(worker: Any, bucket: Bucket) -> None:
