@@ -184,7 +184,7 @@ def _make_pairs(args: argparse.Namespace) -> int:
     report = make_pairs(
         args.policy, args.data, args.out, num_samples=args.num_samples, max_new_tokens=args.max_new_tokens,
         temperature=args.temperature, seed=args.seed, batch_size=args.batch_size, media_dir=args.image_dir,
-        skip_invalid=args.skip_invalid, device=args.device,
+        skip_invalid=args.skip_invalid, device=args.device, engine=args.engine,
     )
     details = report.details()
     if details:
@@ -211,6 +211,8 @@ def _add_make_pairs(data_sub: argparse._SubParsersAction) -> None:
     q.add_argument("--image-dir", help="folder relative image paths resolve against (default: the input's folder)")
     q.add_argument("--device", help="torch device (default: cuda if available, else cpu)")
     q.add_argument("--skip-invalid", action="store_true", help="leave bad input rows out (counted, listed)")
+    q.add_argument("--engine", choices=("hf", "vllm"), default="hf",
+                   help="hf (transformers generate, default) or vllm (needs prism-plugin[vllm])")
     q.set_defaults(func=_make_pairs)
 
 
@@ -348,7 +350,7 @@ def _evaluate(args: argparse.Namespace) -> int:
         args.model, args.data, args.out, names=args.name, num_samples=args.num_samples,
         temperature=args.temperature, max_new_tokens=args.max_new_tokens, batch_size=args.batch_size,
         seed=args.seed, media_dir=args.image_dir, device=args.device, limit=args.limit,
-        skip_invalid=args.skip_invalid,
+        skip_invalid=args.skip_invalid, engine=args.engine,
     )
     details = result.details()
     if details:
@@ -378,6 +380,8 @@ def _add_evaluate(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--device", help="torch device (default: cuda if available, else cpu)")
     p.add_argument("--limit", type=int, help="evaluate only the first N usable rows")
     p.add_argument("--skip-invalid", action="store_true", help="leave bad rows out (counted, listed)")
+    p.add_argument("--engine", choices=("hf", "vllm"), default="hf",
+                   help="hf (transformers generate, default) or vllm (needs prism-plugin[vllm])")
     p.set_defaults(func=_evaluate)
 
 

@@ -151,33 +151,33 @@ def summarize(lines: Sequence[dict[str, Any]], num_samples: int) -> dict[str, An
 def evaluate_policy(
     policy_dir: str | Path, records: Sequence[Any], out_file: Path, *, num_samples: int, sampling: Any,
     batch_size: int, seed: int, device: str | None = None, desc: str = "evaluate", progress: bool = True,
+    engine: str = "hf",
 ) -> tuple[list[dict[str, Any]], bool]:
     """Sample ``num_samples`` responses per record from the policy in ``policy_dir``, ``batch_size`` records
-    per engine call; score each, write one JSONL line per sample to ``out_file``. Returns the lines and
-    whether the policy sees images."""
+    per engine call, with ``engine`` (``hf`` or ``vllm``: :mod:`prism_plugin.vllm_rollout.checkpoint`); score
+    each, write one JSONL line per sample to ``out_file``. Returns the lines and whether the policy sees
+    images."""
     import torch
     from tqdm.auto import tqdm
 
-    from prism_plugin.policy import load_policy, sample
-    from prism_plugin.rollout import HFRolloutEngine
+    from prism_plugin.policy import sample
+    from prism_plugin.vllm_rollout.checkpoint import policy_and_engine
 
-    policy, processor, vision = load_policy(policy_dir, device=device)
-    engine = HFRolloutEngine(getattr(processor, "tokenizer", processor))
-    torch.manual_seed(seed)
     lines: list[dict[str, Any]] = []
-    with out_file.open("w", encoding="utf-8") as handle, tqdm(
-        total=len(records), desc=desc, unit="prompt", disable=not progress
-    ) as bar:
+    with policy_and_engine(policy_dir, engine, device=device, seed=seed) as (policy, processor, vision, sampler), \
+            out_file.open("w", encoding="utf-8") as handle, \
+            tqdm(total=len(records), desc=desc, unit="prompt", disable=not progress) as bar:
+        torch.manual_seed(seed)
         for start in range(0, len(records), batch_size):
             batch = records[start : start + batch_size]
-            _, split = sample(policy, processor, vision, batch, num_samples, sampling, engine=engine)
+            _, split = sample(policy, processor, vision, batch, num_samples, sampling, engine=sampler)
             for i, text in enumerate(split.texts):
                 line = score_sample(batch[i // num_samples], i % num_samples, text, bool(split.valid[i]),
                                     bool(split.truncated[i]), int(split.lengths[i]))
                 handle.write(json.dumps(line, ensure_ascii=False) + "\n")
                 lines.append(line)
             bar.update(len(batch))
-    del policy, engine
+    del policy, sampler
     gc.collect()
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
@@ -308,13 +308,15 @@ def evaluate(
     limit: int | None = None,
     skip_invalid: bool = False,
     progress: bool = True,
+    engine: str = "hf",
 ) -> Evaluation:
     """Evaluate each policy of ``models`` on the rows of ``data``; write ``out_dir/<name>.jsonl`` per policy,
     ``summary.json`` and, for several policies, ``comparison.png``.
 
     Greedy (``temperature`` 0) by default; ``num_samples`` > 1 needs ``temperature`` > 0. ``limit`` keeps
     the first usable rows. Every mistake (an option, a path, a directory that is no policy, a bad row, a
-    file without usable rows) is raised before the first policy loads.
+    file without usable rows) is raised before the first policy loads. ``engine`` ``vllm`` samples with vLLM
+    (the whole GPU per policy, no weight sync; a missing or unsupported vLLM is one error line).
     """
     from prism_plugin.data.records import load_prompts
     from prism_plugin.policy import policy_config, policy_device
@@ -335,6 +337,10 @@ def evaluate(
     if out_dir.exists() and not out_dir.is_dir():
         raise UserError(f"--out {out_dir} is a file; give a directory")
     device = policy_device(device)
+    if engine == "vllm":
+        from prism_plugin.vllm_rollout.versions import require_vllm
+
+        require_vllm("--engine vllm")
     for model in models:
         policy_config(model)
 
@@ -354,7 +360,7 @@ def evaluate(
         out_file = out_dir / f"{name}.jsonl"
         lines, vision = evaluate_policy(model, records, out_file, num_samples=num_samples, sampling=sampling,
                                         batch_size=batch_size, seed=seed, device=device, desc=name,
-                                        progress=progress)
+                                        progress=progress, engine=engine)
         summary["models"][name] = {"model": str(Path(model).resolve()), "jsonl": out_file.name, "vision": vision,
                                    **summarize(lines, num_samples)}
     (out_dir / SUMMARY_NAME).write_text(json.dumps(summary, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")

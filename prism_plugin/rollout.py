@@ -5,18 +5,17 @@ monitor and ``evaluate`` — asks a :class:`RolloutEngine` for the completions o
 :class:`HFRolloutEngine` (transformers ``generate``) is the implementation today, and the package's
 one ``generate`` call site.
 
-Adding an engine, e.g. vLLM (the paper's rollout backend), is one new class with the two methods
-of :class:`RolloutEngine`:
+An engine is one class with the two methods of :class:`RolloutEngine`:
 
-- ``load_policy(policy)`` — the trainer calls it before every rollout batch with the policy being
-  trained; a vLLM engine pushes the changed weights into its engine (colocated: load the state
-  dict into the vLLM model; server mode: send each parameter), where the HF engine just keeps a
-  reference;
-- ``generate(prompts, num_samples, sampling)`` — a vLLM engine maps each :class:`PolicyPrompt` to
-  ``{"prompt_token_ids": prompt.input_ids, "multi_modal_data": {"image": <PIL images of
-  prompt.images>}}``, samples with ``SamplingParams(n=num_samples, temperature, top_p, top_k,
-  max_tokens=sampling.max_new_tokens, stop_token_ids=[end of turn])`` and returns the token ids
-  through :meth:`Rollouts.from_sequences`.
+- ``load_policy(policy, version)`` — the trainer calls it before every rollout batch with the policy
+  being trained and its optimiser step; an engine with weights of its own (vLLM:
+  :mod:`prism_plugin.vllm_rollout`) syncs them when the policy object or the version changed, where
+  the HF engine just keeps a reference;
+- ``generate(prompts, num_samples, sampling)`` — ``num_samples`` completions of every prompt, returned
+  through :meth:`Rollouts.from_sequences`. A :class:`PolicyPrompt` holds the processor-*expanded* ids (as
+  many ``<|image_pad|>`` per image as it has merged patches, what the policy's forward takes); an engine
+  that runs its own processor, such as vLLM, must be given one placeholder per image plus the images and
+  expand them itself (:class:`prism_plugin.vllm_rollout.prompts.PromptConverter`), never the expanded ids.
 
 Rollouts come back prompt-major (``num_samples`` rows per prompt), right-padded, with a mask
 that covers each completion up to and including its first end-of-turn token.
@@ -59,9 +58,9 @@ def completion_mask(completions: torch.Tensor, eot_id: int) -> torch.Tensor:
 
 @dataclass(frozen=True)
 class PolicyPrompt:
-    """One prompt rendered for the policy: token ids (image placeholders expanded), the processor's
-    tensors for its images (``pixel_values``, ``image_grid_thw`` …), and the images themselves for
-    engines that process them on their own."""
+    """One prompt rendered for the policy: token ids (image placeholders expanded to one token per merged
+    patch), the processor's tensors for its images (``pixel_values``, ``image_grid_thw`` …), and the images
+    themselves (paths or bytes, as the row gave them) for engines that process them on their own."""
 
     input_ids: list[int]
     mm_inputs: dict[str, torch.Tensor] = field(default_factory=dict)
@@ -84,12 +83,14 @@ class Rollouts:
 
     ``completions`` (N, T) token ids; ``mask`` (N, T) 1 up to and including the first end-of-turn
     token (a row without one — truncated at the budget — is all ones over its tokens);
-    ``prompt_index`` (N,) the prompt each row answers.
+    ``prompt_index`` (N,) the prompt each row answers; ``log_probs`` (N, T) the sampler's log-probability of
+    each token, where the engine reports them (None otherwise).
     """
 
     completions: torch.Tensor
     mask: torch.Tensor
     prompt_index: torch.Tensor
+    log_probs: torch.Tensor | None = None
 
     @classmethod
     def from_sequences(cls, sequences: Sequence[Sequence[int]], prompt_index: Sequence[int], eot_id: int,
@@ -125,8 +126,9 @@ class RolloutEngine(Protocol):
     pad_id: int
     rng: SamplingStream | None
 
-    def load_policy(self, policy: torch.nn.Module) -> None:
-        """Make ``policy`` (the current weights) the one to sample from."""
+    def load_policy(self, policy: torch.nn.Module | None, version: int | None = None) -> None:
+        """Make ``policy`` (the current weights) the one to sample from; ``version`` changes whenever its weights
+        do (the trainer's optimiser step; None: they never change)."""
 
     def generate(self, prompts: Sequence[PolicyPrompt], num_samples: int, sampling: Sampling) -> Rollouts:
         """``num_samples`` completions of every prompt."""
@@ -157,7 +159,7 @@ class HFRolloutEngine:
         self.policy: torch.nn.Module | None = None
         self.rng: SamplingStream | None = None
 
-    def load_policy(self, policy: torch.nn.Module) -> None:
+    def load_policy(self, policy: torch.nn.Module | None, version: int | None = None) -> None:
         self.policy = policy
 
     @torch.no_grad()

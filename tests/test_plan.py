@@ -12,6 +12,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -220,7 +221,8 @@ def test_kv_cache_equals_a_real_dynamic_cache(tiny_dir: Path, tiny_discriminator
 
 def test_paper_configs_sizes_and_kv(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     """Qwen3-VL-4B policy and Qwen3-VL-2B upcycled to 4 experts (top-2): exact counts, 144 KiB/token in bf16;
-    the shipped config fits 8 × 80 GiB, and would not with the policy loss's logits in one piece."""
+    the shipped config (colocated vLLM, 0.3 of the card, sleep mode) fits 8 × 80 GiB in both phases, and so
+    does its HF-engine variant; neither would with the policy loss's logits in one piece."""
     monkeypatch.chdir(REPO)
     configs = {"policy_config": str(FIXTURES / "qwen3_vl_4b"),
                "discriminator_config": str(FIXTURES / "qwen3_vl_2b" / "config.json")}
@@ -229,13 +231,26 @@ def test_paper_configs_sizes_and_kv(monkeypatch: pytest.MonkeyPatch, tmp_path: P
     assert (policy.numel, policy.trainable_numel) == (4_437_815_808, 4_022_468_096)
     assert disc.numel == disc.trainable_numel == 5_298_657_280  # 5.30 B
     assert plan.rollout.bytes_per_token == 144 * 1024
-    assert _items(plan)[("policy", "rollout KV cache")] == 8 * (1024 + 6144) * 144 * 1024
-    assert _items(plan)[("policy", "loss logits")] == 8 * 512 * 151_936 * 14
-    assert plan.fits and (plan.largest.model, plan.largest.what) == ("discriminator", "weights")
+    items = _items(plan)
+    assert items[("policy", "vLLM pool")] == int(0.3 * 80 * 1024**3) and ("policy", "rollout KV cache") not in items
+    assert items[("policy", "loss logits")] == 8 * 512 * 151_936 * 14
+    kept = sum(n for (model, what), n in items.items() if what not in ("vLLM pool", "loss logits")) + 4 * 1024**3
+    assert plan.peak("generation") == kept + items[("policy", "vLLM pool")]  # the logits are gone by then
+    assert plan.peak("update") == kept + items[("policy", "loss logits")]  # the pool sleeps
+    assert plan.fits and plan.total == plan.peak("generation") and (plan.largest.what == "vLLM pool")
     assert plan.batch.startswith("4 prompts × 16 rollouts = 64 rollouts per optimizer step over 8 ranks")
-    whole = yaml.safe_load((REPO / "yaml" / "prism_align.yaml").read_text()) | {"prism_logprob_chunk_size": None}
-    (tmp_path / "whole.yaml").write_text(yaml.safe_dump(whole))
-    unchunked = build_plan(tmp_path / "whole.yaml", 8, 80, **configs)
+    shipped = yaml.safe_load((REPO / "yaml" / "prism_align.yaml").read_text())
+
+    def variant(name: str, **keys) -> Any:
+        (tmp_path / f"{name}.yaml").write_text(yaml.safe_dump(shipped | keys))
+        return build_plan(tmp_path / f"{name}.yaml", 8, 80, **configs)
+
+    awake = variant("awake", prism_vllm_sleep_mode=False)  # the pool held through the update too
+    assert awake.peak("update") == plan.peak("update") + items[("policy", "vLLM pool")] and awake.fits
+    hf = variant("hf", prism_rollout_engine="hf")
+    assert _items(hf)[("policy", "rollout KV cache")] == 8 * (1024 + 6144) * 144 * 1024
+    assert hf.fits and not hf.phased and (hf.largest.model, hf.largest.what) == ("discriminator", "weights")
+    unchunked = variant("whole", prism_logprob_chunk_size=None)
     assert _items(unchunked)[("policy", "loss logits")] == 8 * 6144 * 151_936 * 14
     assert not unchunked.fits and unchunked.largest.what == "loss logits"
 

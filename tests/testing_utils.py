@@ -71,7 +71,7 @@ class ReplayEngine:
         self.eot_id = end_of_turn_id(tokenizer)
         self.pad_id = tokenizer.pad_token_id
 
-    def load_policy(self, policy) -> None:
+    def load_policy(self, policy, version=None) -> None:
         pass
 
     def generate(self, prompts, num_samples, sampling):

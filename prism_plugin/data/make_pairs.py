@@ -115,15 +115,18 @@ def make_pairs(
     skip_invalid: bool = False,
     device: str | None = None,
     progress: bool = True,
+    engine: str = "hf",
 ) -> MakePairsReport:
     """Sample ``num_samples`` responses per row of ``prompts_file`` from ``policy_dir``; write warm-up pairs.
 
     ``batch_size`` prompts share one left-padded ``generate`` call. The samples depend on
-    ``seed`` and ``batch_size`` (and the device); the same values give the same file.
+    ``seed`` and ``batch_size`` (and the device); the same values give the same file. ``engine`` ``vllm``
+    samples with vLLM (:mod:`prism_plugin.vllm_rollout.checkpoint`).
     """
     from tqdm.auto import tqdm
 
-    from prism_plugin.policy import load_policy, sample
+    from prism_plugin.policy import sample
+    from prism_plugin.vllm_rollout.checkpoint import policy_and_engine
 
     check_at_least_one(("--num-samples", num_samples), ("--batch-size", batch_size),
                        ("--max-new-tokens", max_new_tokens))
@@ -137,16 +140,16 @@ def make_pairs(
         num_samples=num_samples, skipped_rows=list(loaded.skipped),
     )
 
-    policy, processor, vision = load_policy(policy_dir, device=device)
-    torch.manual_seed(seed)
     image_dir = out_file.parent / f"{out_file.stem}_images"
     sampling = Sampling(max_new_tokens, temperature)
     out_file.parent.mkdir(parents=True, exist_ok=True)
     bar = tqdm(total=len(records), desc="make-pairs", unit="prompt", disable=not progress)
-    with out_file.open("w", encoding="utf-8") as handle, torch.no_grad():
+    with policy_and_engine(policy_dir, engine, device=device, seed=seed) as (policy, processor, vision, sampler), \
+            out_file.open("w", encoding="utf-8") as handle, torch.no_grad():
+        torch.manual_seed(seed)
         for start in range(0, len(records), batch_size):
             batch = records[start : start + batch_size]
-            _, split = sample(policy, processor, vision, batch, num_samples, sampling)
+            _, split = sample(policy, processor, vision, batch, num_samples, sampling, engine=sampler)
             for i, text in enumerate(split.texts):
                 record = batch[i // num_samples]
                 report.samples += 1

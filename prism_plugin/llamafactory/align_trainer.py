@@ -148,7 +148,7 @@ class PrismAlignTrainer(AtomicCheckpointMixin, MetricsLogMixin, Trainer):
 
     def rollout_step(self, prompts: list[AlignPrompt]) -> PolicyMicroBatch:
         """Rollout → split → score → advantage → discriminator update, for one micro-batch of prompts."""
-        self.engine.load_policy(self.accelerator.unwrap_model(self.model))
+        self.engine.load_policy(self.accelerator.unwrap_model(self.model), version=self.state.global_step)
         batch, signal, sampling_metrics = self.sample(prompts)
         scores = self.scorer.score(batch)
         advantages = self._advantages(batch, scores)

@@ -100,12 +100,13 @@ def run_prism_align(
 
     from prism_plugin.llamafactory.align_data import AlignEncoder, encode_align
     from prism_plugin.llamafactory.align_trainer import DISCRIMINATOR_DIR, PrismAlignTrainer
+    from prism_plugin.llamafactory.rollout_engine import build_rollout_engine, check_rollout_engine
     from prism_plugin.llamafactory.training import train_and_save
-    from prism_plugin.rollout import HFRolloutEngine
 
     logger = logging.get_logger(f"llamafactory.{__name__}")  # under LLaMA-Factory's configured root logger
     args = finetuning_args
     batch_line = global_batch(args, training_args)  # a group that cannot fit whole stops the run here
+    check_rollout_engine(args)  # prism_rollout_engine: vllm without a supported vLLM stops here
     if args.prism_reward != DISCRIMINATOR and args.prism_discriminator:
         logger.warning_rank0(f"prism_reward is {args.prism_reward!r}: prism_discriminator is not used")
     tokenizer_module = load_tokenizer(model_args)
@@ -137,7 +138,7 @@ def run_prism_align(
         callbacks=callbacks,
         prism_args=args,
         scorer=scorer,
-        engine=HFRolloutEngine(tokenizer, chunk_size=args.prism_rollout_chunk_size),
+        engine=build_rollout_engine(args, model_args, data_args, training_args, tokenizer, processor, template),
     )
     if checkpoint and scorer.load_state(str(Path(checkpoint) / DISCRIMINATOR_DIR)):
         logger.info_rank0(f"prism_align: discriminator optimiser state restored from {checkpoint}")

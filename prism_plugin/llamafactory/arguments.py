@@ -20,6 +20,7 @@ from prism_plugin.layout import KNOWN_SEGMENTS, SEGMENT_NAMES
 DISCRIMINATOR = "discriminator"
 VERIFIABLE = "verifiable"
 REG_ROWS = ("all", "valid")
+ROLLOUT_ENGINES = ("hf", "vllm")
 NO_VALID_PAIR = ("teacher", "skip")
 
 
@@ -160,8 +161,9 @@ class AlignArguments:
     )
     prism_rollout_chunk_size: int | None = field(
         default=None,
-        metadata={"help": "Generate a step's rollouts in micro-batches of at most this many sequences (bounds the "
-                          "rollout KV cache without changing the batch, G or the length; default: all at once)."},
+        metadata={"help": "prism_rollout_engine hf: generate a step's rollouts in micro-batches of at most this many "
+                          "sequences (bounds the rollout KV cache without changing the batch, G or the length; "
+                          "default: all at once)."},
     )
     prism_dynamic_sampling: bool = field(
         default=False,
@@ -209,6 +211,39 @@ class AlignArguments:
                 f"prism_segment_weights needs one weight per segment: {segments} vs {self.prism_segment_weights}"
             )
         _chain_post_init(self, AlignArguments)
+
+
+@dataclass
+class RolloutEngineArguments:
+    """prism_align: the engine that samples the rollouts (transformers generate, or vLLM colocated)."""
+
+    prism_rollout_engine: str = field(
+        default="hf",
+        metadata={"help": "hf (transformers generate on the policy) or vllm (an in-process vLLM engine per rank, "
+                          "synced once per optimiser step; needs prism-plugin[vllm], vLLM 0.19.1 to 0.28.x)."},
+    )
+    prism_vllm_gpu_memory_utilization: float = field(
+        default=0.3,
+        metadata={"help": "vllm: the share of each GPU's memory the vLLM engine takes (its weights and KV cache)."},
+    )
+    prism_vllm_sleep_mode: bool = field(
+        default=True,
+        metadata={"help": "vllm: the engine gives its memory back between rollouts (sleep / wake_up), so the "
+                          "update has the card; false keeps it (faster, needs the room; CPU has no sleep mode)."},
+    )
+    prism_vllm_enforce_eager: bool = field(
+        default=False, metadata={"help": "vllm: no CUDA graphs (slower generation, less memory, faster start)."}
+    )
+
+    def __post_init__(self) -> None:
+        engine = self.prism_rollout_engine
+        if engine not in ROLLOUT_ENGINES:
+            raise ConfigError(f"prism_rollout_engine must be one of {ROLLOUT_ENGINES}; got {engine!r}"
+                              f"{did_you_mean(engine, ROLLOUT_ENGINES)}")
+        if not 0.0 < self.prism_vllm_gpu_memory_utilization <= 1.0:
+            raise ConfigError(f"prism_vllm_gpu_memory_utilization must be in (0, 1]; got "
+                              f"{self.prism_vllm_gpu_memory_utilization}")
+        _chain_post_init(self, RolloutEngineArguments)
 
 
 @dataclass
@@ -275,12 +310,13 @@ class DriftMonitorArguments:
         _chain_post_init(self, DriftMonitorArguments)
 
 
-FEATURES = (PrismDataArguments, DiscriminatorArguments, AlignArguments, PolicyLossArguments, DriftMonitorArguments)
+FEATURES = (PrismDataArguments, DiscriminatorArguments, AlignArguments, RolloutEngineArguments, PolicyLossArguments,
+            DriftMonitorArguments)
 
 
 @dataclass
-class PrismArguments(DriftMonitorArguments, PolicyLossArguments, AlignArguments, DiscriminatorArguments,
-                     PrismDataArguments):
+class PrismArguments(DriftMonitorArguments, PolicyLossArguments, RolloutEngineArguments, AlignArguments,
+                     DiscriminatorArguments, PrismDataArguments):
     """Every ``prism_*`` key (one dataclass per feature, each validating its own keys)."""
 
     @property

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -55,8 +56,19 @@ class Plan:
         return int(self.reserve_gib * GIB)
 
     @property
+    def phased(self) -> bool:
+        """Whether some items are held during one phase only (a vLLM run: the pool and the loss logits)."""
+        return any(i.phase != "always" for i in self.items)
+
+    def peak(self, phase: str) -> int:
+        """The items held during ``phase`` (``generation`` or ``update``) plus the reserve."""
+        return sum(i.nbytes for i in self.items if i.phase in ("always", phase)) + self.reserve_bytes
+
+    @property
     def total(self) -> int:
-        """Every item plus the reserve."""
+        """Every item plus the reserve; for a vLLM run, the larger of the generation and update peaks."""
+        if self.phased:
+            return max(self.peak("generation"), self.peak("update"))
         return sum(i.nbytes for i in self.items) + self.reserve_bytes
 
     @property
@@ -70,7 +82,7 @@ class Plan:
     def max_chunk(self) -> int | None:
         """The largest ``prism_rollout_chunk_size`` (sequences per generate call) that fits; None without
         rollouts, 0 when even one sequence does not."""
-        if self.rollout is None:
+        if self.rollout is None or self.phased:
             return None
         kv = sum(i.nbytes for i in self.items if i.what == "rollout KV cache")
         room = self.gpu_memory_gib * GIB - (self.total - kv)
@@ -93,12 +105,14 @@ class Plan:
             ],
             "items": [
                 {"model": i.model, "item": i.what, "bytes": i.nbytes, "gib": round(i.nbytes / GIB, 3),
-                 "detail": i.detail}
+                 "detail": i.detail, "phase": i.phase}
                 for i in self.items
             ],
             "reserve_gib": self.reserve_gib,
             "total_bytes": self.total,
             "total_gib": round(self.total / GIB, 3),
+            "peaks_gib": ({phase: round(self.peak(phase) / GIB, 3) for phase in ("generation", "update")}
+                          if self.phased else None),
             "fits": self.fits,
             "largest": {"model": self.largest.model, "item": self.largest.what, "bytes": self.largest.nbytes},
             "batch": self.batch,
@@ -215,8 +229,16 @@ def build_plan(
         elif discriminator_config is not None:
             raise PlanError(f"--discriminator-config: prism_reward is {s.prism['prism_reward']!r}, no discriminator")
         rollout = _rollout_shape(s, policy, prompt_tokens)
-        items.append(rules.rollout_kv(policy, s, rollout.sequences, rollout.tokens))
-        items.append(rules.policy_loss_logits(policy, s, _micro_batch_rollouts(s)))
+        logits = rules.policy_loss_logits(policy, s, _micro_batch_rollouts(s))
+        if s.prism["prism_rollout_engine"] == "vllm":
+            items.append(rules.vllm_pool(policy, s, gpu_memory_gib, rollout.uncapped, rollout.tokens))
+            items.append(dataclasses.replace(logits, phase="update"))
+            if s.prism["prism_vllm_sleep_mode"]:
+                notes.append("vLLM sleep mode keeps the engine's weights in host memory between rollouts "
+                             f"({rules.engine_weight_bytes(policy, s) / GIB:.2f} GiB per rank)")
+        else:
+            items.append(rules.rollout_kv(policy, s, rollout.sequences, rollout.tokens))
+            items.append(logits)
         new = s.prism["prism_max_new_tokens"]
         cutoff = s.raw.get("cutoff_len")
         if isinstance(cutoff, int) and prompt_tokens + new > cutoff:
@@ -253,14 +275,22 @@ def format_plan(plan: Plan) -> str:
     for i in plan.items:
         lines.append(f"  {f'{i.model} {i.what}'.ljust(width)}{_gib(i.nbytes)}  {i.detail}")
     lines.append(f"  {'reserve (--reserve-gib)'.ljust(width)}{_gib(plan.reserve_bytes)}")
-    lines.append(f"  {'total'.ljust(width)}{_gib(plan.total)}")
+    if plan.phased:
+        for phase in ("generation", "update"):
+            lines.append(f"  {f'peak during {phase}'.ljust(width)}{_gib(plan.peak(phase))}")
+    else:
+        lines.append(f"  {'total'.ljust(width)}{_gib(plan.total)}")
     largest = plan.largest
     verdict = "fits" if plan.fits else "does NOT fit"
     lines.append("")
     lines.append(f"{verdict} in {plan.gpu_memory_gib:g} GiB per GPU; largest item: {largest.model} {largest.what} "
                  f"({largest.nbytes / GIB:.2f} GiB)")
     r = plan.rollout
-    if r is not None:
+    if r is not None and plan.phased:
+        lines.append(f"rollouts: vLLM, {r.uncapped} sequences per rank per micro-batch, {r.prompt_tokens:,} prompt "
+                     f"tokens (--prompt-tokens) + {r.tokens - r.prompt_tokens:,} new (the pool's row above: how many "
+                     "run at once)")
+    elif r is not None:
         chunk = plan.max_chunk()
         capped = f" (capped from {r.uncapped} by prism_rollout_chunk_size)" if r.sequences < r.uncapped else ""
         lines.append(f"rollouts: {r.sequences} sequences per generate call per rank{capped}, {r.prompt_tokens:,} "

@@ -20,12 +20,14 @@ STEP_BYTES = 4  # torch AdamW keeps one float32 ``step`` scalar per parameter te
 
 @dataclass(frozen=True)
 class Item:
-    """One line of the plan: ``nbytes`` per GPU for ``what`` of ``model``."""
+    """One line of the plan: ``nbytes`` per GPU for ``what`` of ``model``, held ``always`` or only during one
+    phase of the step (``generation``: the rollouts; ``update``: the policy loss)."""
 
     model: str
     what: str
     nbytes: int
     detail: str = ""
+    phase: str = "always"
 
 
 def shard(nbytes: int, ranks: int) -> int:
@@ -219,3 +221,25 @@ def policy_loss_logits(policy: Census, s: RunSettings, rows: int) -> Item:
     how = f"chunks of {positions:,} positions" if chunk else "all positions at once"
     return Item(policy.label, "loss logits", rows * positions * vocab * LOGIT_BYTES_PER_ELEMENT,
                 f"{rows} rollouts × {positions:,} × {vocab:,} vocab × {LOGIT_BYTES_PER_ELEMENT} B ({how})")
+
+
+def engine_weight_bytes(policy: Census, s: RunSettings) -> int:
+    """The policy's weights as the vLLM engine holds them (the rollout dtype)."""
+    return policy.numel * _size(rollout_dtype(policy, s))
+
+
+def vllm_pool(policy: Census, s: RunSettings, gpu_memory_gib: float, sequences: int, tokens: int) -> Item:
+    """The colocated vLLM engine's pool: ``prism_vllm_gpu_memory_utilization`` of the card (its weights, in the
+    rollout dtype, and its KV cache). With sleep mode it is held during generation only (weights to host
+    memory, KV cache dropped); without, always."""
+    fraction = float(s.prism["prism_vllm_gpu_memory_utilization"])
+    pool = int(fraction * gpu_memory_gib * 1024**3)
+    dtype = rollout_dtype(policy, s)
+    weights = engine_weight_bytes(policy, s)
+    per_sequence = tokens * kv_bytes_per_token(policy, dtype)
+    room = max(pool - weights, 0)
+    sleep = bool(s.prism["prism_vllm_sleep_mode"])
+    detail = (f"{fraction:g} of the GPU: weights {weights / 1024**3:.2f} GiB ({_name(dtype)}) + KV cache "
+              f"{room / 1024**3:.2f} GiB ({room // per_sequence} seq × {tokens:,} tokens at once; a micro-batch has "
+              f"{sequences}); " + ("sleep mode: generation only" if sleep else "no sleep mode: held all step"))
+    return Item(policy.label, "vLLM pool", pool, detail, "generation" if sleep else "always")

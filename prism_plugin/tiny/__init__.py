@@ -35,7 +35,7 @@ MODEL_DIRS = {
 }
 DEFAULT_NUM_EXAMPLES = 32
 
-__all__ = ["DEFAULT_NUM_EXAMPLES", "MODEL_DIRS", "load_manifest", "make_tiny"]
+__all__ = ["DEFAULT_NUM_EXAMPLES", "MODEL_DIRS", "load_manifest", "make_tiny", "make_tiny_text_policy"]
 
 
 def _versions() -> dict[str, str]:
@@ -113,6 +113,18 @@ def make_tiny(out_dir: str | Path, seed: int = 0, num_examples: int = DEFAULT_NU
     }
     (out / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
     return manifest
+
+
+def make_tiny_text_policy(out_dir: str | Path, seed: int = 0, head_dim: int | None = None) -> Path:
+    """One tiny text policy (``qwen3_policy``'s architecture and tokenizer, attention heads of ``head_dim``,
+    by default :data:`~prism_plugin.tiny.models.VLLM_HEAD_DIM`) in ``out_dir``; needs no image processor,
+    so it builds where torchvision does not import (vLLM's CPU test environment)."""
+    from prism_plugin.tiny.models import VLLM_HEAD_DIM, build_model, save_model
+    from prism_plugin.tiny.tokenizer import build_tokenizer
+
+    tokenizer = build_tokenizer()
+    model = build_model("qwen3", tokenizer, seed=2 * seed, head_dim=head_dim or VLLM_HEAD_DIM)
+    return save_model(model, Path(out_dir), tokenizer, None)
 
 
 def load_manifest(out_dir: str | Path) -> dict[str, Any]:

@@ -21,6 +21,8 @@ LAYERS = 2
 HEADS = 4
 KV_HEADS = 2
 HEAD_DIM = 16
+# vLLM's CPU attention takes head sizes 32 to 256: the text policy vLLM's tests load has heads of 32.
+VLLM_HEAD_DIM = 32
 # Interleaved M-RoPE over head_dim / 2 = 8 frequencies: t, h, w sections (h, w take every 3rd).
 MROPE_SECTION = [4, 2, 2]
 VISION_HIDDEN = 32
@@ -30,7 +32,7 @@ VISION_HEADS = 2
 DEEPSTACK_INDEXES = [0, 1]
 
 
-def _text_kwargs(tokenizer: Any) -> dict[str, Any]:
+def _text_kwargs(tokenizer: Any, head_dim: int = HEAD_DIM) -> dict[str, Any]:
     return {
         "vocab_size": len(tokenizer),
         "hidden_size": HIDDEN,
@@ -38,7 +40,7 @@ def _text_kwargs(tokenizer: Any) -> dict[str, Any]:
         "num_hidden_layers": LAYERS,
         "num_attention_heads": HEADS,
         "num_key_value_heads": KV_HEADS,
-        "head_dim": HEAD_DIM,
+        "head_dim": head_dim,
         "max_position_embeddings": 4096,
         "rms_norm_eps": 1e-6,
         "pad_token_id": tokenizer.pad_token_id,
@@ -47,12 +49,12 @@ def _text_kwargs(tokenizer: Any) -> dict[str, Any]:
     }
 
 
-def qwen3_config(tokenizer: Any) -> Any:
-    """A 2-layer, hidden-64 ``Qwen3Config`` over ``tokenizer``'s vocabulary."""
+def qwen3_config(tokenizer: Any, head_dim: int = HEAD_DIM) -> Any:
+    """A 2-layer, hidden-64 ``Qwen3Config`` over ``tokenizer``'s vocabulary (attention heads of ``head_dim``)."""
     from transformers import Qwen3Config
 
     rope = portable_config({"rope_parameters": {"rope_type": "default", "rope_theta": 1_000_000.0}})
-    return Qwen3Config(**_text_kwargs(tokenizer), **rope, tie_word_embeddings=False)
+    return Qwen3Config(**_text_kwargs(tokenizer, head_dim), **rope, tie_word_embeddings=False)
 
 
 def qwen3_vl_config(tokenizer: Any) -> Any:
@@ -113,15 +115,18 @@ def generation_config(tokenizer: Any, *, vision: bool) -> Any:
     return GenerationConfig(**kwargs)
 
 
-def build_model(kind: str, tokenizer: Any, seed: int) -> Any:
-    """A freshly initialised model of ``kind`` (``qwen3_vl`` or ``qwen3``), float32, eval mode."""
+def build_model(kind: str, tokenizer: Any, seed: int, head_dim: int = HEAD_DIM) -> Any:
+    """A freshly initialised model of ``kind`` (``qwen3_vl`` or ``qwen3``), float32, eval mode; ``head_dim``
+    sets the text model's attention head size (:data:`VLLM_HEAD_DIM` for a model vLLM's CPU build runs)."""
     import torch
     from transformers import Qwen3ForCausalLM, Qwen3VLForConditionalGeneration
 
     if kind == "qwen3_vl":
+        if head_dim != HEAD_DIM:
+            raise ValueError("the tiny qwen3_vl model's head size is fixed (its M-RoPE sections depend on it)")
         config, cls = qwen3_vl_config(tokenizer), Qwen3VLForConditionalGeneration
     elif kind == "qwen3":
-        config, cls = qwen3_config(tokenizer), Qwen3ForCausalLM
+        config, cls = qwen3_config(tokenizer, head_dim), Qwen3ForCausalLM
     else:
         raise ValueError(f"unknown tiny model kind {kind!r}; expected 'qwen3_vl' or 'qwen3'")
     torch.manual_seed(seed)
