@@ -8,6 +8,7 @@ rollouts of one prompt, and ``F_i`` flags an invalid format. One segment named
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 
 import torch
@@ -90,3 +91,16 @@ def segment_advantage(
         filled = fill_invalid_scores(scores[name], valid, groups)
         advantage = advantage + weight * group_normalize(filled, groups, eps=eps, scale=scale)
     return advantage - format_penalty * (~valid).float()
+
+
+def dynamic_sampling_mask(metric: torch.Tensor, group_index: torch.Tensor | list, tol: float = 0.0) -> torch.Tensor:
+    """DAPO dynamic sampling: keep the rollouts of groups whose ``metric`` (e.g. accuracy) varies.
+
+    A group whose members all share one value (all right or all wrong) carries no gradient
+    under group normalisation and is dropped; a group of one is dropped too.
+    """
+    metric = torch.as_tensor(metric, dtype=torch.float64)
+    groups, num_groups = group_ids(group_index)
+    high = torch.full((num_groups,), -math.inf, dtype=metric.dtype).scatter_reduce(0, groups, metric, "amax")
+    low = torch.full((num_groups,), math.inf, dtype=metric.dtype).scatter_reduce(0, groups, metric, "amin")
+    return ((high - low) > tol)[groups]

@@ -95,8 +95,9 @@ def _align_preview(args: argparse.Namespace) -> int:
     from prism_plugin.preview import format_preview, preview_alignment_step
 
     result = preview_alignment_step(
-        args.policy, args.discriminator, args.data, num_prompts=args.num_prompts,
-        num_generations=args.num_generations, max_new_tokens=args.max_new_tokens, seed=args.seed,
+        args.policy, args.discriminator, args.data, num_prompts=args.num_prompts, config=args.config,
+        num_generations=args.num_generations, max_new_tokens=args.max_new_tokens, temperature=args.temperature,
+        seed=args.seed,
     )
     print(format_preview(result))
     if args.out:
@@ -113,9 +114,12 @@ def _add_align_preview(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--policy", required=True, help="policy checkpoint directory (e.g. an SFT output)")
     p.add_argument("--discriminator", required=True, help="PRISM discriminator directory (prism-plugin upcycle)")
     p.add_argument("--data", required=True, help="alignment prompts (.jsonl/.json/.parquet with teacher segments)")
+    p.add_argument("--config", help="a prism_align YAML: its prism_* keys (discriminator loss, segments, weights, "
+                                     "G, lengths) and cutoff_len, checked as the run checks them")
     p.add_argument("--num-prompts", type=int, default=2)
-    p.add_argument("--num-generations", type=int, default=4, help="rollouts per prompt (G)")
-    p.add_argument("--max-new-tokens", type=int, default=64)
+    p.add_argument("--num-generations", type=int, help="rollouts per prompt (G; default the config's, else 4)")
+    p.add_argument("--max-new-tokens", type=int, help="default the config's, else 64")
+    p.add_argument("--temperature", type=float, help="default the config's, else 1.0")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", help="also write the per-rollout result as JSON here")
     p.set_defaults(func=_align_preview)

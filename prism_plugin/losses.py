@@ -1,4 +1,5 @@
-"""Losses: the discriminator's Bradley–Terry loss and a registry of policy losses.
+"""Policy losses, in a registry (the discriminator's Bradley–Terry loss is
+:mod:`prism_plugin.discriminator.loss`; DAPO's group filter is :func:`prism_plugin.advantage.dynamic_sampling_mask`).
 
 Policy losses share one signature, ``fn(log_probs, old_log_probs, advantages, mask, *, clip_low,
 clip_high, agg_mode, horizon, …) -> (loss, metrics)``, whose keyword defaults are the loss's own
@@ -8,104 +9,16 @@ variant by registering a function (``@register_policy_loss("name")``), not by ed
 
 from __future__ import annotations
 
-import math
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from typing import Literal
 
 import torch
-import torch.nn.functional as F
-
-from prism_plugin.advantage import group_ids
 
 AggMode = Literal["token-mean", "seq-mean-token-mean", "seq-mean-token-sum", "seq-mean-token-sum-norm"]
 AGG_MODES: tuple[str, ...] = ("token-mean", "seq-mean-token-mean", "seq-mean-token-sum", "seq-mean-token-sum-norm")
 PolicyLoss = Callable[..., tuple[torch.Tensor, dict[str, float]]]
 
 _POLICY_LOSSES: dict[str, PolicyLoss] = {}
-
-
-# --------------------------------------------------------------------------- discriminator
-
-
-def pairwise_wins(teacher: torch.Tensor, student: torch.Tensor) -> torch.Tensor:
-    """Per pair, 1 where the teacher scores above the student, 0.5 on a tie (AUC convention), else 0."""
-    return (teacher > student).float() + 0.5 * (teacher == student).float()
-
-
-def discriminator_loss(
-    teacher: Mapping[str, torch.Tensor],
-    student: Mapping[str, torch.Tensor],
-    valid: torch.Tensor,
-    score_reg_coef: float = 0.001,
-    *,
-    clip: float | None = None,
-    reg_rows: str = "all",
-    no_valid_pair: str = "teacher",
-    no_valid_coef: float = 0.01,
-) -> tuple[torch.Tensor, dict[str, float]]:
-    """The discriminator's Bradley–Terry loss (teacher ≻ student) per segment, plus an L2 score regulariser.
-
-    With every score first clamped to ``±clip`` (the authors' ``update_critic``: a score past the clip
-    gets no gradient) and ``n = Σ v_i`` valid pairs::
-
-        L = Σ_s Σ_i v_i·[−log σ(t_s,i − s_s,i)] / n  +  coef · mean(t², s² of every segment)
-
-    ``reg_rows="all"`` takes the regulariser's mean over every row, invalid ones included (the authors';
-    the caller scores an invalid rollout too), ``"valid"`` over the valid rows only. With no valid pair,
-    ``no_valid_pair="teacher"`` gives ``no_valid_coef · Σ_s −log σ(mean_i t_s,i)`` + the regulariser (the
-    authors': the teacher's scores still rise while the policy writes nothing valid); ``"skip"`` gives a
-    graph-connected zero. ``num_pairs`` counts the valid pairs. Scores of rows the loss does not use may
-    be anything (NaN included). ``accuracy`` counts a tie as one half (the AUC convention).
-    """
-    if set(teacher) != set(student):
-        raise ValueError(f"teacher and student must name the same segments; got {sorted(teacher)}, {sorted(student)}")
-    if reg_rows not in ("all", "valid") or no_valid_pair not in ("teacher", "skip"):
-        raise ValueError(f"reg_rows must be all|valid and no_valid_pair teacher|skip; got {reg_rows!r}, "
-                         f"{no_valid_pair!r}")
-    valid = torch.as_tensor(valid).bool()
-    n = int(valid.sum().item())
-    used = torch.ones_like(valid) if reg_rows == "all" else valid
-    teacher = {s: _clamped(teacher[s], clip, used) for s in teacher}
-    student = {s: _clamped(student[s], clip, used) for s in student}
-    connected_zero = sum((teacher[s].sum() + student[s].sum()) for s in teacher) * 0.0
-    metrics: dict[str, float] = {"num_pairs": float(n)}
-    main = connected_zero
-    if n:
-        correct = []
-        for name in teacher:
-            t, s = teacher[name][valid], student[name][valid]
-            margin = t - s
-            bt = -F.logsigmoid(margin).sum() / n
-            main = main + bt
-            won = pairwise_wins(t, s)
-            correct.append(won)
-            metrics[f"{name}/bt_loss"] = bt.item()
-            metrics[f"{name}/accuracy"] = won.mean().item()
-            metrics[f"{name}/teacher_score"] = t.mean().item()
-            metrics[f"{name}/student_score"] = s.mean().item()
-            metrics[f"{name}/score_gap"] = margin.mean().item()
-        metrics["accuracy"] = torch.cat(correct).mean().item()
-    elif no_valid_pair == "teacher" and valid.numel():
-        for name in teacher:
-            main = main + no_valid_coef * -F.logsigmoid(teacher[name].mean())
-    elif no_valid_pair == "skip" or not valid.numel():
-        return connected_zero, metrics
-    squares = [x[used] ** 2 for name in teacher for x in (teacher[name], student[name])]
-    regulariser = torch.cat(squares).mean() if used.any() else connected_zero
-    loss = main + score_reg_coef * regulariser
-    metrics["score_reg"] = float(regulariser.detach())
-    metrics["loss"] = loss.item()
-    return loss, metrics
-
-
-def _clamped(scores: torch.Tensor, clip: float | None, used: torch.Tensor) -> torch.Tensor:
-    """``scores`` in at least float32, clamped to ±clip; rows outside ``used`` zeroed so a NaN there stays out."""
-    scores = scores.to(torch.promote_types(scores.dtype, torch.float32))
-    scores = torch.where(used.to(scores.device), scores, torch.zeros_like(scores))
-    return scores if clip is None else scores.clamp(-clip, clip)
-
-
-# --------------------------------------------------------------------------- aggregation
 
 
 def aggregate_loss(
@@ -318,16 +231,3 @@ def gspo_token_loss(
 
 
 # --------------------------------------------------------------------------- DAPO helpers
-
-
-def dynamic_sampling_mask(metric: torch.Tensor, group_index: torch.Tensor | list, tol: float = 0.0) -> torch.Tensor:
-    """DAPO dynamic sampling: keep the rollouts of groups whose ``metric`` (e.g. accuracy) varies.
-
-    A group whose members all share one value (all right or all wrong) carries no gradient
-    under group normalisation and is dropped; a group of one is dropped too.
-    """
-    metric = torch.as_tensor(metric, dtype=torch.float64)
-    groups, num_groups = group_ids(group_index)
-    high = torch.full((num_groups,), -math.inf, dtype=metric.dtype).scatter_reduce(0, groups, metric, "amax")
-    low = torch.full((num_groups,), math.inf, dtype=metric.dtype).scatter_reduce(0, groups, metric, "amin")
-    return ((high - low) > tol)[groups]

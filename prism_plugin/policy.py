@@ -128,24 +128,37 @@ def policy_prompt(processor: Any, vision: bool, prompt: str, images: Sequence[An
     return PolicyPrompt(encoded["input_ids"][0].tolist(), mm, tuple(images))
 
 
-def sample(
-    policy: Any, processor: Any, vision: bool, records: Sequence[Any], num_samples: int, sampling: Sampling,
-    engine: RolloutEngine | None = None,
-) -> tuple[Rollouts, Any]:
-    """``num_samples`` completions per record (``.prompt``, ``.images``), and their segment split
-    (:class:`prism_plugin.format.SegmentBatch`, prompt-major). Sampling uses the global torch RNG."""
-    from prism_plugin.format import split_segments
-
-    tokenizer = getattr(processor, "tokenizer", processor)
-    engine = engine or HFRolloutEngine(tokenizer)
-    engine.load_policy(policy)
+def render_prompts(processor: Any, vision: bool, records: Sequence[Any]) -> list[PolicyPrompt]:
+    """Each record (``.prompt``, ``.images``) rendered for the policy; a row its processor rejects is a
+    :class:`DatasetRowError` at the record's file and row."""
     prompts = []
     for record in records:
         try:
             prompts.append(policy_prompt(processor, vision, record.prompt, record.images))
         except DatasetRowError as err:
             raise err.at(getattr(record, "path", None), record.row) from err.__cause__
+    return prompts
+
+
+def sample_prompts(policy: Any, tokenizer: Any, prompts: Sequence[PolicyPrompt], num_samples: int,
+                   sampling: Sampling, engine: RolloutEngine | None = None) -> tuple[Rollouts, Any]:
+    """``num_samples`` completions per rendered prompt from ``engine`` (the HF engine by default) and their
+    segment split (:class:`prism_plugin.format.SegmentBatch`, prompt-major), found on the policy's own ids."""
+    from prism_plugin.format import split_segments
+
+    engine = engine or HFRolloutEngine(tokenizer)
+    engine.load_policy(policy)
     rollouts = engine.generate(prompts, num_samples, sampling)
-    eot = getattr(engine, "eot_id", None)
-    split = split_segments(rollouts.completions, tokenizer, rollouts.mask, eos_token_ids=eot)
+    split = split_segments(rollouts.completions, tokenizer, rollouts.mask,
+                           eos_token_ids=getattr(engine, "eot_id", None))
     return rollouts, split
+
+
+def sample(
+    policy: Any, processor: Any, vision: bool, records: Sequence[Any], num_samples: int, sampling: Sampling,
+    engine: RolloutEngine | None = None,
+) -> tuple[Rollouts, Any]:
+    """``num_samples`` completions per record (``.prompt``, ``.images``), and their segment split
+    (:func:`render_prompts`, then :func:`sample_prompts`)."""
+    tokenizer = getattr(processor, "tokenizer", processor)
+    return sample_prompts(policy, tokenizer, render_prompts(processor, vision, records), num_samples, sampling, engine)

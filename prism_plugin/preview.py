@@ -1,94 +1,74 @@
-"""A dry run of one PRISM alignment step (Wang et al. 2026, §3, steps 1-4) on real checkpoints.
+"""A dry run of one PRISM alignment step (Wang et al. 2026, §3) on real checkpoints, through the step's own path.
 
-Rollouts from the policy -> layout check and segments -> discriminator scores -> group
-advantages -> the discriminator's Bradley-Terry loss -> the verifiable reward, with no update.
-It shows what the alignment stage would feed its optimizers, per rollout.
+Rollouts from the policy, split on its own ids, make the :class:`~prism_plugin.scorers.RolloutBatch` the step
+scores; :meth:`DiscriminatorScorer.dry_run` gives the scores and the discriminator loss the step's update would
+take (the same rows and settings: ``prism_score_reg_rows`` and the rest); then the group advantages and the
+verifiable reward. Nothing is updated. :func:`rollout_batch` is also the drift monitor's sampler, so a
+preview, a drift check and a training step score a batch the one way.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import torch
-
-from prism_plugin.advantage import FORMAT_PENALTY
 from prism_plugin.errors import ConfigError, check_at_least_one
-from prism_plugin.rollout import Sampling
+from prism_plugin.rollout import RolloutEngine, Sampling
+from prism_plugin.scorers import AlignPrompt, RolloutBatch, Scorer
+
+PREVIEW_NUM_GENERATIONS, PREVIEW_MAX_NEW_TOKENS = 4, 64  # a quick look, unless a run's config says otherwise
+PREVIEW_CUTOFF_LEN = 2048  # LLaMA-Factory's default cutoff_len
 
 
-@dataclass
-class ScoredRollouts:
-    """Policy samples for alignment prompts, split into segments and scored beside the teacher's.
+def rollout_batch(policy: Any, processor: Any, vision: bool, records: Sequence[Any], scorer: Scorer,
+                  num_generations: int, sampling: Sampling, source: str,
+                  engine: RolloutEngine | None = None) -> RolloutBatch:
+    """``num_generations`` rollouts of each record from ``policy``, split into segments, with what ``scorer``
+    prepares of each row: the batch an alignment step would score."""
+    from prism_plugin.policy import render_prompts, sample_prompts
 
-    Rows are ordered prompt by prompt, ``num_generations`` samples each; ``group`` gives each
-    sample's prompt index and ``teacher`` the score of that prompt's teacher demonstration.
-    """
-
-    rollouts: list[dict[str, Any]]  # per sample: group, valid, truncated, tokens, caption_tokens, text
-    student: dict[str, torch.Tensor]  # segment -> (N,) scores, NaN where the layout is invalid
-    teacher: dict[str, torch.Tensor]  # segment -> (N,) score of the sample's teacher demonstration
-    valid: torch.Tensor  # (N,) bool
-    group: torch.Tensor  # (N,) prompt index
+    prompts = render_prompts(processor, vision, records)
+    tokenizer = getattr(processor, "tokenizer", processor)
+    rollouts, split = sample_prompts(policy, tokenizer, prompts, num_generations, sampling, engine)
+    align = [AlignPrompt(prompt, record.teacher, record.ground_truth, record.row, source,
+                         scorer.prepare(record, source)) for prompt, record in zip(prompts, records, strict=True)]
+    return RolloutBatch(align, rollouts, split)
 
 
-def sample_and_score(
-    policy: Any,
-    processor: Any,
-    discriminator: Any,
-    records: Sequence[Any],
-    *,
-    vision: bool,
-    num_generations: int,
-    max_new_tokens: int,
-    temperature: float = 1.0,
-    segments: Sequence[str] | None = None,
-) -> ScoredRollouts:
-    """Sample ``num_generations`` responses per align record from ``policy``, split and score them.
+def discriminator_scorer(discriminator: Any, processor: Any, settings: Any, cutoff_len: int,
+                         segments: Sequence[str] | None = None) -> Any:
+    """The alignment step's discriminator scorer (no updater) for ``settings`` (the ``prism_*`` keys), scoring
+    ``segments`` (default ``prism_segments``)."""
+    from prism_plugin.discriminator.loss import DiscriminatorLoss
+    from prism_plugin.discriminator.scorer import DiscriminatorScorer
+    from prism_plugin.discriminator.texts import TextScorer
 
-    The one rollout-and-score path behind ``align-preview`` and the SFT drift monitor: samples from
-    :func:`prism_plugin.policy.sample`, then the discriminator scores the samples and each prompt's
-    teacher demonstration in one call. Sampling uses the global torch RNG; the policy runs in eval
-    mode under ``no_grad`` and gets its train/eval mode back.
-    """
-    from prism_plugin.policy import sample
+    return DiscriminatorScorer(TextScorer(discriminator), list(segments or settings.prism_segments),
+                               policy_tokenizer=getattr(processor, "tokenizer", processor), cutoff_len=cutoff_len,
+                               loss=DiscriminatorLoss.from_args(settings, discriminator.config))
 
-    segments = list(segments or discriminator.config.segments)
-    _, split = sample(policy, processor, vision, records, num_generations, Sampling(max_new_tokens, temperature))
 
-    rollouts: list[dict[str, Any]] = []
-    prompts, responses, images = [], [], []
-    for group, record in enumerate(records):
-        rows = range(group * num_generations, (group + 1) * num_generations)
-        for i in rows:
-            rollouts.append({"group": group, "valid": bool(split.valid[i]), "truncated": bool(split.truncated[i]),
-                             "tokens": int(split.lengths[i]), "caption_tokens": int(split.boundary[i]),
-                             "text": split.texts[i]})
-        # the G rollouts, then the teacher demonstration, of this prompt
-        prompts += [record.prompt] * (num_generations + 1)
-        responses += [split.texts[i] for i in rows] + [record.teacher.response]
-        images += [list(record.images)] * (num_generations + 1)
+def run_settings(config: str | Path | None, **overrides: Any) -> tuple[Any, int]:
+    """The ``prism_*`` keys (and ``cutoff_len``) of a LLaMA-Factory YAML, checked as the run checks them, with
+    ``overrides`` (None: not given) on top; without a YAML the keys' defaults and a quick preview's sizes."""
+    from prism_plugin.llamafactory.arguments import prism_arguments
 
-    with torch.no_grad():
-        scores = discriminator.score_texts(prompts, responses, images if vision and discriminator.config.is_vision
-                                           else None)
-    per_group = num_generations + 1
-    starts = torch.arange(len(records)).repeat_interleave(num_generations) * per_group
-    rollout_rows = starts + torch.arange(num_generations).repeat(len(records))
-    teacher_rows = starts + num_generations
-    valid = torch.tensor([r["valid"] for r in rollouts], dtype=torch.bool)
-    nan = torch.tensor(float("nan"))
-    return ScoredRollouts(
-        rollouts=rollouts,
-        # a rollout truncated at the token limit may still read as a complete layout once re-tokenised
-        # with an end-of-turn token: the policy's own split decides validity, as in the alignment stage
-        student={s: torch.where(valid, scores[s][rollout_rows], nan) for s in segments},
-        teacher={s: scores[s][teacher_rows] for s in segments},
-        valid=valid,
-        group=torch.tensor([r["group"] for r in rollouts], dtype=torch.long),
-    )
+    values: dict[str, Any] = {}
+    cutoff_len = PREVIEW_CUTOFF_LEN
+    if config is not None:
+        import yaml
+
+        path = Path(config)
+        if not path.is_file():
+            raise FileNotFoundError(f"--config: no such file {path}")
+        raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        values = {key: value for key, value in raw.items() if key.startswith("prism_")}
+        cutoff_len = int(raw.get("cutoff_len", cutoff_len))
+    else:
+        values = {"prism_num_generations": PREVIEW_NUM_GENERATIONS, "prism_max_new_tokens": PREVIEW_MAX_NEW_TOKENS}
+    values.update({key: value for key, value in overrides.items() if value is not None})
+    return prism_arguments(values, source=str(config) if config else "align-preview"), cutoff_len
 
 
 def preview_alignment_step(
@@ -97,54 +77,68 @@ def preview_alignment_step(
     align_file: str | Path,
     *,
     num_prompts: int = 2,
-    num_generations: int = 4,
-    max_new_tokens: int = 64,
-    temperature: float = 1.0,
-    weights: Mapping[str, float] | None = None,
-    format_penalty: float = FORMAT_PENALTY,
+    config: str | Path | None = None,
+    num_generations: int | None = None,
+    max_new_tokens: int | None = None,
+    temperature: float | None = None,
     seed: int = 0,
 ) -> dict[str, Any]:
-    """Run steps 1-4 of one alignment step on ``num_prompts`` prompts of ``align_file``; no update."""
+    """One alignment step's rollouts, scores, discriminator loss, advantages and rewards on ``num_prompts``
+    prompts of ``align_file``, with the settings of the run ``config`` (a LLaMA-Factory YAML; the keys'
+    defaults without one) and the given overrides; nothing is updated."""
     from prism_plugin.advantage import segment_advantage
     from prism_plugin.data.records import load_align
     from prism_plugin.discriminator.loading import load_discriminator
-    from prism_plugin.losses import discriminator_loss
     from prism_plugin.policy import load_policy
-    from prism_plugin.rewards import compute_score
+    from prism_plugin.rng import SamplingStream
+    from prism_plugin.rollout import HFRolloutEngine
 
     check_at_least_one(("--num-prompts", num_prompts), ("--max-new-tokens", max_new_tokens))
-    if num_generations < 2:
+    if num_generations is not None and num_generations < 2:
         raise ConfigError(f"--num-generations must be at least 2 (advantages compare a prompt's rollouts); got "
                           f"{num_generations}")
-    torch.manual_seed(seed)
+    settings, cutoff_len = run_settings(config, prism_num_generations=num_generations,
+                                        prism_max_new_tokens=max_new_tokens, prism_temperature=temperature)
     records = load_align(align_file, limit=num_prompts).records
     disc = load_discriminator(discriminator_dir).eval()
-    weights = dict(weights or {s: 1.0 / len(disc.config.segments) for s in disc.config.segments})
+    if config is None:  # the discriminator's own segments, equally weighted, as a run would set them for it
+        settings.prism_segments = list(disc.config.segments)
+        settings.prism_segment_weights = [1.0 / len(disc.config.segments)] * len(disc.config.segments)
     policy, processor, vision = load_policy(policy_dir)
-
-    segments = [s for s in weights]
-    scored = sample_and_score(policy, processor, disc, records, vision=vision, num_generations=num_generations,
-                              max_new_tokens=max_new_tokens, temperature=temperature, segments=segments)
-    rollouts, student, teacher, valid = scored.rollouts, scored.student, scored.teacher, scored.valid
-    advantages = segment_advantage(student, weights, valid, scored.group, format_penalty=format_penalty)
-    # the regulariser over the valid rows only: the preview does not score invalid rollouts' halves
-    loss, metrics = discriminator_loss(teacher, student, valid, clip=disc.config.score_clip, reg_rows="valid")
-    for i, row in enumerate(rollouts):
-        record = records[row["group"]]
-        row["advantage"] = float(advantages[i])
-        row.update({f"{s}_score": float(student[s][i]) for s in segments})
-        row["reward"] = compute_score(row["text"], record.ground_truth or "")["overall"]
+    scorer = discriminator_scorer(disc, processor, settings, cutoff_len)
+    engine = HFRolloutEngine(getattr(processor, "tokenizer", processor))
+    engine.rng = SamplingStream(seed)
+    batch = rollout_batch(policy, processor, vision, records, scorer, settings.prism_num_generations,
+                          Sampling(settings.prism_max_new_tokens, settings.prism_temperature), str(align_file), engine)
+    scores, loss = scorer.dry_run(batch)
+    weights = settings.segment_weights
+    advantages = segment_advantage({s: scores.rollout[s] for s in weights}, weights, scores.valid, batch.group_index,
+                                   format_penalty=settings.prism_format_penalty,
+                                   scale=settings.prism_scale_advantages)
+    split, rewards = batch.split, batch.rewards
+    rollouts = []
+    for i, text in enumerate(batch.texts):
+        row = {"group": int(batch.group_index[i]), "valid": bool(scores.valid[i]),
+               "truncated": bool(split.truncated[i]), "tokens": int(split.lengths[i]),
+               "caption_tokens": int(split.boundary[i]), "text": text,
+               "advantage": float(advantages[i])}
+        row.update({f"{s}_score": float(scores.rollout[s][i]) for s in weights})
+        if rewards is not None:
+            row["reward"] = float(rewards["overall"][i])
+        rollouts.append(row)
     summary = {
         "prompts": len(records),
         "rollouts": len(rollouts),
-        "valid_ratio": float(valid.float().mean()),
+        "valid_ratio": float(scores.valid.float().mean()),
         "mean_response_tokens": float(sum(r["tokens"] for r in rollouts) / len(rollouts)),
-        "teacher_score": {s: float(teacher[s][::num_generations].mean()) for s in segments},
-        "discriminator_loss": float(loss),
-        "discriminator_metrics": metrics,
+        "teacher_score": {s: float(scores.teacher[s].mean()) for s in weights},
+        "discriminator_loss": loss.pop("disc/loss", None),  # None: no pair trains (prism_no_valid_pair: skip)
+        "discriminator_pairs": int(scores.valid.sum()),
+        "discriminator_metrics": loss,
         "advantage_mean": float(advantages.mean()),
         "advantage_std": float(advantages.std()) if len(rollouts) > 1 else 0.0,
-        "reward_mean": sum(r["reward"] for r in rollouts) / len(rollouts),
+        "reward_mean": float(rewards["overall"].mean()) if rewards is not None else None,
+        "settings": {key: value for key, value in vars(settings).items() if key.startswith("prism_")},
     }
     return {"summary": summary, "rollouts": rollouts}
 
@@ -159,14 +153,16 @@ def format_preview(result: Mapping[str, Any]) -> str:
         cells = [str(r["group"]), "yes" if r["valid"] else ("trunc" if r["truncated"] else "no"), str(r["tokens"])]
         cells += [f"{r[f'{s}_score']:+.3f}" if r["valid"] else "-" for s in segments]
         text = r["text"].replace("\n", " ")
-        cells += [f"{r['advantage']:+.3f}", f"{r['reward']:.2f}", text[:60] + ("…" if len(text) > 60 else "")]
+        reward = f"{r['reward']:.2f}" if "reward" in r else "-"
+        cells += [f"{r['advantage']:+.3f}", reward, text[:60] + ("…" if len(text) > 60 else "")]
         lines.append(" | ".join(cells))
     s = result["summary"]
     lines.append("")
     lines.append(
         f"valid {s['valid_ratio']:.0%} of {s['rollouts']} rollouts, mean {s['mean_response_tokens']:.0f} tokens; "
         f"teacher score {', '.join(f'{k} {v:+.3f}' for k, v in s['teacher_score'].items())}; "
-        f"discriminator loss {s['discriminator_loss']:.4f} over {s['discriminator_metrics']['num_pairs']:.0f} pairs; "
-        f"reward mean {s['reward_mean']:.3f}"
+        + (f"discriminator loss {s['discriminator_loss']:.4f} over {s['discriminator_pairs']} pairs"
+           if s["discriminator_loss"] is not None else "no discriminator loss (no valid pair)")
+        + (f"; reward mean {s['reward_mean']:.3f}" if s["reward_mean"] is not None else "")
     )
     return "\n".join(lines)

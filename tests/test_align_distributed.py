@@ -106,7 +106,7 @@ def test_a_rank_without_valid_rollouts_joins_the_discriminator_step(two_rank_dis
     for part in (batch, invalid):
         scores = scorer.score(part)
         pending = scores.pending
-        from prism_plugin.losses import discriminator_loss
+        from prism_plugin.discriminator.loss import discriminator_loss
 
         rows = pending.rows
         if rows:

@@ -23,7 +23,7 @@ import pytest
 import torch
 
 from prism_plugin.advantage import segment_advantage
-from prism_plugin.losses import discriminator_loss
+from prism_plugin.discriminator.loss import discriminator_loss
 from tests.testing_utils import REPO
 
 REFERENCE = json.loads((REPO / "tests" / "data" / "authors_core_reference.json").read_text())

@@ -21,11 +21,11 @@ from prism_plugin.discriminator import (
     score_with_aux,
     upcycle,
 )
+from prism_plugin.discriminator.loss import discriminator_loss
 from prism_plugin.discriminator.routing import find_routers, is_topk_router, routing_from_logits
 from prism_plugin.discriminator.scoring import pad_right
 from prism_plugin.discriminator.texts import TextScorer
 from prism_plugin.discriminator.upcycle import dense_backbone
-from prism_plugin.losses import discriminator_loss
 from tests.references import read_experts, router_top_k
 
 pytestmark = pytest.mark.transformers4

@@ -135,29 +135,51 @@ def test_align_preview_cli(tiny_dir, tiny_sft_run, tiny_discriminator_dir, tmp_p
     assert len(lines) == 1 + 4 + 2 and lines[-1].startswith(f"valid {summary['valid_ratio']:.0%} of 4 rollouts")
 
 
-def test_drift_metrics_pair_each_sample_with_its_teacher():
+def test_align_preview_takes_a_runs_settings_and_refuses_a_misspelt_key(tiny_dir, tiny_sft_run,
+                                                                        tiny_discriminator_dir, tmp_path, capsys):
+    from prism_plugin.cli import main
+
+    run = tmp_path / "run.yaml"
+    run.write_text("stage: prism_align\ncutoff_len: 1024\nprism_num_generations: 3\nprism_max_new_tokens: 32\n"
+                   "prism_score_reg_rows: valid\nprism_format_penalty: 2.0\n")
+    out = tmp_path / "preview.json"
+    argv = ["align-preview", "--policy", str(tiny_sft_run[0]), "--discriminator", str(tiny_discriminator_dir),
+            "--data", str(tiny_dir / "data" / "align.jsonl"), "--num-prompts", "1", "--config", str(run),
+            "--out", str(out)]
+    assert main(argv) == 0
+    result = json.loads(out.read_text())
+    settings = result["summary"]["settings"]
+    assert settings["prism_score_reg_rows"] == "valid" and settings["prism_format_penalty"] == 2.0
+    assert len(result["rollouts"]) == 3 and all(r["tokens"] <= 32 for r in result["rollouts"])
+    capsys.readouterr()
+
+    run.write_text("prism_num_generation: 3\n")
+    assert main(argv) == 1
+    assert capsys.readouterr().err.strip() == (
+        f"prism-plugin align-preview: error: {run}: unknown key 'prism_num_generation' (did you mean 'prism_num_generations'?)")
+
+
+def test_drift_metrics_pair_each_sample_with_its_teacher(tokenizer):
     import torch
 
     from prism_plugin.llamafactory.drift import drift_metrics
-    from prism_plugin.preview import ScoredRollouts
+    from prism_plugin.scorers import Scores
+    from tests.testing_utils import align_prompt, rollout_batch
 
+    good = "<caption> red 3 </caption>\n<think> 3 </think>\n<answer> 3 </answer>"
+    batch = rollout_batch(tokenizer, [good, "<caption> red", good, good], [align_prompt(), align_prompt()], 2)
+    assert batch.split.truncated.tolist() == [False, False, False, False]  # "<caption> red" ends its turn: invalid
     nan = float("nan")
-    rows = [{"group": g, "valid": v, "truncated": t, "tokens": 10} for g, v, t in
-            [(0, True, False), (0, False, True), (1, True, False), (1, True, False)]]
-    scored = ScoredRollouts(
-        rollouts=rows,
-        student={"caption": torch.tensor([1.0, nan, 0.0, 2.0])},
-        teacher={"caption": torch.tensor([3.0, 3.0, 1.0, 1.0])},
-        valid=torch.tensor([r["valid"] for r in rows]),
-        group=torch.tensor([r["group"] for r in rows]),
-    )
-    metrics = drift_metrics(scored)
-    assert metrics["drift/valid_ratio"] == 0.75 and metrics["drift/truncated_ratio"] == 0.25
+    scores = Scores({"caption": torch.tensor([1.0, nan, 0.0, 2.0])}, torch.tensor([True, False, True, True]),
+                    teacher={"caption": torch.tensor([3.0, 1.0])})
+    metrics = drift_metrics(batch, scores)
+    assert metrics["drift/valid_ratio"] == 0.75 and metrics["drift/truncated_ratio"] == 0.0
+    assert metrics["drift/response_tokens"] == float(batch.split.lengths.float().mean())
     assert metrics["drift/teacher_caption_score"] == 2.0  # per prompt, not per sample
     assert metrics["drift/caption_policy_score"] == 1.0
     assert metrics["drift/caption_gap"] == pytest.approx(((3 - 1) + (1 - 0) + (1 - 2)) / 3)
-    scored.valid[:] = False
-    metrics = drift_metrics(scored)
+    scores.valid[:] = False
+    metrics = drift_metrics(batch, scores)
     assert metrics["drift/valid_ratio"] == 0.0 and "drift/caption_gap" not in metrics  # no NaN in the logs
     assert "drift/caption_policy_score" not in metrics and "drift/teacher_caption_score" in metrics
 
@@ -198,7 +220,8 @@ def test_checks_run_on_the_main_process_every_n_steps_and_at_the_last_step(tmp_p
 def test_pending_metrics_join_the_next_trainer_log_only_while_the_run_lasts(tmp_path):
     from transformers import Trainer, TrainerState
 
-    from prism_plugin.llamafactory.drift import DriftMonitorCallback, log_through_trainer
+    from prism_plugin.llamafactory.drift import DriftMonitorCallback
+    from prism_plugin.llamafactory.trainer_log import log_through_trainer
 
     monitor = DriftMonitorCallback("unused", [], every=1, num_generations=1, max_new_tokens=1)
     seen = []

@@ -5,10 +5,10 @@ import math
 import pytest
 import torch
 
+from prism_plugin.advantage import dynamic_sampling_mask
+from prism_plugin.discriminator.loss import discriminator_loss
 from prism_plugin.losses import (
     aggregate_loss,
-    discriminator_loss,
-    dynamic_sampling_mask,
     get_policy_loss,
     policy_loss_names,
     register_policy_loss,

@@ -143,19 +143,21 @@ def scorer_case(tiny_dir, disc_dir, tokenizer, *, update=True, **keys):
     each prompt's teacher, another prompt's student, and a rollout outside the layout."""
     from prism_plugin.data.records import PromptRecord, load_pairs
     from prism_plugin.discriminator.loading import load_discriminator
+    from prism_plugin.discriminator.loss import DiscriminatorLoss
     from prism_plugin.discriminator.scorer import DiscriminatorScorer
     from prism_plugin.discriminator.texts import TextScorer
-    from prism_plugin.discriminator.updater import DiscriminatorUpdater
+    from prism_plugin.discriminator.updater import DiscriminatorOptimization, DiscriminatorUpdater
     from prism_plugin.llamafactory.arguments import PrismArguments
 
     torch.manual_seed(0)
     disc = load_discriminator(disc_dir)
     disc.head_dropout.p = 0.0  # scores comparable with eval-mode forwards
     args = PrismArguments(**{"prism_disc_learning_rate": 1e-3, **keys})
-    updater = DiscriminatorUpdater(disc, args, score_clip=10.0, router_aux_coef=0.01) if update else None
+    loss = DiscriminatorLoss(args.prism_score_reg_coef, 10.0, args.prism_score_reg_rows, args.prism_no_valid_pair,
+                             0.01)
+    updater = DiscriminatorUpdater(disc, loss, DiscriminatorOptimization.from_args(args)) if update else None
     scorer = DiscriminatorScorer(TextScorer(disc), list(args.prism_segments), policy_tokenizer=tokenizer,
-                                 score_clip=10.0, cutoff_len=1024, updater=updater,
-                                 reg_rows=args.prism_score_reg_rows)
+                                 cutoff_len=1024, loss=loss, updater=updater)
     records = load_pairs(tiny_dir / "data" / "pairs.jsonl").records[:2]
     prompts, texts = [], []
     for k, record in enumerate(records):
@@ -212,7 +214,7 @@ def test_discriminator_update_is_the_authors_loss_over_valid_pairs_and_invalid_h
                                                                                       tokenizer):
     """One update's loss equals the Bradley–Terry loss of full forwards over (teacher, rollout) rows: every
     valid rollout, and every invalid rollout split at half its length for the regulariser."""
-    from prism_plugin.losses import discriminator_loss
+    from prism_plugin.discriminator.loss import discriminator_loss
 
     scorer, batch = scorer_case(tiny_dir, tiny_discriminator_dir, tokenizer)
     disc = scorer.model
@@ -240,6 +242,30 @@ def test_discriminator_update_is_the_authors_loss_over_valid_pairs_and_invalid_h
     assert metrics["disc/loss"] == pytest.approx(float(reference), abs=1e-5)
     changed = [n for n, p in disc.named_parameters() if not torch.equal(before[n], p.detach())]
     assert "heads.score.weight" in changed and any(".mlp.gate." in n for n in changed)  # head and routers train
+
+
+@pytest.mark.parametrize("reg_rows", ["all", "valid"])
+def test_align_preview_takes_the_loss_a_training_step_takes(tiny_dir, tiny_discriminator_dir, tokenizer, reg_rows):
+    """``align-preview``'s dry run scores a batch and computes the discriminator loss as the step's update does
+    (the same rows and settings; head dropout is off in both here), and trains nothing."""
+    dry, batch = scorer_case(tiny_dir, tiny_discriminator_dir, tokenizer, update=False, prism_score_reg_rows=reg_rows)
+    before = {n: p.detach().clone() for n, p in dry.model.named_parameters()}
+    scores, metrics = dry.dry_run(batch)
+    assert all(torch.equal(before[n], p) for n, p in dry.model.named_parameters())
+    step, step_batch = scorer_case(tiny_dir, tiny_discriminator_dir, tokenizer, prism_score_reg_rows=reg_rows)
+    step_scores = step.score(step_batch)
+    trained = step.update(step_batch, step_scores)
+    assert trained["disc/skipped"] == 0.0
+    assert metrics["disc/loss"] == pytest.approx(trained["disc/loss"], abs=1e-5)
+    assert metrics["disc/score_reg"] == pytest.approx(trained["disc/score_reg"], abs=1e-6)
+    for name in scores.rollout:
+        torch.testing.assert_close(scores.rollout[name], step_scores.rollout[name], equal_nan=True)
+    assert dry.dry_run(batch)[1] == metrics  # no dropout, no sampling: the dry run is deterministic
+    # the invalid rollouts' halves join the regulariser with reg_rows: all, and only then
+    other = "valid" if reg_rows == "all" else "all"
+    contrast, contrast_batch = scorer_case(tiny_dir, tiny_discriminator_dir, tokenizer, update=False,
+                                           prism_score_reg_rows=other)
+    assert contrast.dry_run(contrast_batch)[1]["disc/score_reg"] != pytest.approx(metrics["disc/score_reg"])
 
 
 def test_a_batch_with_no_valid_rollout_still_raises_the_teacher_scores(tiny_dir, tiny_discriminator_dir, tokenizer):

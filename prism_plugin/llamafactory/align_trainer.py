@@ -20,8 +20,9 @@ import torch
 from transformers import Trainer
 from transformers.utils import logging
 
-from prism_plugin.advantage import segment_advantage
+from prism_plugin.advantage import dynamic_sampling_mask, segment_advantage
 from prism_plugin.compat import TOKEN_TYPES_KWARG, rope_index_takes_token_types, token_types
+from prism_plugin.discriminator.loss import pairwise_wins
 from prism_plugin.distributed import all_gather, all_ranks_sum, any_rank, is_distributed, rank
 from prism_plugin.faults import kill_point
 from prism_plugin.format import split_segments
@@ -29,13 +30,7 @@ from prism_plugin.llamafactory.arguments import DriftMonitorArguments, PrismData
 from prism_plugin.llamafactory.checkpoints import AtomicCheckpointMixin
 from prism_plugin.llamafactory.metrics import MetricsLogMixin
 from prism_plugin.logprobs import completion_log_probs
-from prism_plugin.losses import (
-    aggregation_unit,
-    dynamic_sampling_mask,
-    get_policy_loss,
-    pairwise_wins,
-    policy_loss_defaults,
-)
+from prism_plugin.losses import aggregation_unit, get_policy_loss, policy_loss_defaults
 from prism_plugin.portable import make_portable
 from prism_plugin.rng import SamplingStream
 from prism_plugin.rollout import RolloutEngine, Rollouts, Sampling, repeat_rows

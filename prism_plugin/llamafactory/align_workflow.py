@@ -58,9 +58,10 @@ def build_scorer(args: Any, policy_tokenizer: Any, cutoff_len: int, device: Any,
         path, name = check_reward_spec(reward)
         return FileScorer(load_score_function(path, name), args.prism_segments, reward)
     from prism_plugin.discriminator.loading import load_discriminator
+    from prism_plugin.discriminator.loss import DiscriminatorLoss
     from prism_plugin.discriminator.scorer import DiscriminatorScorer
     from prism_plugin.discriminator.texts import TextScorer
-    from prism_plugin.discriminator.updater import DiscriminatorUpdater
+    from prism_plugin.discriminator.updater import DiscriminatorOptimization, DiscriminatorUpdater
     from prism_plugin.llamafactory.align_trainer import DISCRIMINATOR_DIR
 
     if not args.prism_discriminator:
@@ -70,21 +71,18 @@ def build_scorer(args: Any, policy_tokenizer: Any, cutoff_len: int, device: Any,
         path = str(Path(checkpoint) / DISCRIMINATOR_DIR)
         logger.info_rank0(f"prism_align: resuming the discriminator from {path}")
     model = load_discriminator(path).to(device)
-    config = model.config
-    clip = args.prism_score_clip if args.prism_score_clip is not None else config.score_clip
-    aux = args.prism_router_aux_coef if args.prism_router_aux_coef is not None else config.router_aux_loss_coef
+    loss = DiscriminatorLoss.from_args(args, model.config)
     deepspeed_config = None
     if training_args is not None and training_args.deepspeed:
         from prism_plugin.discriminator.optimizers import deepspeed_config as ds_config
 
-        deepspeed_config = ds_config(training_args.hf_deepspeed_config.config, config.backbone_hidden_size,
+        deepspeed_config = ds_config(training_args.hf_deepspeed_config.config, model.config.backbone_hidden_size,
                                      args.prism_disc_max_grad_norm, training_args.world_size)
-    updater = (DiscriminatorUpdater(model, args, score_clip=clip, router_aux_coef=aux, device=device,
+    updater = (DiscriminatorUpdater(model, loss, DiscriminatorOptimization.from_args(args), device=device,
                                     deepspeed_config=deepspeed_config)
                if args.prism_update_discriminator else None)
     scorer = DiscriminatorScorer(TextScorer(model), args.prism_segments, policy_tokenizer=policy_tokenizer,
-                                 score_clip=clip, cutoff_len=cutoff_len, updater=updater,
-                                 reg_rows=args.prism_score_reg_rows, compute_dtype=compute_dtype)
+                                 cutoff_len=cutoff_len, loss=loss, updater=updater, compute_dtype=compute_dtype)
     if not scorer.same_vocab:
         logger.warning_rank0("policy and discriminator tokenizers differ: rollouts are re-tokenised for scoring")
     return scorer

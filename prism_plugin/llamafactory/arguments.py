@@ -355,3 +355,39 @@ def key_tables() -> str:
 
 if __name__ == "__main__":
     print(key_tables(), end="")
+
+
+def _kinds(hint: Any) -> tuple[type, ...]:
+    """The Python types a dataclass field's annotation admits (``int | None`` -> int, NoneType)."""
+    import types
+    import typing
+
+    origin = typing.get_origin(hint)
+    if origin in (typing.Union, types.UnionType):
+        return tuple(kind for arg in typing.get_args(hint) for kind in _kinds(arg))
+    if origin is typing.Literal:
+        return tuple({type(value) for value in typing.get_args(hint)})
+    kind = origin or hint
+    return (type(None),) if kind is None else (kind, int) if kind is float else (kind,)
+
+
+def prism_arguments(values: dict[str, Any], source: str | None = None) -> PrismArguments:
+    """:class:`PrismArguments` from ``prism_*`` values read from a YAML file as they are (LLaMA-Factory's parser
+    checks types; raw YAML does not): an unknown key, a value of the wrong type or one the keys' own checks
+    refuse is a :class:`ConfigError` (prefixed with ``source``)."""
+    import typing
+
+    hints = typing.get_type_hints(PrismArguments)
+    prefix = f"{source}: " if source else ""
+    for key, value in values.items():
+        if key not in hints:
+            raise ConfigError(f"{prefix}unknown key {key!r}{did_you_mean(key, hints)}")
+        kinds = _kinds(hints[key])
+        if not isinstance(value, kinds) or (isinstance(value, bool) and bool not in kinds):
+            names = " or ".join(dict.fromkeys("null" if kind is type(None) else kind.__name__ for kind in kinds
+                                              if not (kind is int and float in kinds)))
+            raise ConfigError(f"{prefix}{key}: expected {names}, got {value!r}")
+    try:
+        return PrismArguments(**values)
+    except ConfigError as err:
+        raise ConfigError(f"{prefix}{err}") from None

@@ -14,9 +14,9 @@ from typing import Any
 import torch
 from transformers import Trainer
 
+from prism_plugin.discriminator.loss import discriminator_loss
 from prism_plugin.llamafactory.checkpoints import AtomicCheckpointMixin
 from prism_plugin.llamafactory.metrics import MetricsLogMixin
-from prism_plugin.losses import discriminator_loss
 
 MASTER_WEIGHTS_FILE = "prism_master_weights.pt"
 

@@ -10,23 +10,20 @@ the valid-layout ratio as ``drift/*`` metrics through the Trainer's own ``log`` 
 ``report_to`` integrations and ``trainer_state.json`` alike — then plots them to
 ``output_dir/training_drift.png``.
 
-The sampling and scoring is :func:`prism_plugin.preview.sample_and_score`, the path behind
-``prism-plugin align-preview``. It runs on the main process alone, with no collectives (the
-other ranks simply wait at their next synchronisation), so it needs the full weights on rank 0:
-DeepSpeed ZeRO-3 and FSDP are refused with a clear error.
+Sampling and scoring take the alignment step's own path (:func:`prism_plugin.preview.rollout_batch`,
+then the discriminator scorer), as ``prism-plugin align-preview`` does. It runs on the main process
+alone, with no collectives (the other ranks simply wait at their next synchronisation), so it needs
+the full weights on rank 0: DeepSpeed ZeRO-3 and FSDP are refused with a clear error.
 """
 
 from __future__ import annotations
 
-import contextlib
 import math
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import torch
 from transformers import TrainerCallback
 
 from prism_plugin.llamafactory.arguments import PrismArguments
@@ -35,11 +32,12 @@ if TYPE_CHECKING:
     from transformers import TrainerControl, TrainerState, TrainingArguments
 
     from prism_plugin.data.records import PromptRecord
-    from prism_plugin.preview import ScoredRollouts
+    from prism_plugin.scorers import RolloutBatch, Scores
 
 PREFIX = "drift/"
 MARKER = "drift/valid_ratio"  # present in every drift entry of the log history
 PLOT_NAME = "training_drift.png"
+SCORE_ANY_LENGTH = 1 << 30  # the held-out rows were checked when read; a check scores what it samples
 
 
 @dataclass
@@ -81,6 +79,8 @@ def make_drift_monitor(args: dict[str, Any] | list[str] | tuple[str, ...]) -> Dr
     return DriftMonitorCallback(
         prism.prism_drift_monitor,
         report.records,
+        settings=prism,
+        source=prism.prism_drift_data,
         every=prism.prism_drift_every,
         num_generations=prism.prism_drift_num_generations,
         max_new_tokens=prism.prism_drift_max_new_tokens,
@@ -90,27 +90,25 @@ def make_drift_monitor(args: dict[str, Any] | list[str] | tuple[str, ...]) -> Dr
     )
 
 
-def drift_metrics(scored: ScoredRollouts) -> dict[str, float]:
+def drift_metrics(batch: RolloutBatch, scores: Scores) -> dict[str, float]:
     """``drift/*`` numbers of one check; a segment's policy score and gap only when a sample is valid.
 
     ``{segment}_gap`` pairs each valid sample with its own prompt's teacher demonstration
     (mean of teacher − sample), so prompts that happen to yield valid samples do not bias it;
     ``teacher_{segment}_score`` is the teacher's mean over all checked prompts.
     """
-    valid = scored.valid
+    valid = scores.valid
     metrics = {
         MARKER: float(valid.float().mean()),
-        f"{PREFIX}truncated_ratio": sum(r["truncated"] for r in scored.rollouts) / len(scored.rollouts),
-        f"{PREFIX}response_tokens": sum(r["tokens"] for r in scored.rollouts) / len(scored.rollouts),
+        f"{PREFIX}truncated_ratio": float(batch.split.truncated.float().mean()),
+        f"{PREFIX}response_tokens": float(batch.split.lengths.float().mean()),
     }
-    first_of_prompt = torch.ones_like(scored.group, dtype=torch.bool)
-    first_of_prompt[1:] = scored.group[1:] != scored.group[:-1]
-    for segment, student in scored.student.items():
-        teacher = scored.teacher[segment]
+    for segment, student in scores.rollout.items():
+        teacher = scores.teacher[segment]
         values = {
-            f"{PREFIX}teacher_{segment}_score": teacher[first_of_prompt],
+            f"{PREFIX}teacher_{segment}_score": teacher,
             f"{PREFIX}{segment}_policy_score": student[valid],
-            f"{PREFIX}{segment}_gap": (teacher - student)[valid],
+            f"{PREFIX}{segment}_gap": (teacher[batch.group_index] - student)[valid],
         }
         for key, value in values.items():
             mean = float(value.nanmean()) if value.numel() else math.nan
@@ -166,9 +164,9 @@ class DriftMonitorCallback(TrainerCallback):
     Only the world's main process measures: it samples ``num_generations`` responses per held-out
     record from the model being trained (eval mode, no grad, train mode restored), scores them with
     the discriminator and hands the ``drift/*`` metrics to the next ``Trainer.log`` of that step (see
-    :func:`log_through_trainer`; the check asks for that log). Every check samples from the same seed
-    (the run's ``seed``) inside a forked RNG: the training run's random stream is untouched and
-    successive checks differ by the model, not by sampling noise.
+    :mod:`prism_plugin.llamafactory.trainer_log`; the check asks for that log). Every check samples from
+    the same seed (the run's ``seed``) in a sampling stream of its own: the training run's random stream
+    is untouched and successive checks differ by the model, not by sampling noise.
     """
 
     def __init__(
@@ -180,10 +178,16 @@ class DriftMonitorCallback(TrainerCallback):
         num_generations: int,
         max_new_tokens: int,
         temperature: float = 1.0,
+        settings: PrismArguments | None = None,
+        source: str = "drift data",
         policy_source: str | Path | None = None,
         trust_remote_code: bool = False,
     ) -> None:
+        """``settings``: the run's ``prism_*`` keys (the discriminator's score clip); ``source``: where the
+        records were read from (for messages)."""
         self.discriminator_path = str(discriminator)
+        self.settings = settings or PrismArguments()
+        self.source = source
         self.records = list(records)
         self.every = every
         self.num_generations = num_generations
@@ -263,41 +267,23 @@ class DriftMonitorCallback(TrainerCallback):
         """Sample, score and summarise once (see :func:`drift_metrics`); the discriminator visits the
         policy's device for the scoring and goes back to the CPU, so it holds no accelerator memory
         between checks."""
-        from prism_plugin.preview import sample_and_score
+        from prism_plugin.preview import discriminator_scorer, rollout_batch
+        from prism_plugin.rng import SamplingStream
+        from prism_plugin.rollout import HFRolloutEngine, Sampling
 
         policy, processor, vision = self._load(model)
         device = next(policy.parameters()).device
         disc = self._discriminator.to(device)
-        fork = {"devices": []} if device.type == "cpu" else {"devices": [device.index or 0], "device_type": device.type}
         try:
-            with torch.random.fork_rng(**fork):
-                torch.manual_seed(seed)
-                scored = sample_and_score(
-                    policy, processor, disc, self.records, vision=vision, num_generations=self.num_generations,
-                    max_new_tokens=self.max_new_tokens, temperature=self.temperature,
-                )
+            scorer = discriminator_scorer(disc, processor, self.settings, SCORE_ANY_LENGTH, disc.config.segments)
+            engine = HFRolloutEngine(getattr(processor, "tokenizer", processor))
+            engine.rng = SamplingStream(seed)  # the same samples' noise at every check, the run's stream untouched
+            batch = rollout_batch(policy, processor, vision, self.records, scorer, self.num_generations,
+                                  Sampling(self.max_new_tokens, self.temperature), self.source, engine)
+            scores = scorer.score(batch)
         finally:
             self._discriminator = disc.to("cpu")
-        return drift_metrics(scored)
-
-
-@contextlib.contextmanager
-def log_through_trainer(monitor: DriftMonitorCallback) -> Iterator[None]:
-    """While the run lasts, ``transformers.Trainer.log`` adds the monitor's pending metrics to the logs
-    it is given, so they take the Trainer's own path (``log_history``, console, ``report_to``)."""
-    from transformers import Trainer
-
-    original = Trainer.log
-
-    def log(self: Any, logs: dict[str, float], *args: Any, **kwargs: Any) -> None:
-        logs.update(monitor.take_pending())
-        original(self, logs, *args, **kwargs)
-
-    Trainer.log = log
-    try:
-        yield
-    finally:
-        Trainer.log = original
+        return drift_metrics(batch, scores)
 
 
 def _logger() -> Any:

@@ -153,7 +153,8 @@ def patch_tuner(module: ModuleType) -> None:
         if not _wants_drift_monitor(args):
             original(config)
             return
-        from prism_plugin.llamafactory.drift import log_through_trainer, make_drift_monitor
+        from prism_plugin.llamafactory.drift import make_drift_monitor
+        from prism_plugin.llamafactory.trainer_log import log_through_trainer
 
         monitor = make_drift_monitor(args)
         with log_through_trainer(monitor):

@@ -99,37 +99,14 @@ def resolve_path(value: str, key: str) -> Path:
     return Path(value).expanduser().resolve() if Path(value).is_absolute() else (Path.cwd() / value).resolve()
 
 
-def _kinds(hint: Any) -> tuple[type, ...]:
-    """The Python types a dataclass field's annotation admits (``int | None`` -> int, NoneType)."""
-    import types
-    import typing
-
-    origin = typing.get_origin(hint)
-    if origin in (typing.Union, types.UnionType):
-        return tuple(kind for arg in typing.get_args(hint) for kind in _kinds(arg))
-    if origin is typing.Literal:
-        return tuple({type(value) for value in typing.get_args(hint)})
-    kind = origin or hint
-    return (type(None),) if kind is None else (kind, int) if kind is float else (kind,)
-
-
 def check_prism_keys(prism: dict[str, Any]) -> None:
-    """The training run's own checks of the ``prism_*`` values (the argument dataclasses), as a plan error;
-    first each value's type, which LLaMA-Factory's argument parser enforces and raw YAML does not."""
-    import typing
-
+    """The training run's own checks of the ``prism_*`` values (:func:`~prism_plugin.llamafactory.arguments.
+    prism_arguments`: types, which raw YAML does not enforce, then the values), as a plan error."""
     from prism_plugin.errors import ConfigError
-    from prism_plugin.llamafactory.arguments import PrismArguments
+    from prism_plugin.llamafactory.arguments import prism_arguments
 
-    hints = typing.get_type_hints(PrismArguments)
-    for key, value in prism.items():
-        kinds = _kinds(hints[key])
-        if not isinstance(value, kinds) or (isinstance(value, bool) and bool not in kinds):
-            names = " or ".join(dict.fromkeys("null" if kind is type(None) else kind.__name__ for kind in kinds
-                                              if not (kind is int and float in kinds)))
-            raise PlanError(f"{key}: expected {names}, got {value!r}")
     try:
-        PrismArguments(**prism)
+        prism_arguments(prism)
     except ConfigError as err:
         raise PlanError(str(err)) from None
 
