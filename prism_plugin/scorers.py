@@ -14,7 +14,7 @@ from __future__ import annotations
 import importlib.util
 import sys
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
 from typing import Any, Protocol
@@ -22,6 +22,7 @@ from typing import Any, Protocol
 import torch
 
 from prism_plugin.data.records import DatasetRowError, PromptRecord
+from prism_plugin.format import SegmentBatch
 from prism_plugin.layout import Segments
 from prism_plugin.rollout import PolicyPrompt, Rollouts
 
@@ -47,7 +48,7 @@ class RolloutBatch:
 
     prompts: Sequence[AlignPrompt]
     rollouts: Rollouts
-    split: Any  # prism_plugin.format.SegmentBatch of the completions
+    split: SegmentBatch  # of the completions, on the policy's own ids
 
     @property
     def group_index(self) -> torch.Tensor:
@@ -73,14 +74,12 @@ class RolloutBatch:
 @dataclass
 class Scores:
     """A scorer's verdict on a batch: per-segment rollout scores and which rollouts the advantage
-    treats as valid (the others get the format penalty); a discriminator adds its teacher scores and
-    what its update reuses."""
+    treats as valid (the others get the format penalty); a discriminator adds its teacher scores."""
 
     rollout: dict[str, torch.Tensor]  # segment -> (N,), NaN where not scored
     valid: torch.Tensor  # (N,) bool
     teacher: dict[str, torch.Tensor] | None = None  # segment -> (prompts,)
     compared: dict[str, torch.Tensor] | None = None  # segment -> (N,) bool: a rollout segment unlike the teacher's
-    pending: Any = field(default=None, repr=False)  # the update's inputs, kept from the scoring forward
 
     def finite(self) -> bool:
         """No NaN / inf among the scores the advantage and the discriminator use."""

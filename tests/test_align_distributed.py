@@ -104,8 +104,8 @@ def test_a_rank_without_valid_rollouts_joins_the_discriminator_step(two_rank_dis
     updater = scorer.updater
     losses = []
     for part in (batch, invalid):
-        scores = scorer.score(part)
-        pending = scores.pending
+        scorer.score(part)
+        pending = scorer.pending_update(part)
         from prism_plugin.discriminator.loss import discriminator_loss
 
         rows = pending.rows
@@ -119,13 +119,12 @@ def test_a_rank_without_valid_rollouts_joins_the_discriminator_step(two_rank_dis
             student = {n: torch.zeros(2) for n in scorer.segments}
             valid = torch.zeros(2, dtype=torch.bool)
         loss, metrics = discriminator_loss(teacher, student, valid, 0.001, clip=10.0,
-                                           reg_rows=updater.args.prism_score_reg_rows,
-                                           no_valid_pair=updater.args.prism_no_valid_pair)
+                                           reg_rows=updater.loss.reg_rows, no_valid_pair=updater.loss.no_valid_pair)
         if "loss" in metrics:
             losses.append(loss + 0.01 * pending.aux)
     assert len(losses) == (2 if not keys else 1)  # with skip, rank 1 has nothing to train on
     (sum(losses) / 2).backward()
-    updater.optimizer.step(updater.args.prism_disc_max_grad_norm)
+    updater.optimizer.step(updater.optimization.max_grad_norm)
     for single, both in zip(scorer.model.parameters(), rank0["after"], strict=True):
         torch.testing.assert_close(both, single.detach(), rtol=1e-5, atol=1e-6)
     # the optimiser state is sharded: each rank holds about half of AdamW's two float32 moments

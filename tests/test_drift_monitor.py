@@ -156,7 +156,8 @@ def test_align_preview_takes_a_runs_settings_and_refuses_a_misspelt_key(tiny_dir
     run.write_text("prism_num_generation: 3\n")
     assert main(argv) == 1
     assert capsys.readouterr().err.strip() == (
-        f"prism-plugin align-preview: error: {run}: unknown key 'prism_num_generation' (did you mean 'prism_num_generations'?)")
+        f"prism-plugin align-preview: error: {run}: unknown key 'prism_num_generation' "
+        "(did you mean 'prism_num_generations'?)")
 
 
 def test_drift_metrics_pair_each_sample_with_its_teacher(tokenizer):

@@ -180,7 +180,7 @@ def test_discriminator_scorer_scores_rollouts_and_teachers_as_full_forwards(tiny
     scorer, batch = scorer_case(tiny_dir, tiny_discriminator_dir, tokenizer, update=False)
     scores = scorer.score(batch)
     assert scores.valid.tolist() == [True, True, False, True, True, False]
-    assert scores.pending is None  # no updater: an eval-mode forward without gradients
+    assert scorer.pending_update(batch) is None  # no updater: an eval-mode forward without gradients
     disc = scorer.model
     with torch.no_grad():
         for k, item in enumerate(p.scorer_inputs for p in batch.prompts):
@@ -201,7 +201,8 @@ def test_scoring_forward_in_train_mode_gives_the_eval_scores(tiny_dir, tiny_disc
     scorer, batch = scorer_case(tiny_dir, tiny_discriminator_dir, tokenizer)
     scorer.model.head_dropout.p = 0.5
     trained = scorer.score(batch)
-    assert trained.pending is not None and trained.pending.scores.requires_grad
+    pending = scorer.pending_update(batch)
+    assert pending is not None and pending.scores.requires_grad
     frozen_scorer, _ = scorer_case(tiny_dir, tiny_discriminator_dir, tokenizer, update=False)
     frozen = frozen_scorer.score(batch)
     for name in ("caption", "reasoning"):

@@ -69,6 +69,7 @@ class DiscriminatorScorer:
         self.cutoff_len = cutoff_len
         self.updater = updater
         self.compute_dtype = compute_dtype
+        self._forward: tuple[RolloutBatch, _Pending] | None = None  # the last trained-on batch's scoring forward
 
     # ----------------------------------------------------------------- data load
 
@@ -133,17 +134,23 @@ class DiscriminatorScorer:
     def score(self, batch: RolloutBatch) -> Scores:
         """Scores of the batch; on a batch the discriminator trains on, from the forward its update reuses."""
         train = self.updater is not None and self.updater.due()
-        return self._score(batch, loss_rows=train, grad=train)
+        scores, pending = self._score(batch, loss_rows=train, grad=train)
+        self._forward = (batch, pending) if pending is not None else None
+        return scores
+
+    def pending_update(self, batch: RolloutBatch) -> _Pending | None:
+        """What the update of ``batch`` will train on — the scores (with their graph) of its scoring forward and
+        their rows — or None when the batch was not scored for an update."""
+        return self._forward[1] if self._forward is not None and self._forward[0] is batch else None
 
     def dry_run(self, batch: RolloutBatch) -> tuple[Scores, dict[str, float]]:
         """The scores of the batch and the ``disc/*`` metrics of the loss a training step would take on it — the
         same rows and settings, head dropout off, no gradient, nothing trained."""
-        scores = self._score(batch, loss_rows=True, grad=False)
-        _, metrics = self.loss(*self._loss_inputs(batch, scores.pending))
-        scores.pending = None
+        scores, pending = self._score(batch, loss_rows=True, grad=False)
+        _, metrics = self.loss(*self._loss_inputs(batch, pending))
         return scores, metrics
 
-    def _score(self, batch: RolloutBatch, *, loss_rows: bool, grad: bool) -> Scores:
+    def _score(self, batch: RolloutBatch, *, loss_rows: bool, grad: bool) -> tuple[Scores, _Pending | None]:
         """Scores of every valid rollout and teacher; ``loss_rows`` keeps what the loss needs (with
         ``prism_score_reg_rows: all`` an invalid rollout's halves too), with its graph when ``grad``."""
         n = len(batch.texts)
@@ -202,7 +209,7 @@ class DiscriminatorScorer:
                     rollout[name][i] = values[slots[name]]
         teacher = {name: torch.stack([values[teacher_slot[(k, name)]] for k in range(len(inputs))])
                    for name in self.segments}
-        return Scores(rollout, valid, teacher, compared, pending)
+        return Scores(rollout, valid, teacher, compared), pending
 
     def _autocast(self) -> Any:
         """The forwards' autocast (a no-op without a compute dtype)."""
@@ -220,10 +227,10 @@ class DiscriminatorScorer:
         self.updater.advance()
         if not due:
             return {}
-        pending: _Pending | None = scores.pending if enabled else None
+        pending = self.pending_update(batch) if enabled else None
+        self._forward = None  # the graph is consumed once
         if pending is None:
             return {"disc/skipped": 1.0}
-        scores.pending = None  # the graph is consumed once
         return self.updater.update(*self._loss_inputs(batch, pending))
 
     def _loss_inputs(self, batch: RolloutBatch, pending: _Pending) -> tuple[dict[str, torch.Tensor],

@@ -26,7 +26,7 @@ from prism_plugin.discriminator.loss import pairwise_wins
 from prism_plugin.distributed import all_gather, all_ranks_sum, any_rank, is_distributed, rank
 from prism_plugin.faults import kill_point
 from prism_plugin.format import split_segments
-from prism_plugin.llamafactory.arguments import DriftMonitorArguments, PrismDataArguments
+from prism_plugin.llamafactory.arguments import DriftMonitorArguments, PrismArguments, PrismDataArguments
 from prism_plugin.llamafactory.checkpoints import AtomicCheckpointMixin
 from prism_plugin.llamafactory.metrics import MetricsLogMixin
 from prism_plugin.logprobs import completion_log_probs
@@ -104,8 +104,9 @@ class PolicyMicroBatch(list):
 class PrismAlignTrainer(AtomicCheckpointMixin, MetricsLogMixin, Trainer):
     """Policy trainer of the alignment stage; see the module docstring."""
 
-    def __init__(self, *args: Any, prism_args: Any, scorer: Scorer, engine: RolloutEngine, **kwargs: Any) -> None:
-        """``prism_args`` holds the ``prism_*`` keys (:class:`~prism_plugin.llamafactory.arguments.PrismArguments`)."""
+    def __init__(self, *args: Any, prism_args: PrismArguments, scorer: Scorer, engine: RolloutEngine,
+                 **kwargs: Any) -> None:
+        """``prism_args`` holds the run's ``prism_*`` keys."""
         super().__init__(*args, **kwargs)
         self.prism = prism_args
         self.scorer = scorer
@@ -468,7 +469,7 @@ RESUME_FREE_KEYS = frozenset({f.name for group in (PrismDataArguments, DriftMoni
                              | {"prism_discriminator"})
 
 
-def resume_settings(prism_args: Any, training_args: Any) -> dict[str, Any]:
+def resume_settings(prism_args: PrismArguments, training_args: Any) -> dict[str, Any]:
     """The step-deciding settings of a run: its ``prism_*`` keys (less :data:`RESUME_FREE_KEYS`) and batch."""
     settings = {key: value for key, value in vars(prism_args).items()
                 if key.startswith("prism_") and key not in RESUME_FREE_KEYS}
@@ -517,7 +518,7 @@ def micro_from_state(state: dict[str, Any], device: Any) -> PolicyMicroBatch:
     return micro
 
 
-def policy_loss_options(prism_args: Any) -> dict[str, Any]:
+def policy_loss_options(prism_args: PrismArguments) -> dict[str, Any]:
     """Keyword options of the policy loss: the loss's own defaults, overridden only by the keys a user set;
     ``horizon`` (the generation budget) for the Dr. GRPO aggregation."""
     options = policy_loss_defaults(prism_args.prism_policy_loss)

@@ -12,8 +12,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from prism_plugin.llamafactory.arguments import DISCRIMINATOR, VERIFIABLE, check_reward_spec
+from prism_plugin.llamafactory.arguments import DISCRIMINATOR, VERIFIABLE, PrismArguments, check_reward_spec
 from prism_plugin.llamafactory.pairs import resolve_dataset_files
+from prism_plugin.scorers import Scorer
 
 PLOT_KEYS = ["loss", "valid_ratio", "reward", "disc/loss", "disc/accuracy", "caption/score_gap",
              "reasoning/score_gap", "response/score_gap", "response_length"]
@@ -26,7 +27,7 @@ def compute_dtype(training_args: Any) -> Any:
     return torch.bfloat16 if training_args.bf16 else torch.float16 if training_args.fp16 else None
 
 
-def global_batch(args: Any, training_args: Any) -> str:
+def global_batch(args: PrismArguments, training_args: Any) -> str:
     """The batch a config gives per optimiser step, in words; a ConfigError when a group would not fit whole."""
     from prism_plugin.errors import ConfigError
 
@@ -44,8 +45,8 @@ def global_batch(args: Any, training_args: Any) -> str:
             f"{training_args.world_size} rank(s)")
 
 
-def build_scorer(args: Any, policy_tokenizer: Any, cutoff_len: int, device: Any, checkpoint: str | None,
-                 logger: Any, compute_dtype: Any = None, training_args: Any = None) -> Any:
+def build_scorer(args: PrismArguments, policy_tokenizer: Any, cutoff_len: int, device: Any, checkpoint: str | None,
+                 logger: Any, compute_dtype: Any = None, training_args: Any = None) -> Scorer:
     """The scorer ``prism_reward`` names: the discriminator (resumed from ``checkpoint`` when it holds one,
     with an updater unless ``prism_update_discriminator: false``), the verifiable reward, or a scorer file."""
     from prism_plugin.scorers import FileScorer, VerifiableScorer, load_score_function
