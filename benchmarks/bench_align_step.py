@@ -265,9 +265,9 @@ def run_ours(work: Path, modality: str, tokens: int, policy: Path, disc: Path, s
              keys: dict | None = None) -> tuple[list, list, dict]:
     from llamafactory.train.tuner import run_exp
 
-    from prism_plugin.discriminator.scorer import DiscriminatorScorer
-    from prism_plugin.llamafactory import align_trainer
-    from prism_plugin.llamafactory.align_trainer import PrismAlignTrainer
+    from prism_plugin.discriminator.rollout_scorer import DiscriminatorScorer
+    from prism_plugin.llamafactory.align import trainer as align_trainer
+    from prism_plugin.llamafactory.align.trainer import PrismAlignTrainer
     from prism_plugin.rollout import HFRolloutEngine
 
     timer = PhaseTimer()

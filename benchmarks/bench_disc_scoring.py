@@ -28,7 +28,7 @@ from PIL import Image  # noqa: E402
 
 from prism_plugin.discriminator import SegmentQuery, score, upcycle  # noqa: E402
 from prism_plugin.discriminator.modeling import PrismDiscriminator  # noqa: E402
-from prism_plugin.discriminator.texts import TextScorer  # noqa: E402
+from prism_plugin.discriminator.rendering import TextScorer  # noqa: E402
 from prism_plugin.tiny import make_tiny  # noqa: E402
 from prism_plugin.tiny.processor import PATCH_SIZE  # noqa: E402
 

@@ -146,7 +146,7 @@ def main() -> None:
         os.sched_setaffinity(0, {sorted(os.sched_getaffinity(0))[0]})  # one core (the worker inherits it)
 
     mix = make_mix(args.prompts, args.rollouts)
-    compute_score("<caption>c</caption><think>t</think><answer>1</answer>", "1")  # import prism_plugin.format
+    compute_score("<caption>c</caption><think>t</think><answer>1</answer>", "1")  # import prism_plugin.segment_split
     startup = 0.0
     if matchers_mod.HAS_MATH_VERIFY:
         t0 = time.perf_counter()

@@ -1,4 +1,4 @@
-"""Segment splitting: prism_plugin.format.split_segments vs the reference's prefix decoding.
+"""Segment splitting: prism_plugin.segment_split.split_segments vs the reference's prefix decoding.
 
 The reference finds the caption/reasoning boundary by decoding growing prefixes until one
 contains the caption match (plus one full decode for validity). Both run here on the same
@@ -23,7 +23,7 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import torch  # noqa: E402
 
-from prism_plugin.format import _byte_table, is_valid, split_segments  # noqa: E402
+from prism_plugin.segment_split import _byte_table, is_valid, split_segments  # noqa: E402
 from prism_plugin.tiny.tokenizer import build_tokenizer  # noqa: E402
 from tests.references import reference_boundary  # noqa: E402
 
@@ -83,7 +83,7 @@ def main() -> None:
 
     _byte_table(tok)  # built once per tokenizer; timed separately below
     t0 = time.perf_counter()
-    from prism_plugin.format import _ByteTable
+    from prism_plugin.segment_split import _ByteTable
 
     _ByteTable(tok)
     table_s = time.perf_counter() - t0

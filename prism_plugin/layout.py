@@ -5,7 +5,7 @@ outside the tags (Wang et al. 2026, §3). The *caption* (perception) segment is
 ``<caption>…</caption>``, tags included; the *reasoning* segment is the rest of the response
 (``<think>…</think>`` and ``<answer>…</answer>``). This module is the one home of the tags and of
 splitting and joining segments as text, and of the system prompt that asks for the layout; token-level
-segmentation lives in :mod:`prism_plugin.format`.
+segmentation lives in :mod:`prism_plugin.segment_split`.
 """
 
 from __future__ import annotations

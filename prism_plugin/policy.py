@@ -143,8 +143,8 @@ def render_prompts(processor: Any, vision: bool, records: Sequence[Any]) -> list
 def sample_prompts(policy: Any, tokenizer: Any, prompts: Sequence[PolicyPrompt], num_samples: int,
                    sampling: Sampling, engine: RolloutEngine | None = None) -> tuple[Rollouts, Any]:
     """``num_samples`` completions per rendered prompt from ``engine`` (the HF engine by default) and their
-    segment split (:class:`prism_plugin.format.SegmentBatch`, prompt-major), found on the policy's own ids."""
-    from prism_plugin.format import split_segments
+    segment split (:class:`prism_plugin.segment_split.SegmentBatch`, prompt-major), found on the policy's own ids."""
+    from prism_plugin.segment_split import split_segments
 
     engine = engine or HFRolloutEngine(tokenizer)
     engine.load_policy(policy)

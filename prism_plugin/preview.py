@@ -41,8 +41,8 @@ def discriminator_scorer(discriminator: Any, processor: Any, settings: Any, cuto
     """The alignment step's discriminator scorer (no updater) for ``settings`` (the ``prism_*`` keys), scoring
     ``segments`` (default ``prism_segments``)."""
     from prism_plugin.discriminator.loss import DiscriminatorLoss
-    from prism_plugin.discriminator.scorer import DiscriminatorScorer
-    from prism_plugin.discriminator.texts import TextScorer
+    from prism_plugin.discriminator.rendering import TextScorer
+    from prism_plugin.discriminator.rollout_scorer import DiscriminatorScorer
 
     return DiscriminatorScorer(TextScorer(discriminator), list(segments or settings.prism_segments),
                                policy_tokenizer=getattr(processor, "tokenizer", processor), cutoff_len=cutoff_len,

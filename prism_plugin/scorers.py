@@ -22,9 +22,9 @@ from typing import Any, Protocol
 import torch
 
 from prism_plugin.data.records import DatasetRowError, PromptRecord
-from prism_plugin.format import SegmentBatch
 from prism_plugin.layout import Segments
 from prism_plugin.rollout import PolicyPrompt, Rollouts
+from prism_plugin.segment_split import SegmentBatch
 
 SegmentTexts = dict[str, list[str]]
 ScoreFunction = Callable[[SegmentTexts, SegmentTexts, list], dict[str, Sequence[float]]]

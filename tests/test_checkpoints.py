@@ -109,7 +109,7 @@ def test_sampling_streams_differ_per_rank_resume_exactly_and_leave_the_global_ge
 
 
 def test_the_group_sampler_and_the_refill_stream_resume_where_they_were():
-    from prism_plugin.llamafactory.align_trainer import GroupRepeatSampler, PromptStream
+    from prism_plugin.llamafactory.align.trainer import GroupRepeatSampler, PromptStream
 
     sampler = GroupRepeatSampler(5, 2, seed=3)
     epochs = []
@@ -133,7 +133,7 @@ def test_the_group_sampler_and_the_refill_stream_resume_where_they_were():
 
 def test_resume_settings_name_every_change():
     from prism_plugin.errors import ConfigError
-    from prism_plugin.llamafactory.align_trainer import check_resume_settings, resume_settings
+    from prism_plugin.llamafactory.align.trainer import check_resume_settings, resume_settings
     from prism_plugin.llamafactory.arguments import PrismArguments
 
     class Training:

@@ -64,3 +64,19 @@ def test_readme_test_command_is_exactly_what_ci_runs():
     ci = [line for line in (REPO / ".ci" / "run").read_text(encoding="utf-8").splitlines()
           if line and not line.startswith(("#", "set ", "cd ", "export "))]
     assert ci == [command]
+
+
+def test_moved_modules_import_at_their_old_paths():
+    """Modules moved into the stage folders (and renamed for what they do) import at their old paths too, as
+    the very same modules."""
+    import importlib
+
+    from prism_plugin import MOVED_MODULES
+
+    for old, new in MOVED_MODULES.items():
+        assert importlib.import_module(old) is importlib.import_module(new), old
+    from prism_plugin.llamafactory.align_trainer import PrismAlignTrainer
+    from prism_plugin.llamafactory.disc_workflow import run_prism_disc
+
+    assert PrismAlignTrainer.__module__ == "prism_plugin.llamafactory.align.trainer"
+    assert run_prism_disc.__module__ == "prism_plugin.llamafactory.disc.workflow"

@@ -22,9 +22,9 @@ from prism_plugin.discriminator import (
     upcycle,
 )
 from prism_plugin.discriminator.loss import discriminator_loss
+from prism_plugin.discriminator.rendering import TextScorer
 from prism_plugin.discriminator.routing import find_routers, is_topk_router, routing_from_logits
-from prism_plugin.discriminator.scoring import pad_right
-from prism_plugin.discriminator.texts import TextScorer
+from prism_plugin.discriminator.segment_forward import pad_right
 from prism_plugin.discriminator.upcycle import dense_backbone
 from tests.references import read_experts, router_top_k
 

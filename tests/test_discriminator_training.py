@@ -110,14 +110,14 @@ def test_the_prefix_path_under_gradient_checkpointing_gives_the_same_loss_and_gr
                                                                                           tokenizer, monkeypatch):
     """At paper scale the update needs gradient checkpointing; the shared-prefix path keeps working under it,
     with the loss and every gradient of the run without it (and of one full forward per row)."""
-    from prism_plugin.discriminator.scoring import segment_states
+    from prism_plugin.discriminator.segment_forward import segment_states
 
     scorer, batch = scorer_case(tiny_dir, tiny_discriminator_dir, tokenizer)
     model = scorer.model
     model.train()
     model.head_dropout.p = 0.0
     inputs = [p.scorer_inputs for p in batch.prompts]
-    from prism_plugin.discriminator.scoring import SegmentQuery
+    from prism_plugin.discriminator.segment_forward import SegmentQuery
 
     queries = [SegmentQuery(k, name, item.teacher[name]) for k, item in enumerate(inputs)
                for name in ("caption", "reasoning")]

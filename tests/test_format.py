@@ -5,7 +5,7 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from prism_plugin.format import is_valid, layout_parts, split_segments
+from prism_plugin.segment_split import is_valid, layout_parts, split_segments
 from tests.references import layout_parts_reference, reference_boundary
 
 pytestmark = pytest.mark.transformers4

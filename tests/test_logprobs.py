@@ -104,7 +104,7 @@ def test_a_model_whose_logits_are_not_its_head_is_refused(tiny_dir: Path) -> Non
 
 
 def _group(model, processor, vision: bool, prompt: str, images: list, rows: int, completion: int, seed: int):
-    from prism_plugin.llamafactory.align_trainer import RolloutGroup
+    from prism_plugin.llamafactory.align.trainer import RolloutGroup
 
     tokenizer = getattr(processor, "tokenizer", processor)
     text = chat_prompt_text(tokenizer, prompt, len(images), True)
@@ -124,7 +124,7 @@ def _group(model, processor, vision: bool, prompt: str, images: list, rows: int,
 def test_packed_groups_give_each_group_its_own_log_probs(tiny_dir: Path, vision: bool) -> None:
     """Groups with prompts of different lengths (an image prompt beside a text-only one) in one right-padded
     forward: each row's log-probabilities and the gradients equal its group's own forward."""
-    from prism_plugin.llamafactory.align_trainer import pack_groups
+    from prism_plugin.llamafactory.align.trainer import pack_groups
 
     model, processor, _ = load_policy(tiny_dir / ("qwen3_vl_policy" if vision else "qwen3_policy"), device="cpu")
     head = model.get_output_embeddings()

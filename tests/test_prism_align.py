@@ -144,8 +144,8 @@ def scorer_case(tiny_dir, disc_dir, tokenizer, *, update=True, **keys):
     from prism_plugin.data.records import PromptRecord, load_pairs
     from prism_plugin.discriminator.loading import load_discriminator
     from prism_plugin.discriminator.loss import DiscriminatorLoss
-    from prism_plugin.discriminator.scorer import DiscriminatorScorer
-    from prism_plugin.discriminator.texts import TextScorer
+    from prism_plugin.discriminator.rendering import TextScorer
+    from prism_plugin.discriminator.rollout_scorer import DiscriminatorScorer
     from prism_plugin.discriminator.updater import DiscriminatorOptimization, DiscriminatorUpdater
     from prism_plugin.llamafactory.arguments import PrismArguments
 
@@ -169,7 +169,7 @@ def scorer_case(tiny_dir, disc_dir, tokenizer, *, update=True, **keys):
 
 def full_forward_scores(disc, prompt, segments: list[list[int]], names: list[str]) -> torch.Tensor:
     """Scores of (prompt ⊕ segment) rows, one full forward each (the reference)."""
-    from prism_plugin.discriminator.scoring import SegmentQuery, score
+    from prism_plugin.discriminator.segment_forward import SegmentQuery, score
 
     return score(disc, [prompt], [SegmentQuery(0, n, ids) for n, ids in zip(names, segments, strict=True)],
                  reuse_prefix=False)
@@ -286,7 +286,7 @@ def test_a_batch_with_no_valid_rollout_still_raises_the_teacher_scores(tiny_dir,
 
 
 def test_batch_accuracy_counts_ties_as_half_and_ignores_invalid_and_teacher_copies():
-    from prism_plugin.llamafactory.align_trainer import batch_accuracy
+    from prism_plugin.llamafactory.align.trainer import batch_accuracy
     from prism_plugin.scorers import Scores
 
     group = torch.tensor([0, 0, 1, 1])  # two prompts × two rollouts; the last rollout is invalid (NaN scores)
@@ -306,7 +306,7 @@ def test_batch_accuracy_counts_ties_as_half_and_ignores_invalid_and_teacher_copi
 
 
 def test_policy_loss_options_keep_the_losses_own_settings_unless_set():
-    from prism_plugin.llamafactory.align_trainer import policy_loss_options
+    from prism_plugin.llamafactory.align.trainer import policy_loss_options
     from prism_plugin.llamafactory.arguments import PrismArguments
 
     dapo = policy_loss_options(PrismArguments(prism_policy_loss="dapo"))
@@ -473,7 +473,7 @@ def text_trainer(tiny_dir, tmp_path, answers_by_question: dict[str, list[str]], 
     from transformers import AutoModelForCausalLM, AutoTokenizer, TrainingArguments
 
     from prism_plugin.layout import Segments
-    from prism_plugin.llamafactory.align_trainer import PrismAlignTrainer
+    from prism_plugin.llamafactory.align.trainer import PrismAlignTrainer
     from prism_plugin.llamafactory.arguments import PrismArguments
     from prism_plugin.policy import policy_prompt
     from prism_plugin.scorers import AlignPrompt, VerifiableScorer

@@ -30,8 +30,8 @@ def encoder(tiny_discriminator_dir):
     from transformers import AutoModel
 
     import prism_plugin.discriminator  # noqa: F401
-    from prism_plugin.discriminator.texts import TextScorer
-    from prism_plugin.llamafactory.pairs import PairEncoder
+    from prism_plugin.discriminator.rendering import TextScorer
+    from prism_plugin.llamafactory.disc.data import PairEncoder
 
     model = AutoModel.from_pretrained(tiny_discriminator_dir).eval()
     return PairEncoder(TextScorer(model), ["caption", "reasoning"], cutoff_len=1024)
@@ -65,9 +65,9 @@ def test_llamafactory_cli_runs_prism_disc_and_saves_a_discriminator(tmp_path, ti
 
 def test_pair_loss_is_bradley_terry_over_full_forwards(encoder, tiny_dir):
     from prism_plugin.data.records import load_pairs
-    from prism_plugin.discriminator.scoring import SegmentQuery, score
-    from prism_plugin.llamafactory.disc_trainer import PrismDiscTrainer
-    from prism_plugin.llamafactory.pairs import PairCollator
+    from prism_plugin.discriminator.segment_forward import SegmentQuery, score
+    from prism_plugin.llamafactory.disc.data import PairCollator
+    from prism_plugin.llamafactory.disc.trainer import PrismDiscTrainer
 
     model = encoder.scorer.model.eval()
     records = load_pairs(tiny_dir / "data" / "pairs.jsonl").records[:3]
@@ -91,8 +91,8 @@ def test_warmup_learns_to_prefer_the_teacher(encoder, tiny_dir, tmp_path):
     from transformers import AutoModel, TrainingArguments
 
     from prism_plugin.data.records import load_pairs
-    from prism_plugin.llamafactory.disc_trainer import PrismDiscTrainer
-    from prism_plugin.llamafactory.pairs import PairCollator
+    from prism_plugin.llamafactory.disc.data import PairCollator
+    from prism_plugin.llamafactory.disc.trainer import PrismDiscTrainer
 
     model = AutoModel.from_pretrained(encoder.scorer.model.config.name_or_path)
     features = [encoder.encode(r, "p") for r in load_pairs(tiny_dir / "data" / "pairs.jsonl").records[:8]]
@@ -114,7 +114,7 @@ def test_warmup_learns_to_prefer_the_teacher(encoder, tiny_dir, tmp_path):
 
 
 def test_bad_rows_stop_the_run_or_are_skipped_and_counted(tmp_path, tiny_dir, encoder):
-    from prism_plugin.llamafactory.pairs import encode_pairs
+    from prism_plugin.llamafactory.disc.data import encode_pairs
 
     rows = (tiny_dir / "data" / "pairs.jsonl").read_text().splitlines()[:4]
     broken = json.loads(rows[1])
@@ -137,7 +137,7 @@ def test_a_row_the_discriminator_processor_rejects_is_a_bad_row(tmp_path, tiny_d
     pair is encoded: file, row and field, or skipped and counted."""
     from PIL import Image
 
-    from prism_plugin.llamafactory.pairs import encode_pairs
+    from prism_plugin.llamafactory.disc.data import encode_pairs
 
     rows = [json.loads(line) for line in (tiny_dir / "data" / "pairs.jsonl").read_text().splitlines()[:3]]
     Image.new("RGB", (300, 1), (255, 0, 0)).save(tmp_path / "strip.png")

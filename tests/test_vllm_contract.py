@@ -94,7 +94,7 @@ def test_llamafactory_prompts_send_the_images_its_plugin_resized(tiny_dir):
     from llamafactory.model import load_tokenizer
 
     from prism_plugin.data.records import load_align
-    from prism_plugin.llamafactory.align_data import AlignEncoder
+    from prism_plugin.llamafactory.align.data import AlignEncoder
 
     policy = tiny_dir / "qwen3_vl_policy"
     loaded = load_tokenizer(ModelArguments(model_name_or_path=str(policy), image_max_pixels=64 * 64))

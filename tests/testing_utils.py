@@ -38,9 +38,9 @@ def lf_config(stage: str, tiny_dir: Path, output_dir: Path, **overrides: Any) ->
 def rollout_batch(tokenizer: Any, texts: Sequence[str], prompts: Sequence[Any], group_size: int) -> Any:
     """A :class:`prism_plugin.scorers.RolloutBatch` of ``texts`` (rollout ``i`` answers prompt
     ``i // group_size``): each text tokenised as a policy would have generated it, then split."""
-    from prism_plugin.format import split_segments
     from prism_plugin.rollout import Rollouts, end_of_turn_id
     from prism_plugin.scorers import RolloutBatch
+    from prism_plugin.segment_split import split_segments
 
     eot = end_of_turn_id(tokenizer)
     sequences = [tokenizer(text, add_special_tokens=False)["input_ids"] + [eot] for text in texts]

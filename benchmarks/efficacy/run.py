@@ -120,7 +120,7 @@ def discriminator_gate(disc_dir: Path, sft_dir: Path, dev_file: Path, args: argp
 
     from benchmarks.efficacy.task import caption_counts, load_eval_records
     from prism_plugin.discriminator.loading import load_discriminator
-    from prism_plugin.discriminator.texts import score_texts
+    from prism_plugin.discriminator.rendering import score_texts
     from prism_plugin.layout import layout_parts
     from prism_plugin.policy import load_policy, sample
     from prism_plugin.rollout import Sampling

@@ -11,7 +11,7 @@ discriminator without ``trust_remote_code``::
 (``import prism_plugin`` alone stays cheap and imports no torch.)
 
 Modules: ``config`` (settings), ``modeling`` (the model), ``routing`` (per-call expert masks),
-``upcycle`` (dense -> MoE), ``scoring`` (segment scores with shared-prefix reuse), ``texts``
+``upcycle`` (dense -> MoE), ``segment_forward`` (segment scores with shared-prefix reuse), ``rendering``
 (rendering text responses for drop-in scoring).
 """
 
@@ -21,7 +21,7 @@ from transformers import AutoConfig, AutoModel, AutoModelForSequenceClassificati
 
 from prism_plugin.discriminator.config import PrismDiscriminatorConfig
 from prism_plugin.discriminator.modeling import PrismDiscriminator, PrismDiscriminatorOutput
-from prism_plugin.discriminator.scoring import PromptInputs, SegmentQuery, score, score_with_aux
+from prism_plugin.discriminator.segment_forward import PromptInputs, SegmentQuery, score, score_with_aux
 from prism_plugin.discriminator.upcycle import upcycle
 
 AutoConfig.register(PrismDiscriminatorConfig.model_type, PrismDiscriminatorConfig, exist_ok=True)

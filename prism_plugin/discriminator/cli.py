@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from prism_plugin.data.records import DatasetRowError, RowReader, read_rows
-from prism_plugin.discriminator.texts import PreparedText, TextScorer
+from prism_plugin.discriminator.rendering import PreparedText, TextScorer
 from prism_plugin.errors import UserError, check_at_least_one, did_you_mean
 
 

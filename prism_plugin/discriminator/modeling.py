@@ -232,7 +232,7 @@ class PrismDiscriminator(PreTrainedModel):
         """Score each sequence at its last valid token.
 
         ``attention_mask`` covers the cached tokens too when ``past_key_values`` is given (then
-        ``position_ids`` are required; :mod:`prism_plugin.discriminator.scoring` builds them).
+        ``position_ids`` are required; :mod:`prism_plugin.discriminator.segment_forward` builds them).
         ``aux_loss`` is computed when ``output_router_logits`` (default: in training, MoE backbones).
         """
         kwargs.pop("labels", None)
@@ -289,7 +289,7 @@ class PrismDiscriminator(PreTrainedModel):
         batch_size: int = 16,
     ) -> dict[str, torch.Tensor]:
         """Per-segment scores (clipped to ``config.score_clip``; NaN where invalid) and ``valid`` for text
-        responses in the PRISM layout; see :func:`prism_plugin.discriminator.texts.score_texts`."""
-        from prism_plugin.discriminator.texts import score_texts
+        responses in the PRISM layout; see :func:`prism_plugin.discriminator.rendering.score_texts`."""
+        from prism_plugin.discriminator.rendering import score_texts
 
         return score_texts(self, prompts, responses, images, processor=processor, batch_size=batch_size)

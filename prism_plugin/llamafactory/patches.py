@@ -146,7 +146,7 @@ def patch_tuner(module: ModuleType) -> None:
     def run(config: dict[str, Any]) -> None:
         args = module.read_args(config.get("args"))
         if stage_of(args) in PRISM_STAGES:
-            from prism_plugin.llamafactory.workflow import run_prism_stage
+            from prism_plugin.llamafactory.stages import run_prism_stage
 
             run_prism_stage({**config, "args": args})
             return

@@ -20,11 +20,11 @@ def run_prism_stage(config: dict[str, Any]) -> None:
     callbacks.append(ReporterCallback(model_args, data_args, finetuning_args, generating_args))
     stage = finetuning_args.stage
     if stage == "prism_disc":
-        from prism_plugin.llamafactory.disc_workflow import run_prism_disc
+        from prism_plugin.llamafactory.disc.workflow import run_prism_disc
 
         run_prism_disc(model_args, data_args, training_args, finetuning_args, callbacks)
     elif stage == "prism_align":
-        from prism_plugin.llamafactory.align_workflow import run_prism_align
+        from prism_plugin.llamafactory.align.workflow import run_prism_align
 
         run_prism_align(model_args, data_args, training_args, finetuning_args, generating_args, callbacks)
     else:

@@ -1,7 +1,7 @@
 """Warm-up pairs as model inputs: rendered prompt + teacher/student segment token ids, and their batches.
 
 Teacher and student segments are tokenised the same way (each response on its own, followed by
-the end-of-turn token, split with :func:`prism_plugin.format.split_segments`), so both sides are
+the end-of-turn token, split with :func:`prism_plugin.segment_split.split_segments`), so both sides are
 scored at the same structural token. Rows too long for ``cutoff_len`` are errors (or skipped and
 counted when the user opts in) — never truncated.
 """
@@ -16,7 +16,7 @@ from typing import Any
 import torch
 
 from prism_plugin.data.records import DatasetRowError, LoadReport, PairRecord, load_and_encode, load_pairs
-from prism_plugin.discriminator.scoring import PromptInputs, pad_right
+from prism_plugin.discriminator.segment_forward import PromptInputs, pad_right
 
 
 @dataclass(frozen=True)

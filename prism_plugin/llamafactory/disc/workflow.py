@@ -10,7 +10,7 @@ from __future__ import annotations
 import random
 from typing import Any
 
-from prism_plugin.llamafactory.pairs import PairCollator, PairEncoder, encode_pairs, resolve_dataset_files
+from prism_plugin.llamafactory.disc.data import PairCollator, PairEncoder, encode_pairs, resolve_dataset_files
 
 PLOT_KEYS = ["loss", "eval_loss", "accuracy", "eval_accuracy", "caption/accuracy", "reasoning/accuracy"]
 
@@ -30,8 +30,8 @@ def run_prism_disc(model_args: Any, data_args: Any, training_args: Any, finetuni
     from llamafactory.extras import logging
 
     from prism_plugin.discriminator.loading import load_discriminator
-    from prism_plugin.discriminator.texts import TextScorer
-    from prism_plugin.llamafactory.disc_trainer import PrismDiscTrainer
+    from prism_plugin.discriminator.rendering import TextScorer
+    from prism_plugin.llamafactory.disc.trainer import PrismDiscTrainer
 
     logger = logging.get_logger(f"llamafactory.{__name__}")  # under LLaMA-Factory's configured root logger
     segments = list(finetuning_args.prism_segments)

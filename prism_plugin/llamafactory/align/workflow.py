@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from prism_plugin.llamafactory.arguments import DISCRIMINATOR, VERIFIABLE, PrismArguments, check_reward_spec
-from prism_plugin.llamafactory.pairs import resolve_dataset_files
+from prism_plugin.llamafactory.disc.data import resolve_dataset_files
 from prism_plugin.scorers import Scorer
 
 PLOT_KEYS = ["loss", "valid_ratio", "reward", "disc/loss", "disc/accuracy", "caption/score_gap",
@@ -60,10 +60,10 @@ def build_scorer(args: PrismArguments, policy_tokenizer: Any, cutoff_len: int, d
         return FileScorer(load_score_function(path, name), args.prism_segments, reward)
     from prism_plugin.discriminator.loading import load_discriminator
     from prism_plugin.discriminator.loss import DiscriminatorLoss
-    from prism_plugin.discriminator.scorer import DiscriminatorScorer
-    from prism_plugin.discriminator.texts import TextScorer
+    from prism_plugin.discriminator.rendering import TextScorer
+    from prism_plugin.discriminator.rollout_scorer import DiscriminatorScorer
     from prism_plugin.discriminator.updater import DiscriminatorOptimization, DiscriminatorUpdater
-    from prism_plugin.llamafactory.align_trainer import DISCRIMINATOR_DIR
+    from prism_plugin.llamafactory.align.trainer import DISCRIMINATOR_DIR
 
     if not args.prism_discriminator:
         raise ValueError("stage prism_align needs `prism_discriminator: DIR` (a prism_disc output or upcycled model)")
@@ -97,8 +97,8 @@ def run_prism_align(
     from llamafactory.extras import logging
     from llamafactory.model import load_model, load_tokenizer
 
-    from prism_plugin.llamafactory.align_data import AlignEncoder, encode_align
-    from prism_plugin.llamafactory.align_trainer import DISCRIMINATOR_DIR, PrismAlignTrainer
+    from prism_plugin.llamafactory.align.data import AlignEncoder, encode_align
+    from prism_plugin.llamafactory.align.trainer import DISCRIMINATOR_DIR, PrismAlignTrainer
     from prism_plugin.llamafactory.rollout_engine import build_rollout_engine, check_rollout_engine
     from prism_plugin.llamafactory.training import train_and_save
 

@@ -2,7 +2,7 @@
 
 A response is tokenised on its own and followed by the end-of-turn token, i.e. exactly the ids
 a policy would have generated after the rendered prompt; its caption / reasoning spans come from
-:func:`prism_plugin.format.split_segments`, so scores match what the alignment stage computes from
+:func:`prism_plugin.segment_split.split_segments`, so scores match what the alignment stage computes from
 the policy's own ids.
 """
 
@@ -16,11 +16,11 @@ import torch
 
 from prism_plugin.chat import ImageLike, chat_prompt_text, load_images
 from prism_plugin.data.records import DatasetRowError
-from prism_plugin.discriminator.scoring import PromptInputs, SegmentQuery, score
+from prism_plugin.discriminator.segment_forward import PromptInputs, SegmentQuery, score
 from prism_plugin.errors import encoder_rejects
-from prism_plugin.format import split_segments
 from prism_plugin.layout import SYSTEM_PROMPT, Segments
 from prism_plugin.rollout import end_of_turn_id
+from prism_plugin.segment_split import split_segments
 
 
 @dataclass

@@ -25,7 +25,6 @@ from prism_plugin.compat import TOKEN_TYPES_KWARG, rope_index_takes_token_types,
 from prism_plugin.discriminator.loss import pairwise_wins
 from prism_plugin.distributed import all_gather, all_ranks_sum, any_rank, is_distributed, rank
 from prism_plugin.faults import kill_point
-from prism_plugin.format import split_segments
 from prism_plugin.llamafactory.arguments import DriftMonitorArguments, PrismArguments, PrismDataArguments
 from prism_plugin.llamafactory.checkpoints import AtomicCheckpointMixin
 from prism_plugin.llamafactory.metrics import MetricsLogMixin
@@ -35,6 +34,7 @@ from prism_plugin.portable import make_portable
 from prism_plugin.rng import SamplingStream
 from prism_plugin.rollout import RolloutEngine, Rollouts, Sampling, repeat_rows
 from prism_plugin.scorers import AlignPrompt, RolloutBatch, Scorer, Scores
+from prism_plugin.segment_split import split_segments
 
 DISCRIMINATOR_DIR = "discriminator"
 RESUME_STATE_FILE = "prism_align_state_{rank}.pt"  # one per rank, in every checkpoint

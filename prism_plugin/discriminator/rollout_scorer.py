@@ -20,8 +20,8 @@ import torch
 
 from prism_plugin.data.records import DatasetRowError, PromptRecord
 from prism_plugin.discriminator.loss import DiscriminatorLoss
-from prism_plugin.discriminator.scoring import PromptInputs, SegmentQuery, segment_states
-from prism_plugin.discriminator.texts import TextScorer
+from prism_plugin.discriminator.rendering import TextScorer
+from prism_plugin.discriminator.segment_forward import PromptInputs, SegmentQuery, segment_states
 from prism_plugin.discriminator.updater import DiscriminatorUpdater
 from prism_plugin.scorers import RolloutBatch, Scores
 
