@@ -216,7 +216,8 @@ def test_prism_alignment_runs_from_the_board(page, tiny_dir: Path, tiny_sft_run,
     for key in (k for k in ran if k.startswith("prism_")):
         assert previewed[key] == str(ran[key]), key
     assert {k for k in previewed if k.startswith("prism_")} == {k for k in ran if k.startswith("prism_")}
-    log = [json.loads(line) for line in (runs[0] / "trainer_log.jsonl").read_text().splitlines()]
+    log = [entry for line in (runs[0] / "trainer_log.jsonl").read_text().splitlines()
+           if "loss" in (entry := json.loads(line))]  # the step logs (the last line is the run's summary)
     assert [entry["current_steps"] for entry in log] == list(range(1, RUN_STEPS + 1))
     assert all({"disc/loss", "valid_ratio", "policy/loss"} <= set(entry) for entry in log)  # the PRISM curves
     assert (runs[0] / "prism_run_complete.json").is_file()
