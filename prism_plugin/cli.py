@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import json
 from collections.abc import Callable, Sequence
+from pathlib import Path
 
 from prism_plugin.tiny import DEFAULT_NUM_EXAMPLES
 
@@ -193,10 +194,15 @@ def _make_pairs(args: argparse.Namespace) -> int:
     details = report.details()
     if details:
         print(details, file=sys.stderr)
-    print(json.dumps(report.summary()))
     if report.pairs_written == 0:
+        print(json.dumps(report.summary()))
         raise UserError(f"no pair written to {args.out}: every sample was left out "
                         f"({dict(report.skipped_samples)}); see the lines above")
+    from prism_plugin.data.dataset_info import PAIRS, file_entry, register
+
+    name = args.dataset_name or f"prism_{Path(args.out).stem}"
+    info = register(Path(args.out).parent, name, file_entry(args.out, PAIRS))
+    print(json.dumps({**report.summary(), "dataset": name, "dataset_info": str(info)}))
     return 0
 
 
@@ -217,6 +223,7 @@ def _add_make_pairs(data_sub: argparse._SubParsersAction) -> None:
     q.add_argument("--skip-invalid", action="store_true", help="leave bad input rows out (counted, listed)")
     q.add_argument("--engine", choices=("hf", "vllm"), default="hf",
                    help="hf (transformers generate, default) or vllm (needs prism-plugin[vllm])")
+    q.add_argument("--dataset-name", help="its entry in dataset_info.json beside --out (default: prism_<out stem>)")
     q.set_defaults(func=_make_pairs)
 
 

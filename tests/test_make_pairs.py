@@ -69,6 +69,13 @@ def test_output_loads_as_pairs_in_the_layout(made, align_rows):
         assert all(Path(p).is_absolute() and Path(p).is_file() for p in json.loads(line)["images"])
 
 
+def test_output_is_registered_for_the_warm_up_stage(made):
+    out, summary, _ = made
+    info = json.loads((out.parent / "dataset_info.json").read_text())
+    assert summary["dataset"] == "prism_pairs" and summary["dataset_info"] == str(out.parent / "dataset_info.json")
+    assert info["prism_pairs"] == {"file_name": str(out.resolve()), "prism_kind": "pairs"}
+
+
 def test_summary_counts_add_up(made):
     _, summary, _ = made
     assert summary["rows_in"] == summary["rows_used"] == NUM_ROWS and summary["rows_skipped"] == 0

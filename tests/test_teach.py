@@ -306,7 +306,7 @@ def test_teach_writes_sft_align_and_report(taught: dict, tiny_dir: Path) -> None
     tiny_info = json.loads((tiny_dir / "data" / "dataset_info.json").read_text())["prism_tiny_sft"]
     assert {k: v for k, v in info["prism_teach_sft"].items() if k != "file_name"} == {
         k: v for k, v in tiny_info.items() if k != "file_name"}
-    assert info["prism_teach_align"] == {"file_name": str((out / "align.jsonl").resolve())}
+    assert info["prism_teach_align"] == {"file_name": str((out / "align.jsonl").resolve()), "prism_kind": "align"}
 
 
 def test_written_sft_set_trains_with_llamafactory(taught: dict, tiny_dir: Path, tmp_path: Path) -> None:

@@ -31,7 +31,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from prism_plugin.data.dataset_info import file_entry, sharegpt_entry
+from prism_plugin.data.dataset_info import ALIGN, file_entry, sharegpt_entry
 from prism_plugin.data.images import image_paths
 from prism_plugin.data.records import DatasetRowError, PromptRecord, RowReader, prompt_parser
 from prism_plugin.layout import SYSTEM_PROMPT, Segments
@@ -134,7 +134,7 @@ def write_outputs(out_dir: Path, records: Iterable[PromptRecord], samples_per_pr
     out_dir.mkdir(parents=True, exist_ok=True)
     _write_atomic(out_dir / SFT_FILE, json.dumps(sft, ensure_ascii=False, indent=1) + "\n")
     _write_atomic(align_file, "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in align))
-    info = {SFT_DATASET_NAME: sharegpt_entry(out_dir / SFT_FILE), ALIGN_DATASET_NAME: file_entry(align_file)}
+    info = {SFT_DATASET_NAME: sharegpt_entry(out_dir / SFT_FILE), ALIGN_DATASET_NAME: file_entry(align_file, ALIGN)}
     _write_atomic(out_dir / DATASET_INFO_FILE, json.dumps(info, indent=2) + "\n")
     requests = sum(counts.values())
     report = {

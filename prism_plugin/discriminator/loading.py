@@ -27,24 +27,40 @@ def load_discriminator(path: str | Path, dtype: torch.dtype | None = torch.float
     from transformers import AutoConfig, AutoModel
 
     import prism_plugin.discriminator  # noqa: F401  (registers the Auto classes)
-    from prism_plugin.discriminator.authors import is_authors_discriminator, load_authors_discriminator
+    from prism_plugin.discriminator.authors import load_authors_discriminator
+
+    directory = Path(path)
+    kind = discriminator_kind(directory)
+    config = AutoConfig.from_pretrained(directory)
+    if kind == "prism":
+        model = AutoModel.from_pretrained(directory, dtype=dtype)
+    else:
+        model = load_authors_discriminator(directory, dtype)
+    model.checkpoint_dtype = checkpoint_dtype(config)
+    return model
+
+
+def discriminator_kind(path: str | Path) -> str:
+    """``prism`` (prism-plugin's format) or ``authors`` (the authors' release) for a discriminator directory,
+    judged from its ``config.json`` and weight headers without loading it; the errors of
+    :func:`load_discriminator` for a missing directory or any other kind of model."""
+    import json
+
+    from prism_plugin.discriminator.authors import is_authors_discriminator
 
     directory = Path(path)
     if not (directory / "config.json").is_file():
         what = "has no config.json" if directory.is_dir() else "not found"
         raise FileNotFoundError(f"discriminator directory {what}: {directory}")
-    config = AutoConfig.from_pretrained(directory)
-    if config.model_type == "prism_discriminator":
-        model = AutoModel.from_pretrained(directory, dtype=dtype)
-    elif is_authors_discriminator(directory):
-        model = load_authors_discriminator(directory, dtype)
-    else:
-        raise NotADiscriminatorError(
-            f"a PRISM discriminator is needed; {directory} is a {config.model_type!r} model (a policy?) — "
-            "create one with `prism-plugin upcycle DENSE_DIR OUT_DIR`"
-        )
-    model.checkpoint_dtype = checkpoint_dtype(config)
-    return model
+    model_type = json.loads((directory / "config.json").read_text(encoding="utf-8")).get("model_type")
+    if model_type == "prism_discriminator":
+        return "prism"
+    if is_authors_discriminator(directory):
+        return "authors"
+    raise NotADiscriminatorError(
+        f"a PRISM discriminator is needed; {directory} is a {model_type!r} model (a policy?) — "
+        "create one with `prism-plugin upcycle DENSE_DIR OUT_DIR`"
+    )
 
 
 def checkpoint_dtype(config: Any) -> torch.dtype:

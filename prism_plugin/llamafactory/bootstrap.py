@@ -24,6 +24,7 @@ TARGETS = {
     "llamafactory.hparams.parser": "patch_parser",
     "llamafactory.train.tuner": "patch_tuner",
     "llamafactory.data.template": "patch_template",
+    "llamafactory.webui.interface": "patch_board",  # LlamaBoard: the PRISM stages in the Train tab
     # AutoConfig / AutoModel know the PRISM discriminator in every process, no trust_remote_code
     "transformers.models.auto.modeling_auto": "register_discriminator",
 }

@@ -19,7 +19,20 @@ PATCHED_SYMBOLS = {
     "llamafactory.train.tuner": ("_training_function", "read_args", "export_model"),
     "llamafactory.data.template": ("TEMPLATES", "register_template"),
     "transformers.models.auto.modeling_auto": ("AutoModel",),
+    # LlamaBoard (llamafactory-cli webui), all patched at once by patch_board when its interface module loads
+    "llamafactory.webui.interface": ("create_train_tab",),
+    "llamafactory.extras.constants": ("TRAINING_STAGES",),
+    "llamafactory.webui.common": ("DEFAULT_SAVE_DIR", "DEFAULT_DATA_DIR", "load_dataset_info", "get_save_dir"),
+    "llamafactory.webui.locales": ("LOCALES", "ALERTS"),
+    "llamafactory.webui.control": ("list_datasets", "get_trainer_info"),
+    "llamafactory.webui.runner": ("get_trainer_info", "Runner._parse_train_args", "Runner._initialize",
+                                  "Runner.monitor"),
+    "llamafactory.webui.manager": ("Manager.get_base_elems", "Manager.get_elem_by_id"),
+    "llamafactory.webui.components.train": ("create_train_tab", "list_datasets"),
+    "llamafactory.webui.components.eval": ("list_datasets",),
 }
+BOARD_MODULES = tuple(name for name in PATCHED_SYMBOLS
+                      if name.startswith(("llamafactory.webui.", "llamafactory.extras.")))
 
 
 class UnsupportedLlamaFactoryError(RuntimeError):
@@ -46,7 +59,7 @@ def untested_version_note() -> str | None:
     if version in SUPPORTED_LLAMAFACTORY:
         return None
     return (f"prism-plugin: LLaMA-Factory {version} is untested; prism-plugin supports {supported_versions()} "
-            "(the PRISM stages may fail)")
+            "(the PRISM stages may fail; LlamaBoard offers them only on a supported version)")
 
 
 def _require(module: ModuleType) -> None:
@@ -249,6 +262,22 @@ def patch_template(module: ModuleType) -> None:
             continue
         base = module.TEMPLATES[base_name]
         module.TEMPLATES[name] = dataclasses.replace(base, default_system=SYSTEM_PROMPT)
+
+
+# --------------------------------------------------------------------------- LlamaBoard
+
+
+def patch_board(module: ModuleType) -> None:
+    """Add the PRISM stages to LlamaBoard (:mod:`prism_plugin.llamafactory.board`) on a supported LLaMA-Factory
+    only: the board's page is built from these internals, so an untested version keeps the stock board."""
+    version = llamafactory_version()
+    if version not in SUPPORTED_LLAMAFACTORY:
+        raise UnsupportedLlamaFactoryError(
+            f"LlamaBoard of LLaMA-Factory {version} is untested: the PRISM stages are not in the board (the "
+            f"command line still has them); prism-plugin supports {supported_versions()}")
+    from prism_plugin.llamafactory import board
+
+    board.install(module, {name: PATCHED_SYMBOLS[name] for name in BOARD_MODULES})
 
 
 # --------------------------------------------------------------------------- transformers Auto classes

@@ -9,14 +9,15 @@ def run_prism_stage(config: dict[str, Any]) -> None:
     """Run ``stage: prism_disc`` or ``stage: prism_align`` the way LLaMA-Factory runs its own stages."""
     from llamafactory.extras import logging
     from llamafactory.hparams import get_train_args
-    from llamafactory.train.callbacks import LogCallback, ReporterCallback
+    from llamafactory.train.callbacks import ReporterCallback
 
+    from prism_plugin.llamafactory.board_log import PrismLogCallback
     from prism_plugin.llamafactory.checkpoints import resolve_resume
 
     model_args, data_args, training_args, finetuning_args, generating_args = get_train_args(config.get("args"))
     resolve_resume(training_args, logging.get_logger(__name__).warning_rank0)
     callbacks = list(config.get("callbacks") or [])
-    callbacks.append(LogCallback())
+    callbacks.append(PrismLogCallback(finetuning_args.stage))  # LLaMA-Factory's, with every PRISM metric
     callbacks.append(ReporterCallback(model_args, data_args, finetuning_args, generating_args))
     stage = finetuning_args.stage
     if stage == "prism_disc":

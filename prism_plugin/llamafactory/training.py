@@ -11,10 +11,10 @@ from typing import Any
 
 def train_and_save(trainer: Any, training_args: Any, finetuning_args: Any, reports: list, plot_keys: list) -> None:
     """Train, then save model, metrics, state, the data report and (``plot_loss``) the metric curves, and last
-    the completion marker. A run stopped by SIGTERM saves a checkpoint and exits non-zero instead
-    (:mod:`prism_plugin.llamafactory.preemption`)."""
+    the completion marker. A run stopped by SIGTERM (or LlamaBoard's Abort) saves a checkpoint and exits non-zero
+    instead (:mod:`prism_plugin.llamafactory.preemption`)."""
     from prism_plugin.llamafactory.checkpoints import mark_output_complete
-    from prism_plugin.llamafactory.preemption import PREEMPTED_EXIT_CODE, PreemptionCallback, preempted_message
+    from prism_plugin.llamafactory.preemption import PreemptionCallback, preempted_message
 
     preemption = PreemptionCallback()
     trainer.add_callback(preemption)
@@ -22,9 +22,10 @@ def train_and_save(trainer: Any, training_args: Any, finetuning_args: Any, repor
     result = trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
     if preemption.stopped_at is not None:
         if trainer.is_world_process_zero():
-            message = preempted_message(finetuning_args.stage, training_args.output_dir, preemption.stopped_at)
+            message = preempted_message(finetuning_args.stage, training_args.output_dir, preemption.stopped_at,
+                                        preemption.signal_name)
             sys.stderr.write(f"prism-plugin: {message}\n")
-        raise SystemExit(PREEMPTED_EXIT_CODE)
+        raise SystemExit(preemption.exit_code)
     trainer.save_model()
     trainer.log_metrics("train", result.metrics)
     trainer.save_metrics("train", result.metrics)

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from prism_plugin.data.dataset_info import file_entry, sharegpt_entry
+from prism_plugin.data.dataset_info import ALIGN, PAIRS, RLVR, file_entry, sharegpt_entry
 from prism_plugin.layout import SYSTEM_PROMPT, Segments, render_response
 from prism_plugin.tiny.corpus import COLORS
 from prism_plugin.tiny.images import Scene, draw_scene, random_scene, save_png
@@ -199,8 +199,8 @@ def dataset_info(paths: dict[str, Path]) -> dict[str, Any]:
     (``prism_tiny_pairs`` for ``prism_disc``, ``prism_tiny_align`` for ``prism_align``, ``prism_tiny_rlvr`` for
     its verifiable-reward RLVR run) by file name."""
     return {
-        PAIRS_DATASET_NAME: file_entry(paths["pairs"]),
-        ALIGN_DATASET_NAME: file_entry(paths["align"]),
-        RLVR_DATASET_NAME: file_entry(paths["rlvr"]),
+        PAIRS_DATASET_NAME: file_entry(paths["pairs"], PAIRS),
+        ALIGN_DATASET_NAME: file_entry(paths["align"], ALIGN),
+        RLVR_DATASET_NAME: file_entry(paths["rlvr"], RLVR),
         SFT_DATASET_NAME: sharegpt_entry(paths["sft"]),
     }
