@@ -14,7 +14,9 @@ from types import ModuleType, SimpleNamespace
 
 import pytest
 
-from prism_plugin.llamafactory import board_runs, board_text, patches
+from prism_plugin.llamafactory import patches
+from prism_plugin.llamafactory.board import runs as board_runs
+from prism_plugin.llamafactory.board import text as board_text
 from tests.testing_utils import lf_config
 
 pytestmark = pytest.mark.llamafactory
@@ -137,7 +139,7 @@ def test_datasets_are_listed_by_kind(tiny_dir):
 
 
 def test_trainer_log_keeps_every_metric(tmp_path):
-    from prism_plugin.llamafactory.board_log import PrismLogCallback
+    from prism_plugin.llamafactory.log_callback import PrismLogCallback
 
     callback = PrismLogCallback("prism_align")
     args = SimpleNamespace(should_save=True, output_dir=str(tmp_path))

@@ -275,9 +275,9 @@ def patch_board(module: ModuleType) -> None:
         raise UnsupportedLlamaFactoryError(
             f"LlamaBoard of LLaMA-Factory {version} is untested: the PRISM stages are not in the board (the "
             f"command line still has them); prism-plugin supports {supported_versions()}")
-    from prism_plugin.llamafactory import board
+    from prism_plugin.llamafactory.board import components
 
-    board.install(module, {name: PATCHED_SYMBOLS[name] for name in BOARD_MODULES})
+    components.install(module, {name: PATCHED_SYMBOLS[name] for name in BOARD_MODULES})
 
 
 # --------------------------------------------------------------------------- transformers Auto classes

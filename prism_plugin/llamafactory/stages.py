@@ -11,8 +11,8 @@ def run_prism_stage(config: dict[str, Any]) -> None:
     from llamafactory.hparams import get_train_args
     from llamafactory.train.callbacks import ReporterCallback
 
-    from prism_plugin.llamafactory.board_log import PrismLogCallback
     from prism_plugin.llamafactory.checkpoints import resolve_resume
+    from prism_plugin.llamafactory.log_callback import PrismLogCallback
 
     model_args, data_args, training_args, finetuning_args, generating_args = get_train_args(config.get("args"))
     resolve_resume(training_args, logging.get_logger(__name__).warning_rank0)

@@ -17,7 +17,7 @@ stage table), all at once when ``llamafactory.webui.interface`` loads, after che
 - ``Runner.monitor`` says, after an Abort, what the output folder holds;
 - ``list_datasets`` lists a PRISM stage's datasets by their ``prism_kind`` and hides them from the others;
 - ``get_trainer_info`` draws the PRISM curves beside the loss, from the run's ``trainer_log.jsonl`` (whose
-  PRISM lines hold every metric: :mod:`prism_plugin.llamafactory.board_log`).
+  PRISM lines hold every metric: :mod:`prism_plugin.llamafactory.log_callback`).
 """
 
 from __future__ import annotations
@@ -26,7 +26,8 @@ import json
 from types import ModuleType
 from typing import Any
 
-from prism_plugin.llamafactory import board_runs, board_text
+from prism_plugin.llamafactory.board import runs as board_runs
+from prism_plugin.llamafactory.board import text as board_text
 
 PRISM_ELEMS = ("prism_discriminator", "prism_reward", "prism_policy_loss", "prism_num_generations",
                "prism_max_new_tokens", "prism_temperature", "prism_disc_learning_rate")
