@@ -16,6 +16,7 @@ MOVED_MODULES = {
     "prism_plugin.discriminator.scoring": "prism_plugin.discriminator.segment_forward",
     "prism_plugin.discriminator.texts": "prism_plugin.discriminator.rendering",
     "prism_plugin.llamafactory.workflow": "prism_plugin.llamafactory.stages",
+    "prism_plugin.llamafactory.arguments": "prism_plugin.arguments",
     "prism_plugin.llamafactory.align_workflow": "prism_plugin.llamafactory.align.workflow",
     "prism_plugin.llamafactory.align_trainer": "prism_plugin.llamafactory.align.trainer",
     "prism_plugin.llamafactory.align_data": "prism_plugin.llamafactory.align.data",

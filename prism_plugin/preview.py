@@ -52,7 +52,7 @@ def discriminator_scorer(discriminator: Any, processor: Any, settings: Any, cuto
 def run_settings(config: str | Path | None, **overrides: Any) -> tuple[Any, int]:
     """The ``prism_*`` keys (and ``cutoff_len``) of a LLaMA-Factory YAML, checked as the run checks them, with
     ``overrides`` (None: not given) on top; without a YAML the keys' defaults and a quick preview's sizes."""
-    from prism_plugin.llamafactory.arguments import prism_arguments
+    from prism_plugin.arguments import prism_arguments
 
     values: dict[str, Any] = {}
     cutoff_len = PREVIEW_CUTOFF_LEN

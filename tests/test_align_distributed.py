@@ -164,9 +164,9 @@ def _policy_worker(rank: int, world: int, port: int, tiny_dir: str, out_dir: str
     torch.set_num_threads(1)
     from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback, TrainingArguments
 
+    from prism_plugin.arguments import PrismArguments
     from prism_plugin.layout import Segments
     from prism_plugin.llamafactory.align.trainer import PrismAlignTrainer
-    from prism_plugin.llamafactory.arguments import PrismArguments
     from prism_plugin.policy import policy_prompt
     from prism_plugin.scorers import AlignPrompt, FileScorer, VerifiableScorer, load_score_function
     from tests.testing_utils import ReplayEngine

@@ -65,7 +65,7 @@ def test_an_untested_llamafactory_keeps_the_stock_board_with_one_line(monkeypatc
 
 
 def test_a_missing_symbol_patches_nothing():
-    from prism_plugin.llamafactory import board
+    from prism_plugin.llamafactory.board import components as board
 
     symbols = {"llamafactory.webui.interface": ("create_train_tab",), "llamafactory.webui.runner": ("Runner.nope",)}
     with pytest.raises(patches.UnsupportedLlamaFactoryError,

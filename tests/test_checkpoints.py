@@ -132,9 +132,9 @@ def test_the_group_sampler_and_the_refill_stream_resume_where_they_were():
 
 
 def test_resume_settings_name_every_change():
+    from prism_plugin.arguments import PrismArguments
     from prism_plugin.errors import ConfigError
     from prism_plugin.llamafactory.align.trainer import check_resume_settings, resume_settings
-    from prism_plugin.llamafactory.arguments import PrismArguments
 
     class Training:
         per_device_train_batch_size, gradient_accumulation_steps, seed = 2, 1, 0

@@ -46,10 +46,10 @@ def test_shipped_config_parses_with_llamafactory(config, tmp_path):
 
 
 def test_key_tables_in_yaml_readme_are_the_argument_fields():
-    from prism_plugin.llamafactory.arguments import key_tables
+    from prism_plugin.arguments import key_tables
 
     readme = (REPO / "yaml" / "README.md").read_text(encoding="utf-8")
-    assert key_tables() in readme, "regenerate with: python -m prism_plugin.llamafactory.arguments"
+    assert key_tables() in readme, "regenerate with: python -m prism_plugin.arguments"
 
 
 def test_every_shipped_config_has_a_heading_and_command_in_examples_readme():

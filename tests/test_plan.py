@@ -284,7 +284,7 @@ def test_rollout_sequences_and_global_batch(
 
 
 def test_prism_defaults_come_from_the_arguments_dataclass() -> None:
-    from prism_plugin.llamafactory.arguments import PrismArguments
+    from prism_plugin.arguments import PrismArguments
 
     defaults = prism_defaults()
     assert defaults["prism_num_generations"] == PrismArguments.__dataclass_fields__["prism_num_generations"].default

@@ -141,13 +141,13 @@ GOOD = "<caption> red 3 blue 2 </caption>\n<think> red 3 + blue 2 = 5 </think>\n
 def scorer_case(tiny_dir, disc_dir, tokenizer, *, update=True, **keys):
     """A DiscriminatorScorer (with an updater) over the tiny discriminator and a batch of 2 prompts × G = 3:
     each prompt's teacher, another prompt's student, and a rollout outside the layout."""
+    from prism_plugin.arguments import PrismArguments
     from prism_plugin.data.records import PromptRecord, load_pairs
     from prism_plugin.discriminator.loading import load_discriminator
     from prism_plugin.discriminator.loss import DiscriminatorLoss
     from prism_plugin.discriminator.rendering import TextScorer
     from prism_plugin.discriminator.rollout_scorer import DiscriminatorScorer
     from prism_plugin.discriminator.updater import DiscriminatorOptimization, DiscriminatorUpdater
-    from prism_plugin.llamafactory.arguments import PrismArguments
 
     torch.manual_seed(0)
     disc = load_discriminator(disc_dir)
@@ -306,8 +306,8 @@ def test_batch_accuracy_counts_ties_as_half_and_ignores_invalid_and_teacher_copi
 
 
 def test_policy_loss_options_keep_the_losses_own_settings_unless_set():
+    from prism_plugin.arguments import PrismArguments
     from prism_plugin.llamafactory.align.trainer import policy_loss_options
-    from prism_plugin.llamafactory.arguments import PrismArguments
 
     dapo = policy_loss_options(PrismArguments(prism_policy_loss="dapo"))
     assert (dapo["clip_low"], dapo["clip_high"], dapo["agg_mode"]) == (0.2, 0.28, "token-mean")
@@ -472,9 +472,9 @@ def text_trainer(tiny_dir, tmp_path, answers_by_question: dict[str, list[str]], 
     """A PrismAlignTrainer on the tiny text policy whose rollouts are fixed texts (verifiable reward, G = 2)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer, TrainingArguments
 
+    from prism_plugin.arguments import PrismArguments
     from prism_plugin.layout import Segments
     from prism_plugin.llamafactory.align.trainer import PrismAlignTrainer
-    from prism_plugin.llamafactory.arguments import PrismArguments
     from prism_plugin.policy import policy_prompt
     from prism_plugin.scorers import AlignPrompt, VerifiableScorer
     from tests.testing_utils import ReplayEngine
@@ -521,8 +521,8 @@ def test_dynamic_sampling_drops_groups_without_signal_and_refills(tiny_dir, tmp_
 
 
 def test_dapo_keys_need_the_verifiable_reward():
+    from prism_plugin.arguments import PrismArguments
     from prism_plugin.errors import ConfigError
-    from prism_plugin.llamafactory.arguments import PrismArguments
 
     with pytest.raises(ConfigError, match="set prism_reward: verifiable"):
         PrismArguments(prism_dynamic_sampling=True)

@@ -96,7 +96,7 @@ def test_function_scorer_errors_name_the_problem(tmp_path, tokenizer):
 
 
 def test_prism_reward_key_is_validated():
-    from prism_plugin.llamafactory.arguments import PrismArguments
+    from prism_plugin.arguments import PrismArguments
 
     with pytest.raises(ValueError, match="prism_reward must be"):
         PrismArguments(prism_reward="oracle")
@@ -135,7 +135,7 @@ def test_function_scorer_run_logs_per_segment_scores(tmp_path, tiny_dir, tiny_sf
 
 
 def test_arguments_derive_the_scored_segments_from_the_reward():
-    from prism_plugin.llamafactory.arguments import PrismArguments
+    from prism_plugin.arguments import PrismArguments
 
     args = PrismArguments(prism_scale_advantages=False, prism_reward="verifiable", prism_update_discriminator=True)
     assert args.segment_weights == {"response": 1.0}  # GRPO: one whole-response reward

@@ -234,8 +234,8 @@ def test_unsupported_versions_are_one_line(version, message):
 
 
 def test_keys_parse_without_vllm_and_a_run_selecting_it_stops_with_one_line(monkeypatch):
+    from prism_plugin.arguments import PrismArguments
     from prism_plugin.errors import ConfigError
-    from prism_plugin.llamafactory.arguments import PrismArguments
     from prism_plugin.llamafactory.rollout_engine import check_rollout_engine
     from prism_plugin.vllm_rollout import versions
 

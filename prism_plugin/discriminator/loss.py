@@ -104,7 +104,7 @@ class DiscriminatorLoss:
 
     @classmethod
     def from_args(cls, args: Any, config: Any) -> DiscriminatorLoss:
-        """From the ``prism_*`` keys (:class:`~prism_plugin.llamafactory.arguments.DiscriminatorArguments`); an
+        """From the ``prism_*`` keys (:class:`~prism_plugin.arguments.DiscriminatorArguments`); an
         unset clip or router coefficient is the discriminator config's own."""
         clip = args.prism_score_clip if args.prism_score_clip is not None else config.score_clip
         aux = args.prism_router_aux_coef if args.prism_router_aux_coef is not None else config.router_aux_loss_coef

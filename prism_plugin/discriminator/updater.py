@@ -37,7 +37,7 @@ class DiscriminatorOptimization:
 
     @classmethod
     def from_args(cls, args: Any) -> DiscriminatorOptimization:
-        """From the ``prism_disc_*`` keys (:class:`~prism_plugin.llamafactory.arguments.DiscriminatorArguments`)."""
+        """From the ``prism_disc_*`` keys (:class:`~prism_plugin.arguments.DiscriminatorArguments`)."""
         return cls(args.prism_disc_learning_rate, args.prism_disc_weight_decay, args.prism_disc_max_grad_norm,
                    args.prism_disc_update_every)
 

@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any
 
 from transformers import TrainerCallback
 
-from prism_plugin.llamafactory.arguments import PrismArguments
+from prism_plugin.arguments import PrismArguments
 
 if TYPE_CHECKING:
     from transformers import TrainerControl, TrainerState, TrainingArguments

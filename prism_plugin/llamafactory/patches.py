@@ -11,7 +11,14 @@ import dataclasses
 from types import ModuleType
 from typing import Any, Literal
 
-SUPPORTED_LLAMAFACTORY = ("0.9.5",)
+from prism_plugin.llamafactory.toolkit import (  # noqa: F401  (names the start-up hook and tests read here)
+    SUPPORTED_LLAMAFACTORY,
+    UnsupportedLlamaFactoryError,
+    llamafactory_version,
+    supported_versions,
+    untested_version_note,
+)
+
 PRISM_STAGES = ("prism_disc", "prism_align")
 
 PATCHED_SYMBOLS = {
@@ -35,33 +42,6 @@ BOARD_MODULES = tuple(name for name in PATCHED_SYMBOLS
                       if name.startswith(("llamafactory.webui.", "llamafactory.extras.")))
 
 
-class UnsupportedLlamaFactoryError(RuntimeError):
-    """LLaMA-Factory's internals differ from the versions prism-plugin was written against."""
-
-
-def supported_versions() -> str:
-    """The supported LLaMA-Factory versions as a requirement (``llamafactory==0.9.5``)."""
-    return f"llamafactory=={' / '.join(SUPPORTED_LLAMAFACTORY)}"
-
-
-def llamafactory_version() -> str:
-    """The installed LLaMA-Factory's version (``unknown`` where it does not say)."""
-    try:
-        from llamafactory.extras.env import VERSION
-    except Exception:  # another layout of LLaMA-Factory's package
-        return "unknown"
-    return str(VERSION)
-
-
-def untested_version_note() -> str | None:
-    """One line for an installed LLaMA-Factory that is not a supported version (its patches did apply)."""
-    version = llamafactory_version()
-    if version in SUPPORTED_LLAMAFACTORY:
-        return None
-    return (f"prism-plugin: LLaMA-Factory {version} is untested; prism-plugin supports {supported_versions()} "
-            "(the PRISM stages may fail; LlamaBoard offers them only on a supported version)")
-
-
 def _require(module: ModuleType) -> None:
     missing = [name for name in PATCHED_SYMBOLS[module.__name__] if not hasattr(module, name)]
     if missing:
@@ -76,7 +56,7 @@ def _require(module: ModuleType) -> None:
 
 def make_finetuning_arguments(base: type) -> type:
     """``FinetuningArguments`` with the PRISM stages in ``stage`` and the ``prism_*`` keys added."""
-    from prism_plugin.llamafactory.arguments import PrismArguments
+    from prism_plugin.arguments import PrismArguments
 
     stages = tuple(base.__dataclass_fields__["stage"].type.__args__) + PRISM_STAGES
     if getattr(base, "__prism_patched__", False):
@@ -204,21 +184,10 @@ def user_error_message(exc: BaseException) -> str | None:
     if isinstance(exc, (UserError, FileNotFoundError)):
         return str(exc)
     if isinstance(exc, ValueError) and str(exc).startswith(UNUSED_KEYS):
+        from prism_plugin.llamafactory.toolkit import unknown_keys_message
+
         return unknown_keys_message(str(exc)[len(UNUSED_KEYS):])
     return None
-
-
-def unknown_keys_message(listed: str) -> str:
-    """``keys not known to LLaMA-Factory or prism-plugin: 'x' (did you mean 'y'?)`` for the parser's list."""
-    import ast
-
-    from llamafactory.hparams.parser import _TRAIN_ARGS
-
-    from prism_plugin.errors import did_you_mean
-
-    known = [f.name for cls in _TRAIN_ARGS for f in dataclasses.fields(cls)]
-    keys = ast.literal_eval(listed) if listed.startswith("[") else [listed]
-    return "unknown keys: " + ", ".join(f"{key!r}{did_you_mean(str(key), known)}" for key in keys)
 
 
 def _patch_export(module: ModuleType) -> None:

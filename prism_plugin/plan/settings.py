@@ -2,7 +2,7 @@
 
 The YAML is read as plain YAML (no LLaMA-Factory parser); relative paths in it resolve against the
 working directory, LLaMA-Factory's rule. Defaults come from where they live: the ``prism_*`` keys from
-:class:`prism_plugin.llamafactory.arguments.PrismArguments` (through :func:`prism_defaults` only), the
+:class:`prism_plugin.arguments.PrismArguments` (through :func:`prism_defaults` only), the
 Trainer's keys from ``transformers.TrainingArguments``.
 """
 
@@ -29,7 +29,7 @@ def prism_defaults() -> dict[str, Any]:
 
     The one place the planner reads PrismArguments, so a restructured arguments module changes one function.
     """
-    from prism_plugin.llamafactory.arguments import PrismArguments
+    from prism_plugin.arguments import PrismArguments
 
     defaults: dict[str, Any] = {}
     for f in dataclasses.fields(PrismArguments):
@@ -100,10 +100,10 @@ def resolve_path(value: str, key: str) -> Path:
 
 
 def check_prism_keys(prism: dict[str, Any]) -> None:
-    """The training run's own checks of the ``prism_*`` values (:func:`~prism_plugin.llamafactory.arguments.
+    """The training run's own checks of the ``prism_*`` values (:func:`~prism_plugin.arguments.
     prism_arguments`: types, which raw YAML does not enforce, then the values), as a plan error."""
+    from prism_plugin.arguments import prism_arguments
     from prism_plugin.errors import ConfigError
-    from prism_plugin.llamafactory.arguments import prism_arguments
 
     try:
         prism_arguments(prism)

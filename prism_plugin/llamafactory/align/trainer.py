@@ -21,11 +21,11 @@ from transformers import Trainer
 from transformers.utils import logging
 
 from prism_plugin.advantage import dynamic_sampling_mask, segment_advantage
+from prism_plugin.arguments import DriftMonitorArguments, PrismArguments, PrismDataArguments
 from prism_plugin.compat import TOKEN_TYPES_KWARG, rope_index_takes_token_types, token_types
 from prism_plugin.discriminator.loss import pairwise_wins
 from prism_plugin.distributed import all_gather, all_ranks_sum, any_rank, is_distributed, rank
 from prism_plugin.faults import kill_point
-from prism_plugin.llamafactory.arguments import DriftMonitorArguments, PrismArguments, PrismDataArguments
 from prism_plugin.llamafactory.checkpoints import AtomicCheckpointMixin
 from prism_plugin.llamafactory.metrics import MetricsLogMixin
 from prism_plugin.logprobs import completion_log_probs

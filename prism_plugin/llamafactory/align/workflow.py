@@ -12,7 +12,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from prism_plugin.llamafactory.arguments import DISCRIMINATOR, VERIFIABLE, PrismArguments, check_reward_spec
+from prism_plugin.arguments import DISCRIMINATOR, VERIFIABLE, PrismArguments, check_reward_spec
 from prism_plugin.llamafactory.disc.data import resolve_dataset_files
 from prism_plugin.scorers import Scorer
 

@@ -45,7 +45,11 @@ def _modules() -> dict[str, ModuleType]:
 def install(interface: ModuleType, symbols: dict[str, tuple[str, ...]]) -> None:
     """Patch the board (``interface`` is ``llamafactory.webui.interface``, just loaded); ``symbols`` lists what
     is touched per module. Nothing is patched unless every symbol is there."""
-    from prism_plugin.llamafactory.patches import UnsupportedLlamaFactoryError, llamafactory_version, supported_versions
+    from prism_plugin.llamafactory.toolkit import (
+        UnsupportedLlamaFactoryError,
+        llamafactory_version,
+        supported_versions,
+    )
 
     modules = {**_modules(), interface.__name__: interface}
     missing = [f"{module}.{path}" for module, paths in symbols.items() for path in paths

@@ -34,7 +34,7 @@ CURVES = {  # panel title -> trainer-log keys drawn in it, for the stage's curve
 
 def field_defaults() -> dict[str, Any]:
     """The defaults of the fields the board shows, from the keys' own dataclasses (their one home)."""
-    from prism_plugin.llamafactory.arguments import PrismArguments
+    from prism_plugin.arguments import PrismArguments
 
     defaults = {f.name: f.default for f in dataclasses.fields(PrismArguments)}
     return {name: defaults[name] for name in ALIGN_FIELDS}
@@ -72,15 +72,15 @@ def check_args(args: dict[str, Any], dataset_info: dict[str, Any], alerts: dict[
     """The one-line problem with a PRISM stage's arguments (None: none found): the ``prism_*`` keys as the run's
     parser validates them, the model and discriminator folders, and the kind of each dataset. ``alerts`` holds
     the board's messages in the page's language."""
+    from prism_plugin.arguments import PrismArguments
     from prism_plugin.discriminator.loading import discriminator_kind
-    from prism_plugin.llamafactory.arguments import PrismArguments
 
     stage = args["stage"]
     prism = {key: value for key, value in args.items() if key.startswith("prism_")}
     known = {f.name for f in dataclasses.fields(PrismArguments)}
     unknown = sorted(set(prism) - known)
     if unknown:
-        from prism_plugin.llamafactory.patches import unknown_keys_message
+        from prism_plugin.llamafactory.toolkit import unknown_keys_message
 
         return unknown_keys_message(repr(unknown))
     try:

@@ -4,7 +4,7 @@ They join LLaMA-Factory's own ``FinetuningArguments`` (see :func:`patches.make_f
 so one YAML holds the stock keys and ours, and unknown keys still fail as they always do. Each
 dataclass validates its keys in ``__post_init__``; the fields here are the only home of every
 default: the trainers, scorers and samplers read them, and ``yaml/README.md``'s key tables are
-generated from them (``python -m prism_plugin.llamafactory.arguments``).
+generated from them (``python -m prism_plugin.arguments``).
 """
 
 from __future__ import annotations
