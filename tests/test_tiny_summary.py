@@ -14,6 +14,8 @@ from prism_plugin.tiny.summary import (
     curve,
     curve_ends,
     gap_closed,
+    paired_interval,
+    stage_readings,
     summarize_demo,
     verdict,
     write_summary,
@@ -79,8 +81,8 @@ def test_summary_of_an_alignment_that_did_what_prism_claims(tmp_path: Path) -> N
                                             "caption_exact_match", "caption_token_f1"]
     assert "layout kept (valid 1.00 → 1.00), captions toward the teacher's (token-F1 0.68 → 0.72" in text
     assert "RLVR on the answer reward: accuracy 0.12 → 0.19" in text
-    assert "caption score gap (teacher − policy, the discriminator's scores): +2.50 (steps 2–4) → +0.40 " \
-           "(steps 14–16)" in text
+    assert "caption score gap (teacher − policy, by the discriminator): +2.50 (steps 2–4) → +0.40 (steps 14–16) " \
+           "(change -2.10 ± 1.08)" in text
     assert "did what PRISM claims" in result.verdict
     written = write_summary(result, eval_dir)
     assert [p.name for p in written] == ["summary.md", "comparison.png"]
@@ -95,7 +97,8 @@ def test_summary_says_plainly_when_alignment_did_not_help(tmp_path: Path) -> Non
     result = summarize_demo(eval_dir, align_dir)
     assert "layout lost (valid 1.00 → 0.66), captions away from the teacher's" in result.readings["align"]
     assert result.verdict.startswith("In this run the alignment stage did not keep the layout or move the held-out "
-                                     "captions toward the teacher's or close the discriminator's caption score gap.")
+                                     "captions toward the teacher's beyond noise or close the discriminator's caption "
+                                     "score gap beyond noise.")
     assert "did what PRISM claims" not in result.text()
 
 
@@ -127,3 +130,43 @@ def test_cli(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert "run prism-plugin evaluate" in capsys.readouterr().err
     assert main(["tiny-summary", "--eval", str(eval_dir), "--align", str(align_dir), "--rlvr-name", "grpo"]) == 1
     assert "no policy named 'grpo'" in capsys.readouterr().err
+
+
+def test_curve_ends_noise_decides_whether_a_gap_closed() -> None:
+    noisy = curve_ends([(2, 3.0), (4, -1.0), (6, 0.0), (8, 2.0)], window=2)  # 1.0 → 1.0 ± 2.5
+    assert noisy.change == 0.0 and not noisy.beyond_noise
+    swings = curve_ends([(2, 3.0), (4, 1.0), (6, 0.5), (8, -1.5)], window=2)  # 2.0 → -0.5, noise √2
+    assert swings.change == -2.5 and swings.noise == pytest.approx(2**0.5)
+    assert not swings.beyond_noise and not gap_closed(swings)
+    clear = curve_ends([(2, 3.0), (4, 2.9), (6, 0.1), (8, 0.0)], window=2)
+    assert clear.beyond_noise and gap_closed(clear)
+
+
+def test_paired_interval_and_the_caption_direction() -> None:
+    before = [{"row": r, "caption_token_f1": 0.6} for r in range(1, 33)]
+    better = [{"row": r, "caption_token_f1": 0.6 + (0.1 if r % 2 else 0.05)} for r in range(1, 33)]
+    mixed = [{"row": r, "caption_token_f1": 0.6 + (0.2 if r % 2 else -0.19)} for r in range(1, 33)]
+    low, high = paired_interval(before, better, "caption_token_f1")
+    assert 0.05 <= low < high <= 0.1
+    assert paired_interval(before, [], "caption_token_f1") is None
+    up = Change.between(SFT, {**SFT, "caption_token_f1": 0.755}, (low, high))
+    assert up.captions_toward_teacher and "toward the teacher's (token-F1 0.68 → 0.76, change 95 % CI" in \
+        stage_readings({"sft": SFT, "align": {}}, "sft", "align", None, up)["align"]
+    interval = paired_interval(before, mixed, "caption_token_f1")
+    assert interval[0] < 0 < interval[1]
+    flat = Change.between(SFT, {**SFT, "caption_token_f1": 0.685}, interval)
+    assert flat.caption_direction == 0 and not flat.captions_toward_teacher
+    assert "captions unchanged beyond noise" in stage_readings({"sft": SFT, "align": {}}, "sft", "align", None,
+                                                                flat)["align"]
+
+
+def test_summary_reads_the_per_prompt_lines(tmp_path: Path) -> None:
+    models = _models({"caption_token_f1": 0.69})
+    models = {name: {**m, "jsonl": f"{name}.jsonl"} for name, m in models.items()}
+    eval_dir, align_dir = _write(tmp_path, models, [3.0, 2.9, 0.1, 0.0])
+    for name, shift in (("sft", 0.0), ("align", 0.02)):
+        lines = [{"row": r, "caption_token_f1": 0.68 + shift * (1 if r % 2 else -0.95)} for r in range(1, 33)]
+        (eval_dir / f"{name}.jsonl").write_text("".join(json.dumps(line) + "\n" for line in lines))
+    result = summarize_demo(eval_dir, align_dir)
+    assert "change 95 % CI" in result.readings["align"]
+    assert "did not move the held-out captions toward the teacher's beyond noise" in result.verdict

@@ -16,6 +16,9 @@ at 32 held-out prompts one prompt is 0.031 of a rate.
 from __future__ import annotations
 
 import json
+import math
+import random
+import statistics
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -25,6 +28,7 @@ from prism_plugin.evaluate import PLOT_NAME, SUMMARY_NAME, comparison_width, dra
 
 SUMMARY_MD = "summary.md"
 LAYOUT_TOLERANCE = 0.05  # layout-valid may fall this much and still count as kept
+BOOTSTRAP_RESAMPLES = 2000
 GAP_KEYS = ("caption/score_gap", "reasoning/score_gap")
 CURVE_KEYS = (*GAP_KEYS, "valid_ratio")
 
@@ -53,10 +57,16 @@ class CurveEnds:
     end: float
     start_steps: tuple[int, int]
     end_steps: tuple[int, int]
+    noise: float = 0.0  # the standard error of end − start, from the spread of the points in each window
 
     @property
     def change(self) -> float:
         return self.end - self.start
+
+    @property
+    def beyond_noise(self) -> bool:
+        """The change is more than twice its standard error (with one point per window: any change)."""
+        return abs(self.change) > 2 * self.noise
 
     def describe(self, fmt: str = "{:+.2f}") -> str:
         """``+2.31 (steps 2–6) → +1.05 (steps 20–24)``."""
@@ -73,9 +83,14 @@ def curve_ends(points: list[tuple[int, float]], window: int | None = None) -> Cu
     if not points:
         return None
     window = max(1, len(points) // 4) if window is None else max(1, min(window, len(points)))
-    head, tail = points[:window], points[-window:]
-    return CurveEnds(start=sum(v for _, v in head) / len(head), end=sum(v for _, v in tail) / len(tail),
-                     start_steps=(head[0][0], head[-1][0]), end_steps=(tail[0][0], tail[-1][0]))
+    head, tail = [v for _, v in points[:window]], [v for _, v in points[-window:]]
+
+    def variance_of_mean(values: list[float]) -> float:
+        return statistics.variance(values) / len(values) if len(values) > 1 else 0.0
+
+    return CurveEnds(start=statistics.fmean(head), end=statistics.fmean(tail),
+                     start_steps=(points[0][0], points[window - 1][0]), end_steps=(points[-window][0], points[-1][0]),
+                     noise=math.sqrt(variance_of_mean(head) + variance_of_mean(tail)))
 
 
 def alignment_curves(history: list[dict[str, Any]]) -> dict[str, CurveEnds]:
@@ -95,14 +110,29 @@ class Change:
     caption_f1: tuple[float, float] | None
     caption_exact: tuple[float, float] | None
     accuracy: tuple[float, float]
+    caption_f1_interval: tuple[float, float] | None = None  # 95 % paired bootstrap interval of the F1 change
 
     @classmethod
-    def between(cls, before: dict[str, Any], after: dict[str, Any]) -> Change:
+    def between(cls, before: dict[str, Any], after: dict[str, Any],
+                interval: tuple[float, float] | None = None) -> Change:
         def pair(key: str) -> tuple[float, float] | None:
             return (before[key], after[key]) if key in before and key in after else None
 
         return cls(layout=(before["layout_valid"], after["layout_valid"]), caption_f1=pair("caption_token_f1"),
-                   caption_exact=pair("caption_exact_match"), accuracy=(before["accuracy"], after["accuracy"]))
+                   caption_exact=pair("caption_exact_match"), accuracy=(before["accuracy"], after["accuracy"]),
+                   caption_f1_interval=interval)
+
+    @property
+    def caption_direction(self) -> int:
+        """+1 toward the teacher's captions, -1 away, 0 unchanged: by the 95 % interval of the token-F1 change
+        over prompts when there is one (0 when it holds 0), else by the sign of the change."""
+        if self.caption_f1 is None:
+            return 0
+        if self.caption_f1_interval is not None:
+            low, high = self.caption_f1_interval
+            return 1 if low > 0 else -1 if high < 0 else 0
+        delta = round(self.caption_f1[1] - self.caption_f1[0], 3)
+        return (delta > 0) - (delta < 0)
 
     @property
     def layout_kept(self) -> bool:
@@ -110,7 +140,7 @@ class Change:
 
     @property
     def captions_toward_teacher(self) -> bool:
-        return self.caption_f1 is not None and round(self.caption_f1[1] - self.caption_f1[0], 3) > 0
+        return self.caption_direction > 0
 
 
 def _arrow(values: tuple[float, float]) -> str:
@@ -120,22 +150,46 @@ def _arrow(values: tuple[float, float]) -> str:
 def _captions(change: Change) -> str:
     if change.caption_f1 is None:
         return "no teacher captions to compare"
-    delta = round(change.caption_f1[1] - change.caption_f1[0], 3)
-    where = "toward the teacher's" if delta > 0 else "away from the teacher's" if delta < 0 else "unchanged"
+    where = {1: "toward the teacher's", -1: "away from the teacher's",
+             0: "unchanged" if change.caption_f1_interval is None else "unchanged beyond noise"}
+    interval = change.caption_f1_interval
+    noise = f", change 95 % CI {interval[0]:+.3f} to {interval[1]:+.3f}" if interval else ""
     exact = f", exact match {_arrow(change.caption_exact)}" if change.caption_exact else ""
-    return f"captions {where} (token-F1 {_arrow(change.caption_f1)}{exact})"
+    return f"captions {where[change.caption_direction]} (token-F1 {_arrow(change.caption_f1)}{noise}{exact})"
+
+
+def paired_interval(before: list[dict[str, Any]], after: list[dict[str, Any]], key: str,
+                    resamples: int = BOOTSTRAP_RESAMPLES, seed: int = 0) -> tuple[float, float] | None:
+    """95 % bootstrap interval of the mean per-prompt change of ``key`` between two policies' evaluation lines
+    (``<name>.jsonl``: ``row``, ``key``), prompts resampled with replacement; None without common prompts."""
+    def per_row(lines: list[dict[str, Any]]) -> dict[int, float]:
+        rows: dict[int, list[float]] = {}
+        for line in lines:
+            if key in line:
+                rows.setdefault(int(line["row"]), []).append(float(line[key]))
+        return {row: statistics.fmean(values) for row, values in rows.items()}
+
+    first, second = per_row(before), per_row(after)
+    diffs = [second[row] - first[row] for row in sorted(first.keys() & second.keys())]
+    if not diffs:
+        return None
+    rng = random.Random(seed)
+    means = sorted(statistics.fmean(rng.choices(diffs, k=len(diffs))) for _ in range(resamples))
+    return means[int(0.025 * resamples)], means[int(0.975 * resamples) - 1]
 
 
 def _layout(change: Change) -> str:
     return f"layout {'kept' if change.layout_kept else 'lost'} (valid {_arrow(change.layout)})"
 
 
-def stage_readings(models: dict[str, dict[str, Any]], sft: str, align: str, rlvr: str | None) -> dict[str, str]:
-    """One line per stage: what its row means at this scale, and how it changed the row before it."""
+def stage_readings(models: dict[str, dict[str, Any]], sft: str, align: str, rlvr: str | None,
+                   aligned: Change | None = None) -> dict[str, str]:
+    """One line per stage: what its row means at this scale, and how it changed the row before it (``aligned``:
+    the alignment's change, when it has a caption interval)."""
     base = models[sft]
     readings = {sft: f"Stage 1, the starting point: imitates the teacher's layout (valid {base['layout_valid']:.2f}); "
                      f"a tiny policy on 32 toy scenes, so low answer accuracy is expected"}
-    aligned = Change.between(base, models[align])
+    aligned = aligned or Change.between(base, models[align])
     readings[align] = (f"PRISM alignment against the discriminator: {_layout(aligned)}, {_captions(aligned)}; "
                        f"answer accuracy {_arrow(aligned.accuracy)} (not what this stage trains)")
     if rlvr is not None:
@@ -148,8 +202,9 @@ def stage_readings(models: dict[str, dict[str, Any]], sft: str, align: str, rlvr
 def gap_closed(gap: CurveEnds | None) -> bool:
     """The teacher − policy score gap closed: it started positive (the discriminator told the teacher's
     segments from the policy's) and ended smaller. A gap that starts at or below 0 shows a discriminator that
-    did not tell them apart, not a policy that caught up."""
-    return gap is not None and gap.start > 0 and gap.end < gap.start
+    did not tell them apart, not a policy that caught up; a change within the noise of the logged batches
+    (:attr:`CurveEnds.beyond_noise`) is no closing."""
+    return gap is not None and gap.start > 0 and gap.end < gap.start and gap.beyond_noise
 
 
 def verdict(change: Change, gaps: dict[str, CurveEnds]) -> str:
@@ -160,8 +215,9 @@ def verdict(change: Change, gaps: dict[str, CurveEnds]) -> str:
                 "caption score gap closed and the policy's held-out captions moved toward the teacher's, with the "
                 "layout kept. A toy run shows the mechanism working, not PRISM's gains on real models.")
     failed = [text for ok, text in ((change.layout_kept, "keep the layout"),
-                                    (change.captions_toward_teacher, "move the held-out captions toward the teacher's"),
-                                    (closed, "close the discriminator's caption score gap")) if not ok]
+                                    (change.captions_toward_teacher,
+                                     "move the held-out captions toward the teacher's beyond noise"),
+                                    (closed, "close the discriminator's caption score gap beyond noise")) if not ok]
     return ("In this run the alignment stage did not " + " or ".join(failed) + ". At this scale the run shows that "
             "every stage runs; it is no evidence for or against PRISM (benchmarks/RESULTS.md, the tiny alignment "
             "sweep, has the settings' results over seeds).")
@@ -175,7 +231,9 @@ def gap_lines(gaps: dict[str, CurveEnds]) -> list[str]:
     for key in GAP_KEYS:
         if key in gaps:
             segment = key.split("/")[0]
-            lines.append(f"{segment} score gap (teacher − policy, the discriminator's scores): {gaps[key].describe()}")
+            ends = gaps[key]
+            noise = f" (change {ends.change:+.2f} ± {2 * ends.noise:.2f})" if ends.noise else ""
+            lines.append(f"{segment} score gap (teacher − policy, by the discriminator): {ends.describe()}{noise}")
     if "valid_ratio" in gaps:
         lines.append(f"rollouts in the layout during alignment: {gaps['valid_ratio'].describe('{:.2f}')}")
     return lines
@@ -263,8 +321,18 @@ def summarize_demo(eval_dir: str | Path, align_dir: str | Path, sft: str = "sft"
         raise UserError(f"{summary_file} has no policy named {missing[0]!r}; it has {', '.join(models)}")
     history = read_history(align_dir)
     gaps = alignment_curves(history)
-    readings = stage_readings(models, sft, align, rlvr)
-    return TinySummary(models, readings, gaps, verdict(Change.between(models[sft], models[align]), gaps), history)
+    lines = {name: _read_lines(Path(eval_dir) / models[name].get("jsonl", f"{name}.jsonl")) for name in (sft, align)}
+    interval = paired_interval(lines[sft], lines[align], "caption_token_f1") if all(lines.values()) else None
+    aligned = Change.between(models[sft], models[align], interval)
+    readings = stage_readings(models, sft, align, rlvr, aligned)
+    return TinySummary(models, readings, gaps, verdict(aligned, gaps), history)
+
+
+def _read_lines(path: Path) -> list[dict[str, Any]]:
+    """An evaluation's per-sample lines (empty when the file is missing)."""
+    if not path.is_file():
+        return []
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
 
 
 def write_summary(result: TinySummary, eval_dir: str | Path, align_name: str = "align") -> list[Path]:
