@@ -16,7 +16,9 @@ files are byte-identical wherever they are built; LLaMA-Factory resolves them th
                     for choosing settings: the tiny demo's evaluation never reads it, and choices made on it
                     never look at ``eval.jsonl``.
 - ``dataset_info.json``  LLaMA-Factory entries ``prism_tiny_sft``, ``prism_tiny_pairs``,
-  ``prism_tiny_align`` and ``prism_tiny_rlvr`` with absolute ``file_name``s.
+  ``prism_tiny_align`` and ``prism_tiny_rlvr`` with absolute ``file_name``s, and ``prism_tiny_policy_pairs`` for
+  ``policy_pairs.jsonl``, which this builder does not write: ``prism-plugin data make-pairs`` writes it from the
+  SFT policy (the tiny pipeline's warm-up pairs of the teacher with the policy's own samples).
 """
 
 from __future__ import annotations
@@ -36,6 +38,8 @@ SFT_DATASET_NAME = "prism_tiny_sft"
 PAIRS_DATASET_NAME = "prism_tiny_pairs"
 ALIGN_DATASET_NAME = "prism_tiny_align"
 RLVR_DATASET_NAME = "prism_tiny_rlvr"
+POLICY_PAIRS_DATASET_NAME = "prism_tiny_policy_pairs"
+POLICY_PAIRS_FILE = "policy_pairs.jsonl"  # written by `prism-plugin data make-pairs`, not by this builder
 DEFAULT_NUM_EVAL = 32
 DEFAULT_NUM_VAL = 64
 VAL_SEED_OFFSET = 2_000_029  # the eval scenes use seed + 1_000_003, the training scenes the seed itself
@@ -197,8 +201,9 @@ def write_dataset(data_dir: Path, num_examples: int, seed: int, num_eval: int = 
         "eval": _write_jsonl(data_dir / "eval.jsonl", evaluation),
         "val": _write_jsonl(data_dir / "val.jsonl", [_align_row(ex) for ex in validation]),
     }
+    paths["policy_pairs"] = data_dir / POLICY_PAIRS_FILE
     paths["dataset_info"] = _write_json(data_dir / "dataset_info.json", dataset_info(paths))
-    out = {name: str(path) for name, path in paths.items()}
+    out = {name: str(path) for name, path in paths.items() if name != "policy_pairs"}
     out["data_dir"] = str(data_dir)
     out["images_dir"] = str(data_dir / IMAGE_DIR)
     return out
@@ -206,11 +211,12 @@ def write_dataset(data_dir: Path, num_examples: int, seed: int, num_eval: int = 
 
 def dataset_info(paths: dict[str, Path]) -> dict[str, Any]:
     """LLaMA-Factory ``dataset_info.json``: the SFT set as multimodal sharegpt; the PRISM stages' files
-    (``prism_tiny_pairs`` for ``prism_disc``, ``prism_tiny_align`` for ``prism_align``, ``prism_tiny_rlvr`` for
-    its verifiable-reward RLVR run) by file name."""
+    (``prism_tiny_pairs`` and ``prism_tiny_policy_pairs`` for ``prism_disc``, ``prism_tiny_align`` for
+    ``prism_align``, ``prism_tiny_rlvr`` for its verifiable-reward RLVR run) by file name."""
     return {
         PAIRS_DATASET_NAME: file_entry(paths["pairs"]),
         ALIGN_DATASET_NAME: file_entry(paths["align"]),
         RLVR_DATASET_NAME: file_entry(paths["rlvr"]),
+        POLICY_PAIRS_DATASET_NAME: file_entry(paths["policy_pairs"]),
         SFT_DATASET_NAME: sharegpt_entry(paths["sft"]),
     }
