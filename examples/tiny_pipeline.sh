@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The embedded tiny default, end to end on CPU with no model hub — every stage a stock toolkit run:
-#   tiny models + toy data -> Stage 1 SFT -> upcycled MoE discriminator -> Stage 2a warm-up
+#   tiny models + toy data -> Stage 1 SFT -> upcycled MoE discriminator -> Stage 2a warm-up (with the SFT
+#   policy's own samples)
 #   -> Stage 2 PRISM alignment -> Stage 3 RLVR (DAPO, verifiable reward; inside LLaMA-Factory on CPU)
 #   -> evaluation of the three policies on held-out prompts -> what the table shows, stage by stage.
 # Run from the folder holding yaml/ and examples/ (the repository root, or `prism-plugin init DIR`).
@@ -18,8 +19,11 @@ llamafactory-cli train yaml/sft_qwen3vl_tiny.yaml
 echo "== 3/8 Stage 2a: upcycle the dense tiny VLM into a 4-expert MoE discriminator"
 prism-plugin upcycle "$TINY/qwen3_vl_dense" "$OUT/discriminator" --num-experts 4 --top-k 2
 
-echo "== 4/8 Stage 2a: discriminator warm-up on teacher/student pairs (stage prism_disc)"
-llamafactory-cli train yaml/prism_disc_warmup_tiny.yaml
+echo "== 4/8 Stage 2a: warm-up pairs of the teacher with the SFT policy's own samples, then the discriminator warm-up"
+echo "   on those and the synthetic miscount pairs (stage prism_disc)"
+prism-plugin data make-pairs --policy "$OUT/sft" --data "$TINY/data/align.jsonl" --out "$TINY/data/policy_pairs.jsonl" \
+    --num-samples 4 --max-new-tokens 64
+llamafactory-cli train yaml/prism_disc_warmup_tiny.yaml dataset=prism_tiny_pairs,prism_tiny_policy_pairs
 
 echo "== 5/8 Stage 2: PRISM alignment, policy vs discriminator (stage prism_align)"
 llamafactory-cli train yaml/prism_align_tiny.yaml

@@ -73,14 +73,14 @@ def test_layout_tolerance() -> None:
 
 def test_summary_of_an_alignment_that_did_what_prism_claims(tmp_path: Path) -> None:
     models = _models({"caption_token_f1": 0.720, "caption_exact_match": 0.094, "accuracy": 0.125},
-                     {"accuracy": 0.188})
+                     {"accuracy": 0.188, "samples": 32})
     eval_dir, align_dir = _write(tmp_path, models, [3.0, 2.0, 2.5, 1.0, 0.5, 0.4, 0.6, 0.2])
     result = summarize_demo(eval_dir, align_dir)
     text = result.text()
     assert text.splitlines()[0].split() == ["model", "accuracy", "layout_valid", "truncated", "response_tokens",
                                             "caption_exact_match", "caption_token_f1"]
     assert "layout kept (valid 1.00 → 1.00), captions toward the teacher's (token-F1 0.68 → 0.72" in text
-    assert "RLVR on the answer reward: accuracy 0.12 → 0.19" in text
+    assert "RLVR on the answer reward: accuracy 0.12 → 0.19 (one of 32 answers is 0.031)" in text
     assert "caption score gap (teacher − policy, by the discriminator): +2.50 (steps 2–4) → +0.40 (steps 14–16) " \
            "(change -2.10 ± 1.08)" in text
     assert "did what PRISM claims" in result.verdict
@@ -96,8 +96,8 @@ def test_summary_says_plainly_when_alignment_did_not_help(tmp_path: Path) -> Non
     eval_dir, align_dir = _write(tmp_path, models, [-0.4, -0.2, -1.0, -0.9])
     result = summarize_demo(eval_dir, align_dir)
     assert "layout lost (valid 1.00 → 0.66), captions away from the teacher's" in result.readings["align"]
-    assert result.verdict.startswith("In this run the alignment stage did not do what PRISM claims: it lost the "
-                                     "layout, moved the held-out captions away from the teacher's and its "
+    assert result.verdict.startswith("In this run the alignment stage did not show what PRISM claims: it lost the "
+                                     "layout; it moved the held-out captions away from the teacher's; its "
                                      "discriminator did not score the teacher's captions above the policy's at the "
                                      "start")
     assert "did what PRISM claims" not in result.text()
@@ -118,7 +118,7 @@ def test_verdict_needs_every_part() -> None:
     assert "score gap did not close beyond noise" in verdict(better, {"caption/score_gap": CurveEnds(1.0, 2.0, (2, 6),
                                                                                                      (20, 24))})
     same = Change.between(SFT, dict(SFT))
-    assert "it kept the layout and did not move the held-out captions beyond noise." in verdict(same, gap)
+    assert "it kept the layout; it did not move the held-out captions beyond noise." in verdict(same, gap)
 
 
 def test_cli(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

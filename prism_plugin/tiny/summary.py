@@ -194,7 +194,9 @@ def stage_readings(models: dict[str, dict[str, Any]], sft: str, align: str, rlvr
                        f"answer accuracy {_arrow(aligned.accuracy)} (not what this stage trains)")
     if rlvr is not None:
         after = Change.between(models[align], models[rlvr])
-        readings[rlvr] = (f"RLVR on the answer reward: accuracy {_arrow(after.accuracy)}, {_layout(after)}; "
+        samples = models[rlvr].get("samples")
+        unit = f" (one of {samples} answers is {1 / samples:.3f})" if samples else ""
+        readings[rlvr] = (f"RLVR on the answer reward: accuracy {_arrow(after.accuracy)}{unit}, {_layout(after)}; "
                           f"24 updates of a tiny policy show that the stage runs, not RLVR's gains")
     return readings
 
@@ -216,19 +218,19 @@ def verdict(change: Change, gaps: dict[str, CurveEnds]) -> str:
                 "layout kept. A toy run shows the mechanism working, not PRISM's gains on real models.")
     gap = gaps.get("caption/score_gap")
     findings = ["it kept the layout" if change.layout_kept else "it lost the layout",
-                {1: "moved the held-out captions toward the teacher's",
-                 0: "did not move the held-out captions beyond noise",
-                 -1: "moved the held-out captions away from the teacher's"}[change.caption_direction]]
+                {1: "it moved the held-out captions toward the teacher's",
+                 0: "it did not move the held-out captions beyond noise",
+                 -1: "it moved the held-out captions away from the teacher's"}[change.caption_direction]]
     if gap is None:
-        findings.append("logged no score gap")
+        findings.append("it logged no score gap")
     elif gap.start <= 0:
         findings.append("its discriminator did not score the teacher's captions above the policy's at the start "
                         "(gap ≤ 0), so it had nothing to close")
     elif not closed:
         findings.append("the discriminator's caption score gap did not close beyond noise")
-    return ("In this run the alignment stage did not do what PRISM claims: " + ", ".join(findings[:-1]) + " and "
-            + findings[-1] + ". At this scale the run shows that every stage runs, not whether PRISM helps "
-            "(benchmarks/RESULTS.md: the tiny alignment sweep over seeds, and the larger toy efficacy study).")
+    return ("In this run the alignment stage did not show what PRISM claims: " + "; ".join(findings) + ". At this "
+            "scale the run shows that every stage runs, not whether PRISM helps (benchmarks/RESULTS.md: the tiny "
+            "alignment sweep over seeds, and the larger toy efficacy study).")
 
 
 def gap_lines(gaps: dict[str, CurveEnds]) -> list[str]:
