@@ -396,10 +396,30 @@ def _add_evaluate(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=_evaluate)
 
 
+def _tiny_summary(args: argparse.Namespace) -> int:
+    from prism_plugin.tiny.summary import summarize_demo, write_summary
+
+    result = summarize_demo(args.eval, args.align, sft=args.sft_name, align=args.align_name, rlvr=args.rlvr_name)
+    print(result.text())
+    print("written: " + ", ".join(str(path) for path in write_summary(result, args.eval, args.align_name)))
+    return 0
+
+
+def _add_tiny_summary(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("tiny-summary",
+                       help="the tiny demo's result: the table, each stage's reading, the alignment's score-gap curve")
+    p.add_argument("--eval", required=True, help="the prism-plugin evaluate --out folder (summary.json)")
+    p.add_argument("--align", required=True, help="the alignment run's output_dir (trainer_state.json)")
+    p.add_argument("--sft-name", default="sft", help="the SFT policy's --name in the evaluation (default sft)")
+    p.add_argument("--align-name", default="align", help="the aligned policy's --name (default align)")
+    p.add_argument("--rlvr-name", default="rlvr", help="the RLVR policy's --name (default rlvr)")
+    p.set_defaults(func=_tiny_summary)
+
+
 # Sub-command registrars: each adds one parser and sets ``func``; add new ones here.
 SUBCOMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [
     _add_init, _add_make_tiny, _add_upcycle, _add_import_discriminator, _add_score, _add_align_preview, _add_paths,
-    _add_data, _add_plan, _add_evaluate,
+    _add_data, _add_plan, _add_evaluate, _add_tiny_summary,
 ]
 
 

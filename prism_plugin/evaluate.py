@@ -269,15 +269,11 @@ def format_table(models: dict[str, dict[str, Any]]) -> str:
     return "\n".join(line(row) for row in rows)
 
 
-def plot_comparison(models: dict[str, dict[str, Any]], out_dir: str | Path) -> Path:
-    """Bar chart of the rate metrics (accuracy, pass@k, layout-valid, truncation, caption scores), one bar
-    per policy side by side within each metric; saved as ``out_dir/comparison.png``."""
-    from matplotlib.figure import Figure
-
+def draw_comparison(ax: Any, models: dict[str, dict[str, Any]]) -> None:
+    """The rate metrics (accuracy, pass@k, layout-valid, truncation, caption scores) as bars on ``ax``, one bar
+    per policy side by side within each metric, each labelled with its value."""
     columns = [key for key in metric_columns(models) if key != "response_tokens"]
     width = 0.8 / len(models)
-    fig = Figure(figsize=(2.0 + 1.2 * len(columns) * max(1.0, len(models) / 3), 4.5), layout="constrained")
-    ax = fig.subplots()
     for i, (name, metrics) in enumerate(models.items()):
         positions = [x + (i - (len(models) - 1) / 2) * width for x in range(len(columns))]
         bars = ax.bar(positions, [metrics.get(key) or 0.0 for key in columns], width, label=name)
@@ -285,6 +281,21 @@ def plot_comparison(models: dict[str, dict[str, Any]], out_dir: str | Path) -> P
     ax.set_xticks(range(len(columns)), [key.replace("_", "\n", 1).replace("_", " ") for key in columns])
     ax.set_ylim(0, 1.1)
     ax.set_ylabel("rate")
+
+
+def comparison_width(models: dict[str, dict[str, Any]]) -> float:
+    """Width in inches that :func:`draw_comparison`'s bars of ``models`` need."""
+    columns = [key for key in metric_columns(models) if key != "response_tokens"]
+    return 2.0 + 1.2 * len(columns) * max(1.0, len(models) / 3)
+
+
+def plot_comparison(models: dict[str, dict[str, Any]], out_dir: str | Path) -> Path:
+    """Bar chart of :func:`draw_comparison`; saved as ``out_dir/comparison.png``."""
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(comparison_width(models), 4.5), layout="constrained")
+    ax = fig.subplots()
+    draw_comparison(ax, models)
     ax.set_title("prism-plugin evaluate")
     ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0))
     path = Path(out_dir) / PLOT_NAME

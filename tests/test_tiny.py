@@ -29,7 +29,7 @@ pytestmark = pytest.mark.transformers4
 
 LAYOUT_RE = re.compile(r"^\s*<caption>.*?</caption>\s*<think>.*?</think>\s*<answer>.*?</answer>\s*$", re.DOTALL)
 LAYOUT_TAGS = ("<caption>", "</caption>", "<think>", "</think>", "<answer>", "</answer>")
-DATA_FILES = ("sft.json", "align.jsonl", "pairs.jsonl", "rlvr.jsonl")
+DATA_FILES = ("sft.json", "align.jsonl", "pairs.jsonl", "rlvr.jsonl", "eval.jsonl", "val.jsonl")
 
 
 def _read_jsonl(path: Path) -> list[dict]:
@@ -357,6 +357,22 @@ def test_dataset_files_parse_and_follow_the_layout(tiny_dir: Path) -> None:
         assert Image.open(image_path).size == (IMAGE_SIZE, IMAGE_SIZE)
         counts = _centre_counts(image_path)
         assert a["teacher_caption"] == "<caption> " + " ".join(f"{c} {counts[c]}" for c in COLORS) + " </caption>"
+
+
+def test_validation_split_is_its_own(tiny_dir: Path) -> None:
+    """val.jsonl (for choosing settings) shares no image with eval.jsonl (the demo's evaluation) or training."""
+    from prism_plugin.tiny.data import DEFAULT_NUM_EVAL, DEFAULT_NUM_VAL
+
+    data = tiny_dir / "data"
+    val, held_out, align = (_read_jsonl(data / f) for f in ("val.jsonl", "eval.jsonl", "align.jsonl"))
+    assert (len(val), len(held_out)) == (DEFAULT_NUM_VAL, DEFAULT_NUM_EVAL)
+    assert list(val[0]) == list(held_out[0]) == ["prompt", "images", "teacher_caption", "teacher_cot", "ground_truth"]
+    images = [{row["images"][0] for row in rows} for rows in (val, held_out, align)]
+    assert all(image.startswith("images/val_") for image in images[0])
+    assert not images[0] & images[1] and not images[0] & images[2]
+    for row in val:
+        counts = _centre_counts(data / row["images"][0])
+        assert row["teacher_caption"] == "<caption> " + " ".join(f"{c} {counts[c]}" for c in COLORS) + " </caption>"
 
 
 @pytest.mark.llamafactory

@@ -9,7 +9,8 @@
       qwen3_policy/          Qwen3ForCausalLM + tokenizer
       qwen3_vl_dense/        same architectures, other weights: to be upcycled into discriminators
       qwen3_dense/
-      data/                  images/*.png, sft.json, align.jsonl, pairs.jsonl, rlvr.jsonl, dataset_info.json
+      data/                  images/*.png, sft.json, align.jsonl, pairs.jsonl, rlvr.jsonl, eval.jsonl (held out),
+                             val.jsonl (validation, for choosing settings), dataset_info.json
 
 Same seed -> byte-identical tokenizer, weights, images and data files (image paths inside the
 data files are relative to ``data/``; only ``manifest.json`` and ``dataset_info.json`` hold

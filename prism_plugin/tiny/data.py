@@ -12,8 +12,13 @@ files are byte-identical wherever they are built; LLaMA-Factory resolves them th
 - ``rlvr.jsonl``    ``prompt``, ``images``, ``answer``.
 - ``eval.jsonl``    held-out prompts (other scenes, images ``images/eval_*.png``) in the alignment format,
                     for ``prism-plugin evaluate``.
+- ``val.jsonl``     a validation split in the same format (scenes of its own, images ``images/val_*.png``),
+                    for choosing settings: the tiny demo's evaluation never reads it, and choices made on it
+                    never look at ``eval.jsonl``.
 - ``dataset_info.json``  LLaMA-Factory entries ``prism_tiny_sft``, ``prism_tiny_pairs``,
-  ``prism_tiny_align`` and ``prism_tiny_rlvr`` with absolute ``file_name``s.
+  ``prism_tiny_align`` and ``prism_tiny_rlvr`` with absolute ``file_name``s, and ``prism_tiny_policy_pairs`` for
+  ``policy_pairs.jsonl``, which this builder does not write: ``prism-plugin data make-pairs`` writes it from the
+  SFT policy (the tiny pipeline's warm-up pairs of the teacher with the policy's own samples).
 """
 
 from __future__ import annotations
@@ -33,7 +38,11 @@ SFT_DATASET_NAME = "prism_tiny_sft"
 PAIRS_DATASET_NAME = "prism_tiny_pairs"
 ALIGN_DATASET_NAME = "prism_tiny_align"
 RLVR_DATASET_NAME = "prism_tiny_rlvr"
+POLICY_PAIRS_DATASET_NAME = "prism_tiny_policy_pairs"
+POLICY_PAIRS_FILE = "policy_pairs.jsonl"  # written by `prism-plugin data make-pairs`, not by this builder
 DEFAULT_NUM_EVAL = 32
+DEFAULT_NUM_VAL = 64
+VAL_SEED_OFFSET = 2_000_029  # the eval scenes use seed + 1_000_003, the training scenes the seed itself
 IMAGE_DIR = "images"
 
 
@@ -121,6 +130,12 @@ def build_examples(data_dir: Path, num_examples: int, seed: int, prefix: str = "
     return examples
 
 
+def _align_row(ex: Example) -> dict[str, Any]:
+    """A held-out row in the alignment format (``eval.jsonl``, ``val.jsonl``)."""
+    return {"prompt": ex.prompt, "images": [ex.image], "teacher_caption": ex.teacher.caption,
+            "teacher_cot": ex.teacher.reasoning, "ground_truth": ex.answer}
+
+
 def _write_json(path: Path, obj: Any) -> Path:
     path.write_text(json.dumps(obj, ensure_ascii=False, indent=2) + "\n", encoding="utf-8")
     return path
@@ -131,12 +146,14 @@ def _write_jsonl(path: Path, rows: list[dict[str, Any]]) -> Path:
     return path
 
 
-def write_dataset(data_dir: Path, num_examples: int, seed: int, num_eval: int = DEFAULT_NUM_EVAL) -> dict[str, str]:
+def write_dataset(data_dir: Path, num_examples: int, seed: int, num_eval: int = DEFAULT_NUM_EVAL,
+                  num_val: int = DEFAULT_NUM_VAL) -> dict[str, str]:
     """Build images and every dataset file under ``data_dir``; returns {name: absolute path}."""
     data_dir = Path(data_dir).resolve()
     data_dir.mkdir(parents=True, exist_ok=True)
     examples = build_examples(data_dir, num_examples, seed)
     held_out = build_examples(data_dir, num_eval, seed + 1_000_003, prefix="eval_")
+    validation = build_examples(data_dir, num_val, seed + VAL_SEED_OFFSET, prefix="val_")
     student_rng = random.Random(seed + 1)
 
     sft = [
@@ -174,11 +191,7 @@ def write_dataset(data_dir: Path, num_examples: int, seed: int, num_eval: int = 
             }
         )
     rlvr = [{"prompt": ex.prompt, "images": [ex.image], "answer": ex.answer} for ex in examples]
-    evaluation = [
-        {"prompt": ex.prompt, "images": [ex.image], "teacher_caption": ex.teacher.caption,
-         "teacher_cot": ex.teacher.reasoning, "ground_truth": ex.answer}
-        for ex in held_out
-    ]
+    evaluation = [_align_row(ex) for ex in held_out]
 
     paths = {
         "sft": _write_json(data_dir / "sft.json", sft),
@@ -186,9 +199,11 @@ def write_dataset(data_dir: Path, num_examples: int, seed: int, num_eval: int = 
         "pairs": _write_jsonl(data_dir / "pairs.jsonl", pairs),
         "rlvr": _write_jsonl(data_dir / "rlvr.jsonl", rlvr),
         "eval": _write_jsonl(data_dir / "eval.jsonl", evaluation),
+        "val": _write_jsonl(data_dir / "val.jsonl", [_align_row(ex) for ex in validation]),
     }
+    paths["policy_pairs"] = data_dir / POLICY_PAIRS_FILE
     paths["dataset_info"] = _write_json(data_dir / "dataset_info.json", dataset_info(paths))
-    out = {name: str(path) for name, path in paths.items()}
+    out = {name: str(path) for name, path in paths.items() if name != "policy_pairs"}
     out["data_dir"] = str(data_dir)
     out["images_dir"] = str(data_dir / IMAGE_DIR)
     return out
@@ -196,11 +211,12 @@ def write_dataset(data_dir: Path, num_examples: int, seed: int, num_eval: int = 
 
 def dataset_info(paths: dict[str, Path]) -> dict[str, Any]:
     """LLaMA-Factory ``dataset_info.json``: the SFT set as multimodal sharegpt; the PRISM stages' files
-    (``prism_tiny_pairs`` for ``prism_disc``, ``prism_tiny_align`` for ``prism_align``, ``prism_tiny_rlvr`` for
-    its verifiable-reward RLVR run) by file name."""
+    (``prism_tiny_pairs`` and ``prism_tiny_policy_pairs`` for ``prism_disc``, ``prism_tiny_align`` for
+    ``prism_align``, ``prism_tiny_rlvr`` for its verifiable-reward RLVR run) by file name."""
     return {
         PAIRS_DATASET_NAME: file_entry(paths["pairs"], PAIRS),
         ALIGN_DATASET_NAME: file_entry(paths["align"], ALIGN),
         RLVR_DATASET_NAME: file_entry(paths["rlvr"], RLVR),
+        POLICY_PAIRS_DATASET_NAME: file_entry(paths["policy_pairs"], PAIRS),
         SFT_DATASET_NAME: sharegpt_entry(paths["sft"]),
     }
