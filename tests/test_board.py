@@ -134,8 +134,9 @@ def test_fields_become_prism_keys_and_extra_arguments_win():
 def test_datasets_are_listed_by_kind(tiny_dir):
     info = json.loads((tiny_dir / "data" / "dataset_info.json").read_text())
     assert board_runs.datasets_of_stage(info, "prism_align") == ["prism_tiny_align", "prism_tiny_rlvr"]
-    assert board_runs.datasets_of_stage(info, "prism_disc") == ["prism_tiny_pairs"]
-    assert board_runs.prism_datasets(info) == {"prism_tiny_align", "prism_tiny_rlvr", "prism_tiny_pairs"}
+    assert board_runs.datasets_of_stage(info, "prism_disc") == ["prism_tiny_pairs", "prism_tiny_policy_pairs"]
+    assert board_runs.prism_datasets(info) == {"prism_tiny_align", "prism_tiny_rlvr", "prism_tiny_pairs",
+                                               "prism_tiny_policy_pairs"}
 
 
 def test_trainer_log_keeps_every_metric(tmp_path):

@@ -394,7 +394,7 @@ def test_dataset_info_is_valid_for_llamafactory(tiny_dir: Path) -> None:
     assert Path(attr.dataset_name) == tiny_dir / "data" / "sft.json"
     kinds = {name: entry.get("prism_kind") for name, entry in info.items()}
     assert kinds == {"prism_tiny_sft": None, "prism_tiny_pairs": "pairs", "prism_tiny_align": "align",
-                     "prism_tiny_rlvr": "rlvr"}
+                     "prism_tiny_rlvr": "rlvr", "prism_tiny_policy_pairs": "pairs"}
     get_dataset_list(["prism_tiny_pairs", "prism_tiny_align"], str(tiny_dir / "data"))  # the kind key is ignored
 
 

@@ -131,7 +131,7 @@ def test_an_untested_llamafactory_version_gets_one_line(tmp_path: Path) -> None:
     assert out.returncode == 0, out.stderr
     assert out.stderr.splitlines() == [
         "prism-plugin: LLaMA-Factory 0.9.9 is untested; prism-plugin supports llamafactory==0.9.5 "
-        "(the PRISM stages may fail)"
+        "(the PRISM stages may fail; LlamaBoard offers them only on a supported version)"
     ]
 
 
