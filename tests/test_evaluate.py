@@ -249,7 +249,7 @@ def test_text_policy_on_text_rows_and_skipped_rows(tiny_dir, held_out, tmp_path)
                       progress=False)
     summary = result.summary
     assert (summary["rows"], summary["rows_skipped"], summary["rows_with_images"]) == (3, 1, 0)
-    assert summary["reward_version"] == REWARD_VERSION == 2
+    assert summary["reward_version"] == REWARD_VERSION == 3
     assert json.loads((tmp_path / "out" / "summary.json").read_text())["reward_version"] == REWARD_VERSION
     assert "row 2, field 'ground_truth'" in summary["skipped"][0] and "row 2" in result.details()
     metrics = summary["models"]["qwen3_policy"]

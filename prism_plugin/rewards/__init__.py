@@ -38,6 +38,9 @@ Decisions on cases the reference leaves open (each has tests in tests/data/answe
   ("b=7, a=2" == "a = 2, b = 7"); unlabelled parts against a labelled gold are read in the
   gold's order. One "a \\pm b" is the set {a + b, a - b}. A list never matches a single-part
   gold ("2, 3, 5" != "5", "5, which is prime" != "5"); a coordinate gold needs a "(x, y)" pair.
+- A leading concluding connective and its comma ("Therefore,", "So,", "Hence,", "因此，") are not a
+  list part: "Therefore, the answer is 4" == "4", "So, x = 4" == "4"; what follows is judged as
+  usual ("Therefore, 3, 5" != "5").
 - "1,000" is one thousand (digit + comma + 3 digits); "1, 000" is two parts. A decimal comma
   is read only in a prediction that is one number "digits,digits" whose part after the comma
   is not 3 digits long, against a gold that is a single non-integer decimal ("3,75" ==

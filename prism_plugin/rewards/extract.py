@@ -8,6 +8,10 @@ explanation before the box ("We get $x=3$, so the count is $\\boxed{2}$.") does 
   returned as one list, which no single-part gold matches;
 - against a gold of several parts, all boxes together are one multi-part answer.
 
+Without a box, a leading connective with its comma ("Therefore, the answer is 4", "So, x = 4",
+"因此，4") is not a part of the answer (:func:`strip_lead_in`): only the words before a
+first comma that are one of these connectives are dropped, so "5, which is prime" stays a list.
+
 A box without a left-hand side adopts the label written just before it
 (``a = \\boxed{2}`` -> ``a = 2``), so labelled parts keep their labels. A gold that holds
 boxes (a worked solution) is read as the answer in all its boxes (:func:`gold_answer`).
@@ -28,6 +32,17 @@ _LIST_GAP_RE = re.compile(
     r"(?:\s|[$,;.、&]|\\\\|\\[()\[\],;:! ]|\\q?quad(?![A-Za-z])|\\(?:text|mathrm)\s*\{\s*(?:and|or|,)?\s*\}"
     r"|\band\b|\bor\b|或|和)*"
 )
+# connectives that open a concluding sentence; only these, followed by a comma or colon, are dropped
+_LEAD_IN_RE = re.compile(
+    r"^\s*(?:therefore|thus|hence|so|finally|consequently|in conclusion|in summary|in total|overall|altogether"
+    r"|因此|所以|故|综上(?:所述)?)\s*[,，:：]\s*",
+    re.IGNORECASE,
+)
+
+
+def strip_lead_in(pred: str) -> str:
+    """``pred`` without a leading concluding connective and its comma ("Therefore, x = 4" -> "x = 4")."""
+    return _LEAD_IN_RE.sub("", pred, count=1)
 
 
 def _boxes(text: str) -> list[tuple[int, int, str]]:
@@ -66,7 +81,7 @@ def _boxed_items(text: str) -> tuple[list[str], list[str]]:
 def final_answer(pred: str, gold_parts: int) -> str:
     """The answer ``pred`` gives (see the module docstring); ``gold_parts`` is the gold's part count."""
     if "\\boxed" not in pred and "\\fbox" not in pred:
-        return pred
+        return strip_lead_in(pred)
     items, gaps = _boxed_items(pred)
     if not items:
         return pred

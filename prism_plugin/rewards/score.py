@@ -14,8 +14,8 @@ _LAYOUT_TAGS = ("<caption>", "</caption>", "<think>", "</think>", "<answer>", "<
 # measured under different versions are not compared as if equal (``prism-plugin evaluate`` records it).
 # 1: the first rule set. 2: the final answer is extracted first (the boxes decide, in the prediction and
 # in a worked-solution gold); bare lists are sets, labelled parts match by label; a decimal comma is read
-# against a non-integer decimal gold.
-REWARD_VERSION = 2
+# against a non-integer decimal gold. 3: a leading concluding connective ("Therefore, …") is not a list part.
+REWARD_VERSION = 3
 
 
 def format_ok(response: str) -> bool:
