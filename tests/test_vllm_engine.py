@@ -22,11 +22,17 @@ import os
 import pytest
 import torch
 
-pytest.importorskip("vllm")
+from prism_plugin.policy import policy_prompt
+from prism_plugin.rollout import HFRolloutEngine, Sampling
+
 pytestmark = pytest.mark.vllm
 
-from prism_plugin.policy import policy_prompt  # noqa: E402
-from prism_plugin.rollout import HFRolloutEngine, Sampling  # noqa: E402
+
+@pytest.fixture(scope="module", autouse=True)
+def _vllm_installed() -> None:
+    """Skip where vLLM is absent, per test (not at import), so a run that deselects the marker collects this module
+    without a skip (``--no-skips`` fails one)."""
+    pytest.importorskip("vllm")
 
 TIE = 1e-4
 PROMPTS = ["What is 2 + 3?", "Name a colour.", "Count the red squares in the picture, please."]
