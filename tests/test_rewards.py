@@ -158,6 +158,8 @@ def test_final_answer_extraction() -> None:
     from prism_plugin.rewards.extract import final_answer
 
     assert final_answer("no box here: 4", 1) == "no box here: 4"
+    assert final_answer("Therefore, x = 4", 1) == "x = 4"  # a concluding connective is not a part
+    assert final_answer("5, which is prime", 1) == "5, which is prime"
     assert final_answer("We get $x=3$, so $\\boxed{2}$.", 1) == "2"
     assert final_answer("\\boxed{6} is wrong; in fact \\boxed{8}", 1) == "8"
     assert final_answer("\\boxed{3} or \\boxed{5}", 1) == "3, 5"

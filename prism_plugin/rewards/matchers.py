@@ -24,7 +24,7 @@ from contextvars import ContextVar
 from dataclasses import dataclass, field
 from functools import lru_cache
 
-from .extract import final_answer, gold_answer, strip_lead_in
+from .extract import final_answer, gold_answer
 from .normalize import canonical, clean_latex, normalize_text
 from .numbers import (
     convert_to_base,
@@ -111,10 +111,7 @@ def _match(pred: str, gold: str) -> bool:
         return False
     if "\\boxed" in gold_c or "\\fbox" in gold_c:
         gold_c = canonical(gold_answer(gold_c))
-    if "\\boxed" in pred_c or "\\fbox" in pred_c:
-        pred_c = canonical(final_answer(pred_c, len(answer_parts(gold_c).parts)))
-    else:
-        pred_c = strip_lead_in(pred_c)
+    pred_c = canonical(final_answer(pred_c, len(answer_parts(gold_c).parts)))  # answer_parts is cached
     if not pred_c or not gold_c:
         return False
     pred_c = decimal_comma_reading(pred_c, gold_c)
